@@ -1,0 +1,53 @@
+"""symgrad: compile models written as SymPy expressions into fast C gradient kernels.
+
+Write a model once, symbolically::
+
+    import sympy as sp
+    import symgrad as sg
+
+    x, t, a, b = sp.symbols("x t a b")
+    y = a * x + b
+    model = sg.Model("linear_fit", loss=(y - t) ** 2, params=[a, b], inputs=[x, t], outputs={"y": y})
+
+then ``symgrad build model.py`` (or ``sg.compile(model)``) writes and compiles
+``generated/linear_fit``, whose ``value_and_grad(a=..., b=..., x=X, t=T)``
+runs the whole batch in C. ``symgrad show model.py`` prints the derived
+backward pass and gradient formulas.
+"""
+
+__version__ = "0.1.0"
+
+from . import errors  # noqa: E402
+from .functions import (  # noqa: E402
+    cross_entropy,
+    log_softmax,
+    logsumexp,
+    mse,
+    relu,
+    sigmoid,
+    softmax,
+    softplus,
+    sum,
+)
+from .model import Model, load_model  # noqa: E402
+from .pipeline import compile, generate  # noqa: E402
+from .build import load  # noqa: E402
+
+__all__ = [
+    "Model",
+    "load_model",
+    "compile",
+    "generate",
+    "load",
+    "errors",
+    "sigmoid",
+    "relu",
+    "softplus",
+    "softmax",
+    "log_softmax",
+    "logsumexp",
+    "cross_entropy",
+    "mse",
+    "sum",
+    "__version__",
+]

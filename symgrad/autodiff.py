@@ -1,0 +1,128 @@
+"""Reverse-mode differentiation over a graph.
+
+:func:`differentiate` visits the nodes between the loss and the chosen
+symbols in reverse topological order. Each node's adjoint is the sum of the
+contributions its consumers sent it; the node's registry entry turns that
+adjoint into contributions for its own args (its vector-Jacobian product).
+Contributions are ordinary graph nodes, built through the same hash-consing
+builder as the forward pass, so the backward code reuses forward values and
+shares its own subexpressions. Nothing is expanded: the cost is a small
+constant times the forward graph.
+
+Batches: the graph describes one example. When the loss is reduced over the
+batch, a contribution that a per-example (varying) node sends to a shared
+(uniform) node is summed over the batch right there (``reduce_batch``), so
+everything upstream of a parameter is computed once per call, not once per
+example. The ``mean`` scale ``1/N`` is applied to the final gradients.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from . import ops
+from .errors import ModelError
+from .frontend import reduce_over_batch
+from .graph import Builder, Graph, Result
+
+
+def differentiate(graph: Graph, wrt: Sequence[str], reduce) -> Graph:
+    """A copy of ``graph`` with the gradient of its loss with respect to ``wrt``.
+
+    Adds the result group ``"gradients"``: one result per name in ``wrt``,
+    the gradient of the reduced loss (per example for inputs, and for
+    everything when ``reduce`` is None), and fills ``graph.adjoints``.
+    """
+    if "example_loss" not in graph.results:
+        raise ModelError("the model has no loss to differentiate")
+    g = graph.copy()
+    b = Builder(g)
+    (loss,) = g.results["example_loss"]
+    targets = [g.symbols[name] for name in wrt]
+    on_path = _between(g, loss.node, targets)
+
+    # node -> [(contribution, sent by a per-example node)]; the seed comes from every example.
+    pending: dict = {loss.node: [(b.const(1), True)]}
+    for node_id in sorted(on_path, reverse=True):
+        parts = pending.pop(node_id, None)
+        if not parts:
+            continue
+        adjoint = _accumulate(b, node_id, parts, reduce)
+        g.adjoints[node_id] = adjoint
+        node = g.nodes[node_id]
+        wanted = [a in on_path for a in node.args]
+        if not any(wanted):
+            continue
+        op = ops.get(node.op)
+        if op.vjp is None:
+            if op.differentiable:
+                raise ModelError(f"op {node.op!r} has no derivative rule")
+            continue
+        for arg, contribution, want in zip(node.args, op.vjp(b, node_id, adjoint), wanted):
+            if contribution is None or not want:
+                continue
+            contribution = b.sum_to(contribution, g.nodes[arg].shape)
+            pending.setdefault(arg, []).append((contribution, node.varying))
+
+    results = []
+    for name, leaf in zip(wrt, targets):
+        per_example = reduce is None or g.nodes[leaf].varying
+        gradient = g.adjoints.get(leaf)
+        if gradient is None:
+            gradient = b.broadcast(b.const(0), g.nodes[leaf].shape)
+        if reduce == "mean":
+            gradient = b.mul(b.recip(b.apply("batch_size")), gradient)
+        results.append(Result(name, gradient, per_example))
+    g.results["gradients"] = tuple(results)
+    return g
+
+
+def _between(g: Graph, root: int, targets: list) -> set:
+    """Nodes that ``root`` depends on and that depend on one of ``targets``."""
+    above = set(g.ancestors([root]))
+    depends = set(targets)
+    for node_id in sorted(above):
+        if node_id not in depends and any(a in depends for a in g.nodes[node_id].args):
+            depends.add(node_id)
+    return above & depends
+
+
+def _accumulate(b: Builder, node_id: int, parts: list, reduce) -> int:
+    """The adjoint of ``node_id``: the sum of its contributions.
+
+    Single-element contributions (from ``M[i, j]``) are merged into one
+    ``assemble`` node, so n element reads cost O(n), not n full matrices.
+    Contributions that varying nodes send to a uniform node are summed over
+    the batch when the loss is reduced.
+    """
+    node = b.node(node_id)
+    to_batch_sum = reduce is not None and not node.varying
+    groups: dict = {}
+    for contribution, from_varying in parts:
+        groups.setdefault(from_varying and to_batch_sum, []).append(contribution)
+    terms = []
+    for batch_sum in sorted(groups):
+        for term in _merge_assembles(b, groups[batch_sum]):
+            terms.append(_sum_over_batch(b, term) if batch_sum else term)
+    return b.add(*terms)
+
+
+def _merge_assembles(b: Builder, contributions: list) -> list:
+    assembles = [c for c in contributions if b.node(c).op == "assemble"]
+    if len(assembles) < 2:
+        return contributions
+    shape = b.node(assembles[0]).attrs[0]
+    args, positions = [], []
+    for c in assembles:
+        node = b.node(c)
+        args.extend(node.args)
+        positions.extend(node.attrs[1])
+    merged = b.apply("assemble", *args, attrs=(shape, tuple(positions)))
+    return [c for c in contributions if b.node(c).op != "assemble"] + [merged]
+
+
+def _sum_over_batch(b: Builder, value: int) -> int:
+    """Sum over the examples of a call of a per-example contribution."""
+    if b.node(value).varying:
+        return reduce_over_batch(b, value, "sum")
+    return b.mul(b.apply("batch_size"), value)

@@ -1,0 +1,293 @@
+"""SymPy heads for the functions symgrad adds to a model's vocabulary.
+
+These are ordinary SymPy objects: they print as themselves (``sigmoid(x)``,
+``\\sigma\\left(x\\right)``), differentiate with ``sympy.diff`` where that makes
+sense, and evaluate numerically. symgrad's graph builder reads them as graph
+ops; nothing here knows about graphs or C.
+
+Element-wise functions (``sigmoid``, ``relu``, ``softplus``) accept a scalar or
+a matrix expression; on a matrix they return an :class:`Elementwise` matrix
+expression, so ``W2 * sg.sigmoid(W1 * x + b1)`` is a well-formed SymPy matrix
+product. Tensor functions (``softmax``, ``log_softmax``) are matrix
+expressions; reductions (``logsumexp``, ``cross_entropy``, ``mse``, ``sum``)
+are scalars.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+from sympy.core.basic import Basic
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
+from sympy.matrices.matrixbase import MatrixBase
+
+__all__ = [
+    "sigmoid",
+    "relu",
+    "softplus",
+    "softmax",
+    "log_softmax",
+    "logsumexp",
+    "cross_entropy",
+    "mse",
+    "sum",
+    "Elementwise",
+    "NUMPY_FUNCTIONS",
+]
+
+def _latex_call(name: str, printer, arg) -> str:
+    return rf"{name}\left({printer._print(arg)}\right)"
+
+
+def _latex_head(func) -> str:
+    """The LaTeX spelling of a scalar function head, e.g. ``\\tanh``."""
+    name = getattr(func, "latex_name", None)
+    if name:
+        return name
+    marker = sp.Symbol("SYMGRADARG")
+    text = sp.latex(func(marker))
+    head = text.split("{")[0] if text.startswith("\\") else None
+    return head or rf"\operatorname{{{func.__name__}}}"
+
+
+class Elementwise(ElementwiseApplyFunction):
+    """A scalar function applied to every element of a matrix expression.
+
+    Behaves exactly like SymPy's ``M.applyfunc(f)`` but prints as ``f(M)``.
+    """
+
+    def _scalar_head(self):
+        lam = self.function
+        body = getattr(lam, "expr", None)
+        variables = getattr(lam, "variables", ())
+        if body is not None and len(variables) == 1 and body.args == variables:
+            return body.func
+        return None
+
+    def _sympystr(self, printer):
+        head = self._scalar_head()
+        if head is None:
+            return super()._sympystr(printer)
+        return f"{head.__name__}({printer._print(self.expr)})"
+
+    def _latex(self, printer):
+        head = self._scalar_head()
+        if head is None:
+            return printer._print_ElementwiseApplyFunction(self)
+        return _latex_call(_latex_head(head), printer, self.expr)
+
+
+class _ElementwiseFunction(sp.Function):
+    """A real scalar function that maps over matrices element by element."""
+
+    nargs = 1
+    latex_name = ""
+
+    def __new__(cls, arg, **options):
+        arg = sp.sympify(arg)
+        if isinstance(arg, MatrixExpr):
+            return Elementwise(cls, arg)
+        if isinstance(arg, MatrixBase):
+            return arg.applyfunc(cls)
+        return super().__new__(cls, arg, **options)
+
+    def _latex(self, printer, exp=None):
+        text = _latex_call(self.latex_name, printer, self.args[0])
+        return f"{text}^{{{exp}}}" if exp else text
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+    def _eval_evalf(self, prec):
+        arg = self.args[0]
+        if arg.is_number:
+            return self._numeric_form(arg).evalf(prec)
+        return None
+
+    @classmethod
+    def _numeric_form(cls, x):
+        raise NotImplementedError
+
+
+class sigmoid(_ElementwiseFunction):
+    """The logistic function 1 / (1 + exp(-x)), computed stably."""
+
+    latex_name = r"\sigma"
+
+    def fdiff(self, argindex=1):
+        s = sigmoid(self.args[0])
+        return s * (1 - s)
+
+    @classmethod
+    def _numeric_form(cls, x):
+        return 1 / (1 + sp.exp(-x))
+
+    def _eval_rewrite_as_exp(self, x, **kwargs):
+        return 1 / (1 + sp.exp(-x))
+
+
+class relu(_ElementwiseFunction):
+    """max(x, 0); its derivative is taken as 0 at x = 0."""
+
+    latex_name = r"\operatorname{relu}"
+
+    def fdiff(self, argindex=1):
+        return sp.Heaviside(self.args[0], 0)
+
+    @classmethod
+    def _numeric_form(cls, x):
+        return sp.Max(x, 0)
+
+    def _eval_rewrite_as_Max(self, x, **kwargs):
+        return sp.Max(x, 0)
+
+
+class softplus(_ElementwiseFunction):
+    """log(1 + exp(x)), computed without overflow; its derivative is sigmoid."""
+
+    latex_name = r"\operatorname{softplus}"
+
+    def fdiff(self, argindex=1):
+        return sigmoid(self.args[0])
+
+    @classmethod
+    def _numeric_form(cls, x):
+        return sp.log(1 + sp.exp(x))
+
+    def _eval_rewrite_as_log(self, x, **kwargs):
+        return sp.log(1 + sp.exp(x))
+
+
+# --- tensor functions --------------------------------------------------------
+
+
+def _matrix_arg(name: str, arg) -> MatrixExpr:
+    arg = sp.sympify(arg)
+    if isinstance(arg, MatrixBase):
+        arg = sp.ImmutableMatrix(arg)
+    if not isinstance(arg, MatrixExpr):
+        raise TypeError(f"{name}() takes a matrix expression, got the scalar {arg}")
+    return arg
+
+
+class _VectorFunction(MatrixExpr):
+    """A function from a matrix to a matrix of the same shape, over all its elements."""
+
+    latex_name = ""
+
+    def __new__(cls, arg):
+        return Basic.__new__(cls, _matrix_arg(cls.__name__, arg))
+
+    @property
+    def shape(self):
+        return self.args[0].shape
+
+    def _entry(self, i, j, **kwargs):
+        return MatrixElement(self, i, j)
+
+    def _sympystr(self, printer):
+        return f"{type(self).__name__}({printer._print(self.args[0])})"
+
+    def _latex(self, printer):
+        return _latex_call(self.latex_name, printer, self.args[0])
+
+
+class softmax(_VectorFunction):
+    """exp(z) / sum(exp(z)) over all elements of z, shifted by max(z) for stability."""
+
+    latex_name = r"\operatorname{softmax}"
+
+
+class log_softmax(_VectorFunction):
+    """z - logsumexp(z): the logarithm of softmax, computed stably."""
+
+    latex_name = r"\operatorname{log\,softmax}"
+
+
+class _Reduction(sp.Function):
+    """A real scalar computed from matrices (or scalars)."""
+
+    is_commutative = True
+    latex_name = ""
+
+    def _eval_is_real(self):
+        return True
+
+    def _latex(self, printer, exp=None):
+        inner = ", ".join(printer._print(a) for a in self.args)
+        text = rf"{self.latex_name}\left({inner}\right)"
+        return f"{text}^{{{exp}}}" if exp else text
+
+
+class logsumexp(_Reduction):
+    """log(sum(exp(z))) over all elements of z, shifted by max(z) for stability."""
+
+    nargs = 1
+    latex_name = r"\operatorname{logsumexp}"
+
+    @classmethod
+    def eval(cls, z):
+        _matrix_arg("logsumexp", z)
+
+
+class sum(_Reduction):  # noqa: A001 - sg.sum mirrors numpy.sum
+    """The sum of all elements of a matrix."""
+
+    nargs = 1
+    latex_name = r"\operatorname{sum}"
+
+    @classmethod
+    def eval(cls, z):
+        _matrix_arg("sum", z)
+
+
+class cross_entropy(_Reduction):
+    """-sum(target * log_softmax(logits)).
+
+    ``target`` is a one-hot or probability matrix of the logits' shape, or a
+    scalar class index (0-based, over the elements of ``logits``).
+    """
+
+    nargs = 2
+    latex_name = r"\operatorname{CE}"
+
+    @classmethod
+    def eval(cls, logits, target):
+        logits = _matrix_arg("cross_entropy", logits)
+        if isinstance(target, MatrixExpr) and target.shape != logits.shape:
+            raise sp.ShapeError(
+                f"cross_entropy: target shape {target.shape} differs from logits shape {logits.shape}"
+            )
+
+
+class mse(_Reduction):
+    """The mean of the squared element differences of two matrices (or scalars)."""
+
+    nargs = 2
+    latex_name = r"\operatorname{MSE}"
+
+    @classmethod
+    def eval(cls, prediction, target):
+        p_shape = getattr(prediction, "shape", ())
+        t_shape = getattr(target, "shape", ())
+        if p_shape != t_shape:
+            raise sp.ShapeError(f"mse: prediction shape {p_shape} differs from target shape {t_shape}")
+
+
+def _np_sigmoid(x):
+    x = np.asarray(x, dtype=float)
+    return np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
+
+
+def _np_softplus(x):
+    x = np.asarray(x, dtype=float)
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+#: NumPy implementations, for ``sympy.lambdify(..., modules=[NUMPY_FUNCTIONS, "numpy"])``.
+NUMPY_FUNCTIONS = {
+    "sigmoid": _np_sigmoid,
+    "relu": lambda x: np.maximum(x, 0),
+    "softplus": _np_softplus,
+}

@@ -1,0 +1,234 @@
+"""Models: what a user declares, and loading them from model files.
+
+A :class:`Model` names the symbols of a model by role (params shared by a
+batch, inputs given per example), its per-example loss and outputs, how the
+loss is reduced over a batch, and what to differentiate with respect to. It
+is checked when it is made: an undeclared symbol, a clash of names, a
+non-scalar loss or an unsupported function is an error right there, naming
+the culprit.
+
+:func:`load_model` runs a model file and collects the models it makes.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import keyword
+import runpy
+import sys
+import traceback
+from pathlib import Path
+
+import sympy as sp
+
+from .errors import ModelError, ModelFileError, SymgradError
+from .frontend import build_graph
+
+REDUCTIONS = ("mean", "sum", None)
+
+_collector: contextvars.ContextVar = contextvars.ContextVar("symgrad_model_collector", default=None)
+
+
+def _as_symbol_list(value, what: str) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (sp.Symbol, sp.MatrixSymbol)):
+        return [value]
+    try:
+        items = list(value)
+    except TypeError:
+        raise ModelError(f"{what} must be a list of SymPy symbols, got {value!r}") from None
+    for item in items:
+        if not isinstance(item, (sp.Symbol, sp.MatrixSymbol)):
+            raise ModelError(
+                f"{what} must hold SymPy Symbols or MatrixSymbols; {item!r} is a {type(item).__name__}"
+            )
+        if isinstance(item, sp.MatrixSymbol):
+            for dim in item.shape:
+                if not getattr(dim, "is_Integer", False):
+                    raise ModelError(f"{what}: matrix symbol {item.name} has a symbolic shape {item.shape}; "
+                                     f"give it whole-number dimensions")
+    return items
+
+
+def _caller_labels(depth: int) -> dict:
+    """Expressions bound to names in the caller's namespace: expression -> name, for display."""
+    frame = sys._getframe(depth)
+    labels = {}
+    for name, value in list(frame.f_locals.items()):
+        if name.startswith("_") or not isinstance(value, sp.Basic):
+            continue
+        if isinstance(value, (sp.Symbol, sp.MatrixSymbol)) or value.is_Number:
+            continue
+        labels.setdefault(value, name)
+    return labels
+
+
+class Model:
+    """A differentiable model: symbols by role, a per-example loss, outputs.
+
+    Args:
+        name: a Python identifier; the generated package is ``generated/<name>``.
+        params: symbols shared by every example of a batch (weights, coefficients).
+        inputs: per-example data; batched along a leading axis at call time.
+        loss: a scalar expression of one example (a 1x1 matrix counts as a scalar).
+        outputs: name -> expression, evaluated per example.
+        reduce: how the loss is combined over a batch: ``"mean"`` (default),
+            ``"sum"``, or ``None`` for one loss (and one gradient) per example.
+        wrt: the symbols to differentiate with respect to (default: all
+            params); inputs are allowed and get per-example gradients.
+
+    Intermediate expressions bound to variable names where the model is made
+    (``h = sg.sigmoid(W1*x + b1)``) keep those names in ``symgrad show`` and in
+    comments of the generated C.
+    """
+
+    def __init__(self, name, *, params=(), inputs=(), loss=None, outputs=None, reduce="mean", wrt=None):
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise ModelError(f"model name {name!r} must be a Python identifier (letters, digits, _), "
+                             f"e.g. {'linear_fit'!r}: it names the generated package")
+        self.name = name
+        self.params = tuple(_as_symbol_list(params, "params"))
+        self.inputs = tuple(_as_symbol_list(inputs, "inputs"))
+        self._check_names()
+        if reduce not in REDUCTIONS:
+            raise ModelError(f"reduce must be 'mean', 'sum' or None, got {reduce!r}")
+        self.reduce = reduce
+        self.loss = None if loss is None else self._sympify(loss, "loss")
+        outputs = dict(outputs or {})
+        for key in outputs:
+            if not isinstance(key, str) or not key:
+                raise ModelError(f"output names must be non-empty strings, got {key!r}")
+            if key == "loss":
+                raise ModelError("'loss' is reserved for the model's loss; give the output another name")
+        self.outputs = {k: self._sympify(v, f"output {k!r}") for k, v in outputs.items()}
+        if self.loss is None and not self.outputs:
+            raise ModelError(f"model {name!r} has neither a loss nor outputs: give it loss=... or outputs={{...}}")
+        self.wrt = self._resolve_wrt(wrt)
+        self.source = ""
+        self.graph = build_graph(
+            params=self.params,
+            inputs=self.inputs,
+            loss=self.loss,
+            outputs=self.outputs,
+            reduce=self.reduce,
+            labels=_caller_labels(2),
+        )
+        collected = _collector.get()
+        if collected is not None:
+            collected.append(self)
+
+    # --- validation ------------------------------------------------------------------
+
+    def _check_names(self) -> None:
+        seen = {}
+        for role, symbols in (("param", self.params), ("input", self.inputs)):
+            for s in symbols:
+                name = str(s.name)
+                if name in seen:
+                    other = seen[name]
+                    if other == role:
+                        raise ModelError(f"symbol {name!r} is declared twice as a {role}")
+                    raise ModelError(f"symbol {name!r} is declared both as a param and as an input; "
+                                     f"a value is either shared by the batch (param) or per example (input)")
+                seen[name] = role
+
+    def _sympify(self, value, what: str):
+        try:
+            return sp.sympify(value, strict=True)
+        except (sp.SympifyError, TypeError) as exc:
+            raise ModelError(f"{what} must be a SymPy expression, got {value!r} ({exc})") from None
+
+    def _resolve_wrt(self, wrt) -> tuple:
+        if wrt is None:
+            return tuple(str(s.name) for s in self.params)
+        declared = {str(s.name): s for s in self.params + self.inputs}
+        items = [wrt] if isinstance(wrt, (str, sp.Symbol, sp.MatrixSymbol)) else list(wrt)
+        names = []
+        for item in items:
+            name = item if isinstance(item, str) else str(getattr(item, "name", item))
+            if name not in declared or (not isinstance(item, str) and declared[name] != item):
+                raise ModelError(f"wrt names {name!r}, which is not a declared param or input of {self.name!r}")
+            if name in names:
+                raise ModelError(f"wrt names {name!r} twice")
+            names.append(name)
+        if self.loss is None and names and wrt is not None:
+            raise ModelError("wrt needs a loss to differentiate; give the model loss=...")
+        return tuple(names)
+
+    # --- views -----------------------------------------------------------------------
+
+    @property
+    def symbols(self) -> dict:
+        """Declared name -> SymPy symbol, params first."""
+        return {str(s.name): s for s in self.params + self.inputs}
+
+    def gradients(self) -> dict:
+        """Symbol -> the gradient of one example's loss with respect to it, as a SymPy expression.
+
+        Each equals ``sympy.diff`` of the per-example loss (for matrices, the
+        matrix of those derivatives). Built from the graph, without expression
+        swell: on a deep model the result is a large shared DAG, so print it
+        with care (``symgrad show`` prints it node by node).
+        """
+        from .inspect import gradient_expressions
+
+        return gradient_expressions(self)
+
+    def __repr__(self) -> str:
+        params = ", ".join(str(s.name) for s in self.params)
+        inputs = ", ".join(str(s.name) for s in self.inputs)
+        return f"Model({self.name!r}, params=[{params}], inputs=[{inputs}], reduce={self.reduce!r})"
+
+    def _repr_latex_(self) -> str:
+        from .inspect import latex_summary
+
+        return latex_summary(self)
+
+
+def load_model(path) -> list:
+    """Run the model file at ``path``; returns the models it made, in order.
+
+    A model file is Python: it runs with the permissions of the caller.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist" if not path.exists()
+                             else f"model file {path} is not a file")
+    models: list = []
+    token = _collector.set(models)
+    try:
+        runpy.run_path(str(path), run_name=f"__symgrad_model_{path.stem}__")
+    except SyntaxError as exc:
+        raise ModelFileError(f"{path}, line {exc.lineno}: syntax error: {exc.msg}") from None
+    except SymgradError as exc:
+        line = _line_in(path, exc.__traceback__)
+        raise type(exc)(f"{path}{f', line {line}' if line else ''}: {exc}") from None
+    except SystemExit as exc:
+        raise ModelFileError(f"{path} called exit({exc.code}) while it ran") from None
+    except Exception as exc:
+        line = _line_in(path, exc.__traceback__)
+        raise ModelFileError(
+            f"{path}{f', line {line}' if line else ''}: the model file raised "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        _collector.reset(token)
+    if not models:
+        raise ModelFileError(f"{path} defines no model: create one with symgrad.Model(name, loss=..., ...)")
+    names = [m.name for m in models]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ModelFileError(f"{path} defines two models named {duplicates[0]!r}; model names must be unique")
+    for m in models:
+        m.source = str(path)
+    return models
+
+
+def _line_in(path: Path, tb) -> int | None:
+    """The last line of ``path`` in a traceback: where the model file went wrong."""
+    line = None
+    for frame, lineno in traceback.walk_tb(tb):
+        if Path(frame.f_code.co_filename).resolve() == path.resolve():
+            line = lineno
+    return line

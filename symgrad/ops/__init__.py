@@ -1,0 +1,129 @@
+"""The op registry: one entry per graph op, holding everything about that op.
+
+An :class:`Op` says how to read the op from SymPy, the shape of its result,
+its local derivative (as a vector-Jacobian product built from other graph
+ops), how to emit it as C, how to evaluate it with NumPy (the reference the
+tests use), how to print it back as SymPy, and the input domain on which its
+derivative is tested. Adding an op means writing one entry in one of the
+family modules below; the engine, the emitter and the registry-driven tests
+pick it up from here.
+
+Families: :mod:`.leaf` (symbols and constants), :mod:`.arith` (+, *, powers),
+:mod:`.elementwise` (scalar functions, comparisons, selection), :mod:`.nn`
+(softmax and friends), :mod:`.linalg` (matrix products, views, reductions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from ..errors import ModelShapeError
+
+Shape = tuple  # () for a scalar, (rows, cols) for a matrix
+
+
+@dataclass(frozen=True)
+class Op:
+    """Everything symgrad knows about one graph op.
+
+    Attributes:
+        name: the op's name in the graph, in C comments and in error messages.
+        kind: ``"leaf"`` (no args), ``"elementwise"`` (the result is a scalar
+            function of the args, element by element, with broadcasting),
+            ``"view"`` (a re-indexing of its arg that emits no code), or
+            ``"tensor"`` (anything else: emitted by ``emit``).
+        shape: ``(arg_shapes, attrs) -> shape`` of the result; raises
+            :class:`ModelShapeError` on a mismatch.
+        vjp: ``(builder, node_id, adjoint_id) -> [contribution or None per arg]``:
+            the adjoint contributions this node sends to each arg, as graph
+            nodes. ``None`` means "no derivative flows" (constant or
+            non-differentiable arg).
+        c: for elementwise ops, ``(printer, arg_strings, attrs) -> C expression``.
+        emit: for tensor ops, ``(printer, out, args, attrs) -> [C lines]``.
+        numpy: ``(arg_arrays, attrs) -> array``: the reference evaluation of one example.
+        to_sympy: ``(arg_exprs, attrs) -> SymPy expression`` for display.
+        domain: per-arg ``(low, high)`` intervals where the derivative is tested
+            (``None``: the op is not tested on its own, e.g. leaves).
+        cost: ``(node, arg_shapes) -> int`` arithmetic operations for the op count.
+        simplify: ``(builder, args, attrs) -> node id or None``: a rewrite applied
+            when the node is created (constant folding, identities, stable forms).
+        commutative: args may be reordered (canonical order improves sharing).
+        differentiable: ``False`` for ops whose derivative is zero almost everywhere.
+        varying: ``(args_varying, attrs) -> bool``: whether the result differs
+            from example to example; default: when any arg does.
+        arity: the number of args, or ``None`` for any number.
+        test_cases: ``(arg_shapes, attrs)`` pairs on which the registry tests
+            check the derivative of a tensor op (element-wise ops are tested
+            on scalars and matrices without being told).
+    """
+
+    name: str
+    kind: str
+    shape: Callable[[list, tuple], Shape]
+    to_sympy: Callable[[list, tuple], Any]
+    numpy: Callable[[list, tuple], Any]
+    vjp: Optional[Callable] = None
+    c: Optional[Callable] = None
+    emit: Optional[Callable] = None
+    domain: Optional[tuple] = None
+    cost: Callable = field(default=lambda node, arg_shapes: 0)
+    simplify: Optional[Callable] = None
+    commutative: bool = False
+    differentiable: bool = True
+    varying: Optional[Callable] = None
+    arity: Optional[int] = None
+    test_cases: tuple = ()
+
+
+REGISTRY: dict[str, Op] = {}
+
+
+def register(op: Op) -> Op:
+    """Add ``op`` to the registry; names are unique."""
+    if op.name in REGISTRY:
+        raise ValueError(f"op {op.name!r} is registered twice")
+    REGISTRY[op.name] = op
+    return op
+
+
+def get(name: str) -> Op:
+    return REGISTRY[name]
+
+
+# --- shape helpers shared by the families -------------------------------------
+
+
+def size_of(shape: Shape) -> int:
+    """Number of elements of one example of a value with this shape."""
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def broadcast_shapes(shapes: list, what: str = "operands") -> Shape:
+    """NumPy-style broadcast of scalar () and 2-D shapes."""
+    matrices = [s for s in shapes if s != ()]
+    if not matrices:
+        return ()
+    rows = {s[0] for s in matrices} - {1}
+    cols = {s[1] for s in matrices} - {1}
+    if len(rows) > 1 or len(cols) > 1:
+        raise ModelShapeError(
+            f"{what} have shapes {', '.join(str(s) for s in matrices)} that do not broadcast together"
+        )
+    return (rows.pop() if rows else 1, cols.pop() if cols else 1)
+
+
+def elementwise_shape(arg_shapes, attrs):
+    return broadcast_shapes(list(arg_shapes))
+
+
+def elementwise_cost(per_element: int):
+    """Cost of an elementwise op: ``per_element`` operations per result element."""
+    return lambda node, arg_shapes: per_element * size_of(node.shape)
+
+
+# Importing the families registers their ops.
+from . import leaf, arith, elementwise, nn, linalg  # noqa: E402,F401

@@ -1,0 +1,205 @@
+"""Arithmetic: n-ary sums and products, and powers.
+
+Sums and products are element-wise with broadcasting, so the same entries
+serve scalars, matrices and a scalar times a matrix. Subtraction and division
+are what SymPy makes of them: ``x - y`` is ``x + (-1)*y`` and ``x / y`` is
+``x * y**-1``.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import sympy as sp
+
+from . import Op, elementwise_shape, register, size_of
+
+
+def _elementwise_vjp(partials):
+    """A VJP from local partial derivatives: contribution_i = g * d(out)/d(arg_i)."""
+
+    def vjp(b, node_id, g):
+        return [None if p is None else b.mul(g, p) for p in partials(b, node_id)]
+
+    return vjp
+
+
+# --- add -----------------------------------------------------------------------
+
+
+def _simplify_add(b, args, attrs):
+    constants = [a for a in args if b.is_const(a)]
+    others = [a for a in args if not b.is_const(a)]
+    total = sp.Add(*[b.const_value(a) for a in constants]) if constants else sp.Integer(0)
+    if len(constants) > 1 or (constants and total == 0):
+        terms = others + ([b.const(total)] if total != 0 else [])
+        if not terms:
+            return b.const(0)
+        if len(terms) == 1:
+            return terms[0]
+        return b.apply("add", *terms)
+    if len(args) == 1:
+        return args[0]
+    if not args:
+        return b.const(0)
+    return None
+
+
+register(
+    Op(
+        name="add",
+        kind="elementwise",
+        shape=elementwise_shape,
+        vjp=lambda b, node_id, g: [g] * len(b.node(node_id).args),
+        c=lambda p, args, attrs: " + ".join(str(a) for a in args),
+        numpy=lambda args, attrs: sum(args[1:], args[0]),
+        to_sympy=lambda args, attrs: sp.Add(*args),
+        domain=((-2.0, 2.0), (-2.0, 2.0)),
+        cost=lambda node, shapes: (len(shapes) - 1) * size_of(node.shape),
+        simplify=_simplify_add,
+        commutative=True,
+    )
+)
+
+
+# --- mul -------------------------------------------------------------------------
+
+
+def _simplify_mul(b, args, attrs):
+    constants = [a for a in args if b.is_const(a)]
+    others = [a for a in args if not b.is_const(a)]
+    # Pull the constant factor of a single nested product up: c1 * (c2 * y) -> (c1*c2) * y.
+    if len(others) == 1 and constants:
+        inner = b.node(others[0])
+        if inner.op == "mul" and any(b.is_const(a) for a in inner.args):
+            constants = constants + [a for a in inner.args if b.is_const(a)]
+            others = [a for a in inner.args if not b.is_const(a)]
+    product = sp.Mul(*[b.const_value(a) for a in constants]) if constants else sp.Integer(1)
+    if product == 0 and all(b.shape(a) == () for a in others):
+        return b.const(0)
+    rebuilt = others + ([b.const(product)] if product != 1 else [])
+    if not rebuilt:
+        return b.const(product)
+    if len(rebuilt) == 1:
+        return rebuilt[0]
+    if tuple(sorted(rebuilt)) != tuple(args):
+        return b.apply("mul", *rebuilt)
+    return None
+
+
+def _mul_partials(b, node_id):
+    """d(a1*...*ak)/d(ai) = product of the others; prefix/suffix products keep it O(k)."""
+    args = b.node(node_id).args
+    k = len(args)
+    if k <= 3:
+        return [b.mul(*(args[:i] + args[i + 1:])) for i in range(k)]
+    prefix = [None] * k
+    suffix = [None] * k
+    for i in range(1, k):
+        prefix[i] = args[0] if i == 1 else b.mul(prefix[i - 1], args[i - 1])
+    for i in range(k - 2, -1, -1):
+        suffix[i] = args[k - 1] if i == k - 2 else b.mul(suffix[i + 1], args[i + 1])
+    return [
+        suffix[0] if i == 0 else prefix[k - 1] if i == k - 1 else b.mul(prefix[i], suffix[i])
+        for i in range(k)
+    ]
+
+
+def _c_mul(p, args, attrs):
+    numeric = [a for a in args if a.const is not None]
+    if len(numeric) == 1 and numeric[0].const == -1 and len(args) == 2:
+        other = args[0] if args[1] is numeric[0] else args[1]
+        return f"-{other}"
+    return " * ".join(str(a) for a in args)
+
+
+register(
+    Op(
+        name="mul",
+        kind="elementwise",
+        shape=elementwise_shape,
+        vjp=_elementwise_vjp(_mul_partials),
+        c=_c_mul,
+        numpy=lambda args, attrs: np.prod(np.broadcast_arrays(*args), axis=0),
+        to_sympy=lambda args, attrs: sp.Mul(*args),
+        domain=((-2.0, 2.0), (-2.0, 2.0)),
+        cost=lambda node, shapes: (len(shapes) - 1) * size_of(node.shape),
+        simplify=_simplify_mul,
+        commutative=True,
+    )
+)
+
+
+# --- pow -------------------------------------------------------------------------
+
+
+def _exponent(b, node_id):
+    """The exponent of a ``pow`` node as a Fraction, or None when it is not a rational constant."""
+    value = b.const_value(b.node(node_id).args[1])
+    if value is not None and value.is_Rational:
+        return Fraction(int(value.p), int(value.q))
+    return None
+
+
+def _simplify_pow(b, args, attrs):
+    base, exponent = args
+    value = b.const_value(exponent)
+    if value is None:
+        return None
+    if value == 1:
+        return base
+    if value == 0:
+        return b.broadcast(b.const(1), b.shape(base))
+    return None
+
+
+def _pow_partials(b, node_id):
+    node = b.node(node_id)
+    x, y = node.args
+    value = b.const_value(y)
+    if value is not None:
+        if value == sp.Rational(1, 2):  # sqrt: 1 / (2 sqrt(x)), reusing sqrt(x)
+            return [b.mul(b.const(sp.Rational(1, 2)), b.recip(node_id)), None]
+        if value == -1:  # 1/x: -1/x**2 = -(1/x)**2, reusing 1/x
+            return [b.neg(b.mul(node_id, node_id)), None]
+        return [b.mul(b.const(value), b.apply("pow", x, b.const(value - 1))), None]
+    dx = b.mul(y, b.apply("pow", x, b.add(y, b.const(-1))))
+    dy = b.mul(node_id, b.call("log", x))
+    return [dx, dy]
+
+
+def _c_pow(p, args, attrs):
+    x, y = args
+    e = y.const
+    if e is not None and e == int(e) and 1 <= abs(e) <= 4:
+        product = " * ".join([str(x)] * int(abs(e)))
+        return product if e > 0 else f"{p.literal(1)} / ({product})"
+    if e == 0.5:
+        return p.call("sqrt", x)
+    if e == -0.5:
+        return f"{p.literal(1)} / {p.call('sqrt', x)}"
+    if e == 1.5:
+        return f"{x} * {p.call('sqrt', x)}"
+    return p.call("pow", x, y)
+
+
+def _pow_cost(node, shapes):
+    return size_of(node.shape)
+
+
+register(
+    Op(
+        name="pow",
+        kind="elementwise",
+        arity=2,
+        shape=elementwise_shape,
+        vjp=_elementwise_vjp(_pow_partials),
+        c=_c_pow,
+        numpy=lambda args, attrs: np.power(args[0], args[1]),
+        to_sympy=lambda args, attrs: sp.Pow(*args),
+        domain=((0.2, 2.0), (-2.0, 2.0)),
+        cost=_pow_cost,
+        simplify=_simplify_pow,
+    )
+)

@@ -1,0 +1,423 @@
+"""Matrix ops: products, transposes, element access, reductions, broadcasting, batch sums.
+
+Every op here carries its vector-Jacobian product at the matrix level, so the
+backward pass of a layer is a handful of matrix nodes (``W_bar = y_bar * x^T``)
+rather than one node per element. Emission is one loop nest or one call of a
+runtime helper per node, whatever the matrix sizes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+from ..errors import ModelShapeError
+from .. import functions as sgf
+from . import Op, elementwise_shape, register, size_of
+
+
+def _dims(shape):
+    return shape if shape else (1, 1)
+
+
+def _nb(out) -> str:
+    """The number of examples a runtime call covers: the tile, or 1 for a uniform value."""
+    return "nt" if out.varying else "1"
+
+
+# --- matmul ----------------------------------------------------------------------
+
+
+def _matmul_shape(shapes, attrs):
+    a, b = shapes
+    if len(a) != 2 or len(b) != 2 or a[1] != b[0]:
+        raise ModelShapeError(f"matrix product of shapes {a} and {b}: inner dimensions differ")
+    return (a[0], b[1])
+
+
+def _emit_matmul(p, out, args, attrs):
+    a, b = args
+    m, k = a.rows, a.cols
+    n = b.cols
+    return [
+        f"sg_matmul({_nb(out)}, {m}, {n}, {k}, {a.strides_text()}, {b.strides_text()}, "
+        f"{out.text}, {out.example_stride if out.varying else 0}, {n}, 1);"
+    ]
+
+
+register(
+    Op(
+        name="matmul",
+        kind="tensor",
+        arity=2,
+        shape=_matmul_shape,
+        vjp=lambda b, n, g: [
+            b.matmul(g, b.transpose(b.node(n).args[1])),
+            b.matmul(b.transpose(b.node(n).args[0]), g),
+        ],
+        emit=_emit_matmul,
+        numpy=lambda args, attrs: args[0] @ args[1],
+        to_sympy=lambda args, attrs: sp.MatMul(*args),
+        domain=((-1.0, 1.0), (-1.0, 1.0)),
+        cost=lambda node, shapes: 2 * shapes[0][0] * shapes[0][1] * shapes[1][1],
+        test_cases=((((3, 2), (2, 4)), ()), (((1, 3), (3, 1)), ()), (((3, 1), (1, 2)), ())),
+    )
+)
+
+
+# --- transpose: a view, no code ----------------------------------------------------
+
+
+def _simplify_transpose(b, args, attrs):
+    inner = b.node(args[0])
+    if inner.shape == ():
+        return args[0]
+    if inner.op == "transpose":
+        return inner.args[0]
+    return None
+
+
+register(
+    Op(
+        name="transpose",
+        kind="view",
+        arity=1,
+        shape=lambda shapes, attrs: (shapes[0][1], shapes[0][0]) if shapes[0] else (),
+        vjp=lambda b, n, g: [b.transpose(g)],
+        numpy=lambda args, attrs: np.transpose(args[0]),
+        to_sympy=lambda args, attrs: sp.Transpose(args[0]) if hasattr(args[0], "shape") else args[0],
+        domain=((-1.0, 1.0),),
+        simplify=_simplify_transpose,
+        test_cases=((((3, 2),), ()), (((4, 1),), ())),
+    )
+)
+
+
+# --- element access and assembly -------------------------------------------------------
+
+
+def _index_shape(shapes, attrs):
+    rows, cols = _dims(shapes[0])
+    i, j = attrs
+    if not (0 <= i < rows and 0 <= j < cols):
+        raise ModelShapeError(f"element [{i}, {j}] is outside a matrix of shape {shapes[0]}")
+    return ()
+
+
+def _emit_index(p, out, args, attrs):
+    (a,) = args
+    i, j = attrs
+    return p.loop_nest(out, lambda e, _i, _j: p.assign(out, a.element(e, i, j), e))
+
+
+register(
+    Op(
+        name="index",
+        kind="tensor",
+        arity=1,
+        shape=_index_shape,
+        vjp=lambda b, n, g: [b.apply("assemble", g, attrs=(b.shape(b.node(n).args[0]), (b.node(n).attrs,)))],
+        emit=_emit_index,
+        numpy=lambda args, attrs: np.asarray(args[0])[attrs],
+        to_sympy=lambda args, attrs: args[0][attrs] if hasattr(args[0], "shape") else args[0],
+        domain=((-1.0, 1.0),),
+        test_cases=((((3, 2),), (2, 1)), (((1, 4),), (0, 3))),
+    )
+)
+
+
+def _assemble_shape(shapes, attrs):
+    shape, positions = attrs
+    if len(positions) != len(shapes) or any(s != () for s in shapes):
+        raise ModelShapeError("assemble takes one scalar per position")
+    return shape
+
+
+def _np_assemble(args, attrs):
+    shape, positions = attrs
+    out = np.zeros(shape)
+    for value, (i, j) in zip(args, positions):
+        out[i, j] += value
+    return out
+
+
+def _sympy_assemble(args, attrs):
+    shape, positions = attrs
+    entries = {}
+    for value, pos in zip(args, positions):
+        entries[pos] = entries.get(pos, 0) + value
+    return sp.ImmutableMatrix(shape[0], shape[1], lambda i, j: entries.get((i, j), 0))
+
+
+def _emit_assemble(p, out, args, attrs):
+    shape, positions = attrs
+    lines = p.loop_nest(out, lambda e, i, j: p.assign(out, p.literal(0), e, i, j))
+    for value, (i, j) in zip(args, positions):
+        if out.varying:
+            lines.append(f"for (int64_t e = 0; e < nt; ++e) {out.element('e', i, j)} += {value.element('e')};")
+        else:
+            lines.append(f"{out.element(None, i, j)} += {value.element()};")
+    return lines
+
+
+# A matrix of the given shape holding each scalar arg at its position (summed
+# where positions repeat) and zero elsewhere. attrs: (shape, ((i, j), ...)).
+register(
+    Op(
+        name="assemble",
+        kind="tensor",
+        shape=_assemble_shape,
+        vjp=lambda b, n, g: [b.apply("index", g, attrs=pos) for pos in b.node(n).attrs[1]],
+        emit=_emit_assemble,
+        numpy=_np_assemble,
+        to_sympy=_sympy_assemble,
+        domain=((-1.0, 1.0), (-1.0, 1.0)),
+        test_cases=((((), ()), ((2, 2), ((0, 1), (0, 1)))), (((), (), ()), ((3, 1), ((0, 0), (2, 0), (1, 0))))),
+    )
+)
+
+
+# --- reductions ------------------------------------------------------------------------
+
+
+def _emit_runtime_reduction(name):
+    def emit(p, out, args, attrs):
+        (a,) = args
+        return [f"sg_{name}({_nb(out)}, {a.rows}, {a.cols}, {a.strides_text()}, "
+                f"{out.text}, {out.example_stride if out.varying else 0});"]
+
+    return emit
+
+
+register(
+    Op(
+        name="sum",
+        kind="tensor",
+        arity=1,
+        shape=lambda shapes, attrs: (),
+        vjp=lambda b, n, g: [b.broadcast(g, b.shape(b.node(n).args[0]))],
+        emit=_emit_runtime_reduction("sum"),
+        numpy=lambda args, attrs: np.sum(args[0]),
+        to_sympy=lambda args, attrs: sgf.sum(args[0]) if hasattr(args[0], "shape") else args[0],
+        domain=((-1.0, 1.0),),
+        cost=lambda node, shapes: size_of(shapes[0]) - 1,
+        simplify=lambda b, args, attrs: args[0] if b.shape(args[0]) == () else None,
+        test_cases=((((3, 2),), ()), (((1, 4),), ())),
+    )
+)
+
+
+def _trace_shape(shapes, attrs):
+    rows, cols = _dims(shapes[0])
+    if rows != cols:
+        raise ModelShapeError(f"trace of a non-square matrix of shape {shapes[0]}")
+    return ()
+
+
+register(
+    Op(
+        name="trace",
+        kind="tensor",
+        arity=1,
+        shape=_trace_shape,
+        vjp=lambda b, n, g: [b.mul(g, b.apply("identity", attrs=(b.shape(b.node(n).args[0])[0],)))],
+        emit=_emit_runtime_reduction("trace"),
+        numpy=lambda args, attrs: np.trace(args[0]),
+        to_sympy=lambda args, attrs: sp.Trace(args[0]),
+        domain=((-1.0, 1.0),),
+        cost=lambda node, shapes: shapes[0][0] - 1,
+        test_cases=((((3, 3),), ()),),
+    )
+)
+
+
+def _sum_to_shape(shapes, attrs):
+    (source,), (target,) = shapes, attrs
+    if elementwise_shape([source, target], ()) != _dims(source) and source != ():
+        raise ModelShapeError(f"cannot sum a matrix of shape {source} down to {target}")
+    return target
+
+
+def _np_sum_to(args, attrs):
+    (a,), (target,) = args, attrs
+    if target == ():
+        return np.sum(a)
+    axes = tuple(ax for ax in range(2) if target[ax] == 1 and a.shape[ax] != 1)
+    return np.sum(a, axis=axes, keepdims=True)
+
+
+def _sympy_sum_to(args, attrs):
+    (a,), (target,) = args, attrs
+    if target == ():
+        return sgf.sum(a)
+    rows, cols = a.shape
+    if target[0] == 1 and rows != 1:
+        a = sp.OneMatrix(1, rows) * a
+    if target[1] == 1 and cols != 1:
+        a = a * sp.OneMatrix(cols, 1)
+    return a
+
+
+def _emit_sum_to(p, out, args, attrs):
+    (a,) = args
+    return [f"sg_sum_to({_nb(out)}, {a.rows}, {a.cols}, {a.strides_text()}, "
+            f"{out.text}, {out.example_stride if out.varying else 0}, {out.rows}, {out.cols});"]
+
+
+# The sum of a matrix over the axes where ``shape`` has extent 1: the adjoint of broadcasting.
+register(
+    Op(
+        name="sum_to",
+        kind="tensor",
+        arity=1,
+        shape=_sum_to_shape,
+        vjp=lambda b, n, g: [b.broadcast(g, b.shape(b.node(n).args[0]))],
+        emit=_emit_sum_to,
+        numpy=_np_sum_to,
+        to_sympy=_sympy_sum_to,
+        domain=((-1.0, 1.0),),
+        cost=lambda node, shapes: size_of(shapes[0]) - size_of(node.shape),
+        test_cases=((((3, 2),), ((1, 2),)), (((3, 2),), ((3, 1),)), (((3, 2),), ((),))),
+    )
+)
+
+
+def _sympy_broadcast(args, attrs):
+    (a,), (shape,) = args, attrs
+    rows, cols = shape
+    if not hasattr(a, "shape"):
+        return a * sp.OneMatrix(rows, cols)
+    if a.shape[0] == 1 and rows != 1:
+        a = sp.OneMatrix(rows, 1) * a
+    if a.shape[1] == 1 and cols != 1:
+        a = a * sp.OneMatrix(1, cols)
+    return a
+
+
+register(
+    Op(
+        name="broadcast",
+        kind="elementwise",
+        arity=1,
+        shape=lambda shapes, attrs: elementwise_shape([shapes[0], attrs[0]], ()),
+        vjp=lambda b, n, g: [b.sum_to(g, b.shape(b.node(n).args[0]))],
+        c=lambda p, args, attrs: str(args[0]),
+        numpy=lambda args, attrs: np.broadcast_to(args[0], attrs[0]).copy(),
+        to_sympy=_sympy_broadcast,
+        domain=((-1.0, 1.0),),
+        test_cases=((((),), ((2, 3),)), (((1, 3),), ((2, 3),)), (((2, 1),), ((2, 3),))),
+    )
+)
+
+
+# --- constant matrices -------------------------------------------------------------------
+
+
+register(
+    Op(
+        name="identity",
+        kind="tensor",
+        arity=0,
+        shape=lambda shapes, attrs: (attrs[0], attrs[0]),
+        emit=lambda p, out, args, attrs: p.loop_nest(
+            out, lambda e, i, j: p.assign(out, f"({p.real}) ({i} == {j})", e, i, j)),
+        numpy=lambda args, attrs: np.eye(attrs[0]),
+        to_sympy=lambda args, attrs: sp.Identity(attrs[0]),
+    )
+)
+
+
+def _emit_matrix_const(p, out, args, attrs):
+    shape, values = attrs
+    literals = ", ".join(p.literal(v) for v in values)
+    return [f"static const {p.real} values[{len(values)}] = {{{literals}}};",
+            f"for (int64_t k = 0; k < {len(values)}; ++k) {out.text}[k] = values[k];"]
+
+
+# A matrix of numbers written in the model. attrs: (shape, values in row-major order).
+register(
+    Op(
+        name="matrix_const",
+        kind="tensor",
+        arity=0,
+        shape=lambda shapes, attrs: attrs[0],
+        emit=_emit_matrix_const,
+        numpy=lambda args, attrs: np.array([float(v) for v in attrs[1]]).reshape(attrs[0]),
+        to_sympy=lambda args, attrs: sp.ImmutableMatrix(attrs[0][0], attrs[0][1], list(attrs[1])),
+    )
+)
+
+
+# --- the batch: sum a per-example value over all examples of the call -----------------------
+
+
+def _emit_reduce_batch(p, out, args, attrs):
+    (a,) = args
+    return [f"sg_reduce_batch(nt, {a.rows}, {a.cols}, {a.strides_text()}, {out.text});"]
+
+
+register(
+    Op(
+        name="reduce_batch",
+        kind="tensor",
+        arity=1,
+        shape=lambda shapes, attrs: shapes[0],
+        vjp=lambda b, n, g: [g],
+        emit=_emit_reduce_batch,
+        numpy=lambda args, attrs: args[0],
+        to_sympy=lambda args, attrs: sp.Function("batch_sum")(args[0]),
+        cost=lambda node, shapes: size_of(node.shape),
+        varying=lambda flags, attrs: False,
+    )
+)
+
+
+# --- class-index access: element ``idx`` of a matrix, with ``idx`` a runtime value ------------
+
+
+def _emit_take(p, out, args, attrs):
+    z, idx = args
+    idx_stride = idx.example_stride if idx.varying else 0
+    idx_ptr = idx.text if idx.storage == "buffer" else f"&{idx.text}"
+    return [f"if (sg_take({_nb(out)}, {z.rows}, {z.cols}, {z.strides_text()}, {idx_ptr}, {idx_stride}, "
+            f"{out.text}, {out.example_stride if out.varying else 0})) return SG_ERROR_CLASS_INDEX;"]
+
+
+register(
+    Op(
+        name="take",
+        kind="tensor",
+        arity=2,
+        shape=lambda shapes, attrs: (),
+        vjp=lambda b, n, g: [
+            b.mul(g, b.apply("one_hot", b.node(n).args[1], attrs=(b.shape(b.node(n).args[0]),))),
+            None,
+        ],
+        emit=_emit_take,
+        numpy=lambda args, attrs: np.asarray(args[0]).reshape(-1)[int(args[1])],
+        to_sympy=lambda args, attrs: sp.Function("take")(args[0], args[1]),
+    )
+)
+
+
+def _emit_one_hot(p, out, args, attrs):
+    (idx,) = args
+    cols = out.cols
+    return p.loop_nest(
+        out, lambda e, i, j: p.assign(
+            out, f"({p.real}) ({i} * {cols} + {j} == (int64_t) {idx.element(e)})", e, i, j))
+
+
+# A matrix of zeros with a one at flat position ``idx``. attrs: (shape,).
+register(
+    Op(
+        name="one_hot",
+        kind="tensor",
+        arity=1,
+        shape=lambda shapes, attrs: attrs[0],
+        emit=_emit_one_hot,
+        numpy=lambda args, attrs: np.eye(size_of(attrs[0]))[int(args[0])].reshape(attrs[0]),
+        to_sympy=lambda args, attrs: sp.Function("one_hot")(args[0]),
+        differentiable=False,
+    )
+)

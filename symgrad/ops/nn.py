@@ -1,0 +1,100 @@
+"""Neural-network ops over a whole matrix: softmax, log-softmax, log-sum-exp.
+
+Each works on all elements of its argument (a vector of logits, typically),
+per example, shifted by the maximum so that logits of any magnitude give
+finite results. Their derivatives reuse the forward result: the softmax
+Jacobian is never formed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+from .. import functions as sgf
+from . import Op, register, size_of
+
+
+def _np_logsumexp(z):
+    z = np.asarray(z, dtype=float)
+    m = np.max(z)
+    m = m if np.isfinite(m) else 0.0
+    return m + np.log(np.sum(np.exp(z - m)))
+
+
+def _emit_vector_function(name):
+    def emit(p, out, args, attrs):
+        (z,) = args
+        nb = "nt" if out.varying else "1"
+        return [f"sg_{name}({nb}, {z.rows}, {z.cols}, {z.strides_text()}, "
+                f"{out.text}, {out.example_stride if out.varying else 0});"]
+
+    return emit
+
+
+def _softmax_vjp(b, node_id, g):
+    # z_bar = s * (g - sum(g * s))
+    s = node_id
+    return [b.mul(s, b.sub(g, b.sum(b.mul(g, s))))]
+
+
+def _log_softmax_vjp(b, node_id, g):
+    # z_bar = g - softmax(z) * sum(g), with softmax(z) = exp(log_softmax(z))
+    return [b.sub(g, b.mul(b.call("exp", node_id), b.sum(g)))]
+
+
+def _logsumexp_vjp(b, node_id, g):
+    # z_bar = g * softmax(z) = g * exp(z - logsumexp(z))
+    z = b.node(node_id).args[0]
+    return [b.mul(g, b.call("exp", b.sub(z, node_id)))]
+
+
+_CASES = ((((4, 1),), ()), (((1, 3),), ()), (((2, 3),), ()))
+
+register(
+    Op(
+        name="softmax",
+        kind="tensor",
+        arity=1,
+        shape=lambda shapes, attrs: shapes[0],
+        vjp=_softmax_vjp,
+        emit=_emit_vector_function("softmax"),
+        numpy=lambda args, attrs: np.exp(np.asarray(args[0]) - _np_logsumexp(args[0])),
+        to_sympy=lambda args, attrs: sgf.softmax(args[0]),
+        domain=((-3.0, 3.0),),
+        cost=lambda node, shapes: 4 * size_of(node.shape),
+        test_cases=_CASES,
+    )
+)
+
+register(
+    Op(
+        name="log_softmax",
+        kind="tensor",
+        arity=1,
+        shape=lambda shapes, attrs: shapes[0],
+        vjp=_log_softmax_vjp,
+        emit=_emit_vector_function("log_softmax"),
+        numpy=lambda args, attrs: np.asarray(args[0]) - _np_logsumexp(args[0]),
+        to_sympy=lambda args, attrs: sgf.log_softmax(args[0]),
+        domain=((-3.0, 3.0),),
+        cost=lambda node, shapes: 4 * size_of(node.shape),
+        test_cases=_CASES,
+    )
+)
+
+register(
+    Op(
+        name="logsumexp",
+        kind="tensor",
+        arity=1,
+        shape=lambda shapes, attrs: (),
+        vjp=_logsumexp_vjp,
+        emit=_emit_vector_function("logsumexp"),
+        numpy=lambda args, attrs: _np_logsumexp(args[0]),
+        to_sympy=lambda args, attrs: sgf.logsumexp(args[0]),
+        domain=((-3.0, 3.0),),
+        cost=lambda node, shapes: 3 * size_of(shapes[0]),
+        test_cases=_CASES,
+    )
+)

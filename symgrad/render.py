@@ -1,0 +1,153 @@
+"""Rendering kernel specs into the files of a generated package.
+
+The Jinja2 environment is strict (an undefined name is an error, never an
+empty string) and its templates live in ``symgrad/templates``: one template
+per generated file, named after it, plus ``macros.j2``. Templates receive
+only strings, numbers and lists; user text reaches them through the
+``pyrepr`` and ``pystr`` filters (Python) or is already escaped by the
+printer (C comments).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+
+import jinja2
+
+from . import __version__
+from .schedule import KernelSpec
+
+KERNEL_DOCS = {
+    "forward": "the outputs and the loss of every example of the batch.",
+    "value_and_grad": "the loss and its gradients, reduced over the batch as the model says.",
+}
+
+
+@dataclass(frozen=True)
+class PackageSpec:
+    """What the generated package of one model contains, as plain data."""
+
+    name: str
+    kernels: tuple  # KernelSpec, one per kernel kind
+    dtype: str
+    reduce: object
+    declared: tuple  # (name, role, shape) per symbol, in declaration order
+    outputs: tuple
+    wrt: tuple
+    has_loss: bool
+    summary: str  # the model's formulas, for docstrings
+    gradient_doc: str
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class RenderedPackage:
+    """The text of every file of a package, and what cffi needs to compile it."""
+
+    name: str
+    files: dict  # file name -> text; __init__.py is rendered by finish()
+    cdef: str
+    c_sources: tuple  # names in ``files`` that are compiled
+    spec: PackageSpec
+
+    def source_digest(self) -> str:
+        """A digest of everything that goes into the compiled extension."""
+        h = hashlib.sha256()
+        for name in sorted(self.c_sources) + ["symgrad_runtime.h", f"{self.name}.h"]:
+            h.update(name.encode() + b"\0" + self.files[name].encode() + b"\0")
+        h.update(self.cdef.encode())
+        return h.hexdigest()
+
+
+def _pystr(text) -> str:
+    """Text made safe inside a Python string literal or docstring (newlines kept)."""
+    out = []
+    for ch in str(text):
+        if ch in "\\\"'":
+            out.append("\\" + ch)
+        elif ch == "\n" or ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    loader = jinja2.FileSystemLoader(str(resources.files("symgrad") / "templates"))
+    env = jinja2.Environment(
+        loader=loader,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["pyrepr"] = repr
+    env.filters["pystr"] = _pystr
+    return env
+
+
+def _kernel_arguments(k: KernelSpec) -> list:
+    return [
+        (a.role, a.name, a.shape, a.per_example, a.by_value, a.kind, a.c_type)
+        for a in k.arguments
+        if a.role != "count"
+    ]
+
+
+def render(spec: PackageSpec) -> RenderedPackage:
+    """The C sources, header, runtime header and cffi declarations of a package."""
+    env = environment()
+    real = spec.kernels[0].real
+    suffix = "f" if spec.dtype == "float32" else ""
+    common = dict(
+        version=__version__,
+        model_comment=spec.name,
+        kernels=spec.kernels,
+        docs=KERNEL_DOCS,
+        header_name=f"{spec.name}.h",
+        source_name=f"{spec.name}.c",
+        guard=f"SYMGRAD_{spec.name.upper()}_H",
+    )
+    files = {
+        f"{spec.name}.c": env.get_template("kernels.c.j2").render(**common),
+        f"{spec.name}.h": env.get_template("kernels.h.j2").render(**common),
+        "symgrad_runtime.h": env.get_template("symgrad_runtime.h.j2").render(
+            version=__version__, real=real, f=suffix),
+        "_runtime.py": (resources.files("symgrad") / "runtime.py").read_text(),
+    }
+    cdef = env.get_template("cdef.h.j2").render(kernels=spec.kernels)
+    return RenderedPackage(spec.name, files, cdef, (f"{spec.name}.c",), spec)
+
+
+def finish(rendered: RenderedPackage, *, key: str, extension: str) -> str:
+    """The package's ``__init__.py``, which names the compiled extension and its key."""
+    spec = rendered.spec
+    params = {name: shape for name, role, shape in spec.declared if role == "param"}
+    inputs = {name: shape for name, role, shape in spec.declared if role == "input"}
+    reduction = {"mean": "averaged over the batch", "sum": "summed over the batch",
+                 None: "one value per example"}[spec.reduce]
+    return environment().get_template("__init__.py.j2").render(
+        name=spec.name,
+        version=__version__,
+        source=spec.source,
+        summary=spec.summary,
+        gradient_doc=spec.gradient_doc,
+        has_loss=spec.has_loss,
+        extension=extension,
+        key=key,
+        dtype=spec.dtype,
+        reduce=spec.reduce,
+        params=params,
+        inputs=inputs,
+        outputs=tuple(spec.outputs),
+        wrt=tuple(spec.wrt),
+        declared={name: (role, shape) for name, role, shape in spec.declared},
+        kernels=[dict(kind=k.kind, function=k.function, arguments=_kernel_arguments(k), work_size=k.work_size)
+                 for k in spec.kernels],
+        loss_reduction=reduction,
+    )

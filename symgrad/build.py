@@ -37,7 +37,7 @@ from . import __version__
 from .errors import BuildError, CompileError, CompilerNotFoundError, OutputDirectoryError
 from .render import RenderedPackage, finish
 
-DEFAULT_FLAGS = ("-O3",)
+DEFAULT_FLAGS = ("-O3", "-fopenmp-simd")
 MANIFEST = ".symgrad-build.json"
 
 

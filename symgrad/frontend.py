@@ -123,22 +123,23 @@ class SympyReader:
             return b.const(e)
         if e is sp.true or e is sp.false:
             return b.const(1 if e is sp.true else 0)
+        # Matrix products and powers first: SymPy's MatMul is a subclass of Mul.
+        if isinstance(e, sp.MatMul):
+            return self._matmul(e)
+        if isinstance(e, sp.MatPow):
+            return self._matpow(e)
         if isinstance(e, (sp.Add, sp.MatAdd)):
             return b.add(*[n(a) for a in e.args])
         if isinstance(e, (sp.Mul, HadamardProduct)):
             return b.mul(*[n(a) for a in e.args])
         if isinstance(e, (sp.Pow, HadamardPower)):
             return b.apply("pow", n(e.args[0]), n(e.args[1]))
-        if isinstance(e, sp.MatMul):
-            return self._matmul(e)
         if isinstance(e, (sp.Transpose, sp.Adjoint)):
             return b.transpose(n(e.args[0]))
         if isinstance(e, MatrixElement):
             return self._element(e)
         if isinstance(e, ElementwiseApplyFunction):
             return self._applyfunc(e)
-        if isinstance(e, sp.MatPow):
-            return self._matpow(e)
         if isinstance(e, sp.Identity):
             return b.apply("identity", attrs=(self._dim(e.rows),))
         if isinstance(e, (sp.ZeroMatrix, sp.OneMatrix)):
@@ -329,6 +330,8 @@ def build_graph(*, params, inputs, loss, outputs, reduce, labels=None) -> Graph:
         node = reader.memo.get(expr)
         if node is not None and graph.nodes[node].op not in ("symbol", "const"):
             graph.labels.setdefault(node, name)
+    if loss is not None and graph.nodes[example_loss].op not in ("symbol", "const"):
+        graph.labels.setdefault(example_loss, "loss")
     return graph
 
 

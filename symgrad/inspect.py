@@ -104,8 +104,11 @@ def gradient_formulas(model, limit: int = FORMULA_LIMIT, latex: bool = False) ->
 
 
 def _forward_nodes(graph: Graph) -> list:
+    """Forward nodes worth a line: not leaves, and views only when the model named them."""
     roots = [r.node for group in ("outputs", "example_loss") for r in graph.results.get(group, ())]
-    return [n for n in graph.ancestors(roots) if graph.nodes[n].op not in ("symbol", "const")]
+    return [n for n in graph.ancestors(roots)
+            if graph.nodes[n].op not in ("symbol", "const")
+            and (ops.get(graph.nodes[n].op).kind != "view" or n in graph.labels)]
 
 
 def _latex_name(name: str) -> str:

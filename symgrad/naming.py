@@ -47,10 +47,16 @@ def name_of(names: dict, node_id: int) -> str:
 
 
 def placeholder(graph: Graph, node_id: int, names: dict):
-    """The SymPy stand-in for a node inside another node's formula."""
+    """The SymPy stand-in for a node inside another node's formula.
+
+    Leaves stand for themselves, views (``W.T``, ``M[0, 1]``) are written out,
+    other nodes appear under their names.
+    """
     node = graph.nodes[node_id]
     if node.op in ("const", "symbol", "batch_size"):
         return ops.get(node.op).to_sympy([], node.attrs)
+    if ops.get(node.op).kind == "view" and node_id not in names:
+        return ops.get(node.op).to_sympy([placeholder(graph, node.args[0], names)], node.attrs)
     name = name_of(names, node_id)
     return sp.Symbol(name) if node.shape == () else sp.MatrixSymbol(name, *node.shape)
 

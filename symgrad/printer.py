@@ -33,6 +33,7 @@ class Operand:
         varying: one value per example (indexed by ``e``) rather than one per call.
         row_stride, col_stride: element strides within one example.
         example_stride: element stride from one example to the next.
+        offset: element offset of element (0, 0) of example 0 (views into a matrix).
         const: the numeric value of a literal.
     """
 
@@ -43,6 +44,7 @@ class Operand:
     row_stride: int = 0
     col_stride: int = 0
     example_stride: int = 0
+    offset: int = 0
     const: Optional[float] = None
 
     @property
@@ -68,23 +70,31 @@ class Operand:
             terms.append((i, self.row_stride))
         if self.cols > 1 and j is not None:
             terms.append((j, self.col_stride))
+        if self.offset:
+            terms.append((self.offset, 1))
         return f"{self.text}[{index_expr(terms)}]"
 
     def is_dense(self) -> bool:
         """Row-major and contiguous, examples back to back."""
-        if self.storage != "buffer":
+        if self.storage != "buffer" or self.offset:
             return False
         row_ok = self.rows == 1 or self.row_stride == self.cols
         col_ok = self.cols == 1 or self.col_stride == 1
         example_ok = not self.varying or self.example_stride == self.size
         return row_ok and col_ok and example_ok
 
+    def pointer(self) -> str:
+        """A C pointer to element (0, 0) of example 0."""
+        if self.storage != "buffer":
+            return f"&{self.text}"
+        return f"{self.text} + {self.offset}" if self.offset else self.text
+
     def strides_text(self) -> str:
         """``ptr, example_stride, row_stride, col_stride`` for a runtime call."""
         es = self.example_stride if self.varying else 0
         rs = self.row_stride if self.rows > 1 else 0
         cs = self.col_stride if self.cols > 1 else 0
-        return f"{self.text}, {es}, {rs}, {cs}"
+        return f"{self.pointer()}, {es}, {rs}, {cs}"
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,16 @@
 :func:`schedule` turns the part of a graph that one kernel needs into a
 :class:`KernelSpec`: plain strings and numbers that the templates lay out,
 with no SymPy in sight. A kernel walks the batch in tiles of ``tile``
-examples and has three phases:
+examples and has three parts:
 
 * prologue: values shared by all examples (functions of params only),
   computed once per call; batch accumulators set to zero;
-* tile body: per-example values, each node one loop over the tile (and over
-  its elements for matrices), accumulating batch sums and writing
-  per-example results;
+* tile body: per-example values. Scalar nodes are grouped into *segments*:
+  one loop over the examples of the tile whose body is straight-line code,
+  one C statement per node, values kept in local variables unless a later
+  part of the body needs them. Matrix nodes are tile-level operations (one
+  loop nest or one matrix product over the whole tile). Batch sums
+  accumulate here and per-example results are written out;
 * epilogue: values that depend on batch sums (parameter gradients and
   everything upstream of them), and the per-call results.
 
@@ -25,11 +28,12 @@ from . import ops
 from .graph import Graph
 from .naming import c_identifiers, display_names, formula, name_of, node_var
 from .optimize import live_nodes
-from .printer import CPrinter, Operand, comment_text
+from .printer import CArg, CPrinter, Operand, comment_text
 
 KINDS = ("forward", "value_and_grad")
 _ALIGN = 8  # elements; buffers start on 64-byte boundaries for doubles
 _TILE_BUDGET = 65536  # elements of per-tile scratch to aim for (512 KiB of doubles)
+_MAX_TILE = 256
 _COMMENT_LIMIT = 110
 
 
@@ -37,9 +41,9 @@ _COMMENT_LIMIT = 110
 class Argument:
     """One parameter of a kernel's C signature.
 
-    ``role`` is ``"param"``, ``"input"`` or ``"output"``; ``name`` the user's
-    name for it (symbol, output, ``"loss"``); ``kind`` says what an output
-    holds (``"output"``, ``"loss"`` or ``"gradient"``).
+    ``role`` is ``"count"``, ``"param"``, ``"input"`` or ``"output"``; ``name``
+    the user's name for it (symbol, output, ``"loss"``); ``kind`` says what an
+    output holds (``"output"``, ``"loss"`` or ``"gradient"``).
     """
 
     c_name: str
@@ -54,6 +58,8 @@ class Argument:
 
 @dataclass(frozen=True)
 class Buffer:
+    """A pointer into the workspace: ``c_name = work + offset``."""
+
     c_name: str
     offset: int
     per_tile: bool
@@ -62,8 +68,28 @@ class Buffer:
 
 @dataclass(frozen=True)
 class Statement:
+    """C lines computing one node (or writing one result), under one comment."""
+
     comment: str
     lines: tuple
+    kind: str = "statement"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Element-wise statements of one shape, run as one loop nest over a tile.
+
+    For scalars the loop runs over the examples of the tile; for matrices
+    over their elements too (or one flat loop when every operand is dense).
+    ``lines`` are ``code  /* comment */``; ``reductions`` names the batch
+    accumulators the loop adds to (they go into the SIMD reduction clause).
+    """
+
+    comment: str
+    lines: tuple
+    reductions: tuple
+    loops: tuple = ("e < nt",)  # loop conditions, outermost first; the last gets the SIMD pragma
+    kind: str = "segment"
 
 
 @dataclass(frozen=True)
@@ -99,16 +125,20 @@ def kernel_results(graph: Graph, kind: str) -> list:
     raise ValueError(f"kernel kind must be one of {KINDS}, got {kind!r}")
 
 
-def _result_kind(graph: Graph, result) -> str:
-    if result in graph.results.get("gradients", ()):
-        return "gradient"
-    if result in graph.results.get("loss", ()):
-        return "loss"
-    return "output"
+def schedule(graph: Graph, kind: str, *, model: str, dtype: str = "float64") -> KernelSpec:
+    """The :class:`KernelSpec` of the ``kind`` kernel of ``model``'s graph."""
+    return _Scheduler(graph, kind, model, dtype).run()
 
 
 def _align(n: int) -> int:
     return -(-n // _ALIGN) * _ALIGN
+
+
+def _size(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 class _Arena:
@@ -116,7 +146,7 @@ class _Arena:
 
     def __init__(self):
         self.size = 0
-        self._free: list = []  # (size, offset)
+        self._free: list = []  # (size, offset), kept sorted
 
     def take(self, size: int) -> int:
         size = _align(max(size, 1))
@@ -133,9 +163,11 @@ class _Arena:
         self._free.sort()
 
 
-def schedule(graph: Graph, kind: str, *, model: str, dtype: str = "float64") -> KernelSpec:
-    """The :class:`KernelSpec` of the ``kind`` kernel of ``model``'s graph."""
-    return _Scheduler(graph, kind, model, dtype).run()
+# Roles of a live node in a kernel.
+ARG, LITERAL, VIEW, FUSED = "arg", "literal", "view", "fused"
+SEGMENT, TILE, SCALAR_ACC, TILE_ACC = "segment", "tile", "scalar_acc", "tile_acc"
+PROLOGUE, EPILOGUE = "prologue", "epilogue"
+_IN_BODY = (SEGMENT, TILE, SCALAR_ACC, TILE_ACC)
 
 
 class _Scheduler:
@@ -148,196 +180,156 @@ class _Scheduler:
         self.live = live_nodes(graph, self.results)
         self.names = display_names(graph)
         self.symbol_ids = c_identifiers(list(graph.symbols))
+        self.role: dict = {}
+        self.operands: dict = {}
 
-    # --- classification ------------------------------------------------------------
+    # --- what each node is ------------------------------------------------------------
 
-    def _phases(self) -> dict:
-        """Node -> "param", "input", "literal", "pre", "tile", "acc" or "post"."""
-        phase = {}
-        for nid in self.live:
-            node = self.g.nodes[nid]
-            if node.op == "symbol":
-                phase[nid] = "input" if node.varying else "param"
-            elif node.op in ("const", "batch_size"):
-                phase[nid] = "literal"
-            elif node.op == "reduce_batch":
-                phase[nid] = "acc"
-            elif node.varying:
-                phase[nid] = "tile"
-            elif any(phase[a] in ("acc", "post") for a in node.args):
-                phase[nid] = "post"
-            else:
-                phase[nid] = "pre"
-        return phase
-
-    def _fused_products(self, phase) -> set:
-        """Matrix products whose only use is a batch sum: emitted as one accumulating product."""
-        users = self.g.consumers(self.live)
+    def _assign_roles(self) -> None:
+        g = self.g
+        users = g.consumers(self.live)
         result_nodes = {r.node for r in self.results}
-        fused = set()
-        for nid in self.live:
-            node = self.g.nodes[nid]
-            if node.op != "reduce_batch":
-                continue
-            (arg,) = node.args
-            if (self.g.nodes[arg].op == "matmul" and users.get(arg) == [nid]
-                    and arg not in result_nodes):
-                fused.add(arg)
-        return fused
-
-    # --- the whole kernel ------------------------------------------------------------------
-
-    def run(self) -> KernelSpec:
-        g, p = self.g, self.p
-        phase = self._phases()
-        fused = self._fused_products(phase)
-        operands: dict = {}
-        arguments = [self._argument_n()]
-        storage: dict = {}  # node -> ("scalar" | "uniform" | "tile")
-
+        after_batch = {}  # node -> depends on a batch sum
         for nid in self.live:
             node = g.nodes[nid]
             op = ops.get(node.op)
-            if nid in fused:
-                continue
-            ph = phase[nid]
-            if ph in ("param", "input"):
-                continue
-            if ph == "literal":
-                operands[nid] = self._literal(nid)
+            late = False
+            if node.op == "symbol":
+                role = ARG
+            elif node.op in ("const", "batch_size"):
+                role = LITERAL
             elif op.kind == "view":
-                continue
-            elif ph == "tile":
-                storage[nid] = "tile"
-            elif op.kind == "elementwise" and node.shape == () and ph != "acc":
-                storage[nid] = "scalar"
+                role = VIEW
+                late = after_batch[node.args[0]]
+            elif node.op == "reduce_batch":
+                (arg,) = node.args
+                if g.nodes[arg].op == "matmul" and users.get(arg) == [nid] and arg not in result_nodes:
+                    self.role[arg] = FUSED
+                role = SCALAR_ACC if node.shape == () else TILE_ACC
+                late = True
+            elif node.varying:
+                role = SEGMENT if op.kind == "elementwise" else TILE
+            elif any(after_batch[a] for a in node.args):
+                role, late = EPILOGUE, True
             else:
-                storage[nid] = "uniform"
+                role = PROLOGUE
+            self.role.setdefault(nid, role)
+            after_batch[nid] = late
 
-        # Arguments for the symbols this kernel reads, in declaration order.
+    def _base(self, nid: int) -> int:
+        """The node whose storage a view reads."""
+        while self.role.get(nid) == VIEW:
+            nid = self.g.nodes[nid].args[0]
+        return nid
+
+    def _reads(self, nid: int) -> list:
+        """The stored nodes a node's code reads (through views and fused products)."""
+        node = self.g.nodes[nid]
+        args = []
+        for a in node.args:
+            if self.role.get(a) == FUSED:
+                args.extend(self.g.nodes[a].args)
+            else:
+                args.append(a)
+        return [self._base(a) for a in args]
+
+    # --- the tile body: segments and tile-level nodes -----------------------------------
+
+    def _plan_body(self) -> list:
+        """Body items in order: ("segment", [nodes]) or ("tile", node).
+
+        A segment holds element-wise nodes of one shape that can run in the
+        same loop; ready element-wise nodes are gathered before the next
+        tile-level node, so segments are as long as the dependencies allow.
+        """
+        body = [n for n in self.live if self.role[n] in _IN_BODY]
+        in_body = set(body)
+        deps = {n: [r for r in self._reads(n) if r in in_body] for n in body}
+        fusible = {n for n in body if self.role[n] in (SEGMENT, SCALAR_ACC)}
+        done: set = set()
+        items = []
+        remaining = body
+        while remaining:
+            first = next((n for n in remaining if n in fusible and all(d in done for d in deps[n])), None)
+            if first is not None:
+                shape = self.g.nodes[first].shape
+                segment, taken = [], set()
+                for n in remaining:
+                    if (n in fusible and self.g.nodes[n].shape == shape
+                            and all(d in done or d in taken for d in deps[n])):
+                        segment.append(n)
+                        taken.add(n)
+                items.append(("segment", segment))
+            else:
+                n = next(r for r in remaining if all(d in done for d in deps[r]))
+                items.append(("tile", n))
+                taken = {n}
+            done |= taken
+            remaining = [r for r in remaining if r not in taken]
+        return items
+
+    # --- the whole kernel ---------------------------------------------------------------
+
+    def run(self) -> KernelSpec:
+        g, p = self.g, self.p
+        self._assign_roles()
+        items = self._plan_body()
+        arguments = [Argument("n", "int64_t", "count", "n", (), False, by_value=True)]
         used = set(self.live)
         for name, nid in g.symbols.items():
             if nid in used:
                 arg, operand = self._symbol_argument(name, nid)
                 arguments.append(arg)
-                operands[nid] = operand
-        output_args = self._output_arguments()
-        arguments += output_args
+                self.operands[nid] = operand
+        outputs = self._output_arguments()
+        arguments += outputs
 
-        # Statement order: prologue (pre + accumulator zeroing), body (tile + acc), epilogue (post).
-        prologue, body, epilogue = [], [], []
-        order = []  # (phase list, node, action)
-        for nid in self.live:
-            ph = phase[nid]
-            if nid in fused or ph in ("param", "input", "literal"):
-                continue
-            if ops.get(g.nodes[nid].op).kind == "view":
-                continue
-            if ph == "pre":
-                order.append(("prologue", nid, "compute"))
-            elif ph == "acc":
-                order.append(("prologue", nid, "zero"))
-                order.append(("body", nid, "compute"))
-            elif ph == "tile":
-                order.append(("body", nid, "compute"))
+        segment_of = {n: k for k, (what, nodes) in enumerate(items) if what == "segment" for n in nodes}
+        per_example_writes = [(a, r.node) for a, r in zip(outputs, self.results) if r.per_example]
+        in_segment_writes = {}  # node -> [argument]
+        tile_writes = []
+        for arg, nid in per_example_writes:
+            if self.role.get(nid) == SEGMENT:
+                in_segment_writes.setdefault(nid, []).append(arg)
             else:
-                order.append(("epilogue", nid, "compute"))
-        section_rank = {"prologue": 0, "body": 1, "epilogue": 2}
-        order.sort(key=lambda item: section_rank[item[0]])  # stable: keeps topological order inside
-        writes = self._result_writes(output_args)
-        steps = order[:]
-        insert_at = max([k for k, s in enumerate(steps) if s[0] != "epilogue"], default=-1) + 1
-        steps[insert_at:insert_at] = [("body", r, "write") for r in writes["body"]]
-        steps += [("epilogue", r, "write") for r in writes["epilogue"]]
+                tile_writes.append((arg, nid))
+        call_writes = [(a, r.node) for a, r in zip(outputs, self.results) if not r.per_example]
 
-        # Buffer lifetimes over the step sequence; values read in the body live through all of it.
-        position = {}
-        for k, (section, item, action) in enumerate(steps):
-            if action in ("compute", "zero") and item not in position:
-                position[item] = k
-        body_steps = [k for k, s in enumerate(steps) if s[0] == "body"]
-        body_end = body_steps[-1] if body_steps else -1
-        last_use = {}
+        storage = self._storage(items, segment_of, tile_writes)
 
-        def reads(step):
-            section, item, action = step
-            if action == "write":
-                return [item[1]]
-            if action == "zero":
-                return []
-            node = g.nodes[item]
-            args = list(node.args)
-            if g.nodes[args[0]].op == "matmul" and args[0] in fused:
-                args = list(g.nodes[args[0]].args)
-            return args
+        # Steps in execution order, for buffer lifetimes.
+        steps = []  # (section, what, payload)
+        for nid in self.live:
+            if self.role[nid] == PROLOGUE:
+                steps.append(("prologue", "node", nid))
+            elif self.role[nid] in (SCALAR_ACC, TILE_ACC):
+                steps.append(("prologue", "zero", nid))
+        for what, payload in items:
+            steps.append(("body", what, payload))
+        steps += [("body", "write", w) for w in tile_writes]
+        steps += [("epilogue", "node", n) for n in self.live if self.role[n] == EPILOGUE]
+        steps += [("epilogue", "write", w) for w in call_writes]
 
-        def resolve(nid):
-            """The node whose storage a (possibly view) node reads."""
-            while nid not in storage and g.nodes[nid].op != "symbol" and ops.get(g.nodes[nid].op).kind == "view":
-                nid = g.nodes[nid].args[0]
-            return nid
-
-        for k, step in enumerate(steps):
-            for a in reads(step):
-                a = resolve(a)
-                if a in storage:
-                    last = k
-                    if step[0] == "body" and position.get(a, k) < body_steps[0]:
-                        last = max(last, body_end)
-                    last_use[a] = max(last_use.get(a, -1), last)
-        for nid in storage:
-            last_use.setdefault(nid, position.get(nid, 0))
-            if storage[nid] == "uniform" and phase[nid] == "acc":
-                last_use[nid] = max(last_use[nid], body_end)
-
-        # Allocate: uniform buffers and per-tile buffers in two arenas.
-        arenas = {"uniform": _Arena(), "tile": _Arena()}
-        offsets = {}
-        frees: dict = {}
-        for nid, last in last_use.items():
-            frees.setdefault(last, []).append(nid)
-        for k, step in enumerate(steps):
-            section, item, action = step
-            if action in ("compute", "zero") and item in storage and item not in offsets:
-                kind = storage[item]
-                if kind != "scalar":
-                    offsets[item] = arenas[kind].take(g.nodes[item].size)
-            for nid in sorted(frees.get(k, ())):
-                if nid in offsets:
-                    arenas[storage[nid]].give_back(g.nodes[nid].size, offsets[nid])
-        tile = self._tile_size(arenas["tile"].size)
-
+        offsets, arenas, tile = self._allocate(steps, storage)
         buffers = []
         for nid in sorted(offsets):
             per_tile = storage[nid] == "tile"
             base = arenas["uniform"].size + tile * offsets[nid] if per_tile else offsets[nid]
             buffers.append(Buffer(node_var(nid), base, per_tile, self._label(nid)))
-        for nid, kind in storage.items():
-            node = g.nodes[nid]
-            if kind == "scalar":
-                operands[nid] = Operand(node_var(nid), (), "scalar", False)
-            else:
-                operands[nid] = self._dense(node_var(nid), node.shape, kind == "tile")
+        self._make_operands(storage)
 
-        def operand(nid):
-            if nid in operands:
-                return operands[nid]
-            node = g.nodes[nid]
-            if ops.get(node.op).kind == "view":
-                operands[nid] = self._view(operand(node.args[0]), node)
-                return operands[nid]
-            raise AssertionError(f"node {nid} has no storage")
-
-        sections = {"prologue": prologue, "body": body, "epilogue": epilogue}
-        for section, item, action in steps:
-            if action == "write":
-                sections[section].append(self._write(item, operand))
-            elif action == "zero":
-                out = operand(item)
-                lines = p.loop_nest(out, lambda e, i, j: p.assign(out, p.literal(0), e, i, j))
-                sections[section].append(Statement(f"{self._label(item)}: batch sum starts at zero", tuple(lines)))
+        prologue, body, epilogue = [], [], []
+        for section, what, payload in steps:
+            if section == "prologue":
+                prologue.append(self._zero(payload) if what == "zero" else self._compute(payload))
+            elif section == "epilogue":
+                epilogue.append(self._write(payload) if what == "write" else self._compute(payload))
+            elif what == "segment":
+                body.append(self._segment(payload, storage, in_segment_writes))
+            elif what == "tile":
+                body.append(self._compute(payload))
             else:
-                sections[section].append(self._compute(item, operand, fused))
+                body.append(self._write(payload))
 
         return KernelSpec(
             function=f"{c_identifiers([self.model])[self.model]}_{self.kind}",
@@ -355,16 +347,112 @@ class _Scheduler:
             epilogue=tuple(epilogue),
         )
 
-    # --- pieces -----------------------------------------------------------------------------
+    # --- storage ---------------------------------------------------------------------------
 
-    def _tile_size(self, per_example: int) -> int:
-        tile = 256
-        while tile > 8 and tile * per_example > _TILE_BUDGET:
+    def _storage(self, items, segment_of, tile_writes) -> dict:
+        """Node -> "local" (segment variable), "scalar", "accumulator", "tile" or "uniform"."""
+        g = self.g
+        storage = {}
+        readers: dict = {}
+        for nid in self.live:
+            if self.role[nid] not in (ARG, LITERAL, VIEW, FUSED):
+                for r in self._reads(nid):
+                    readers.setdefault(r, []).append(nid)
+        for _, nid in tile_writes:
+            readers.setdefault(self._base(nid), []).append(None)
+        for nid in self.live:
+            role = self.role[nid]
+            node = g.nodes[nid]
+            if role == SEGMENT:
+                here = segment_of[nid]
+                private = all(r is not None and segment_of.get(r) == here for r in readers.get(nid, ()))
+                storage[nid] = "local" if private else "tile"
+            elif role == TILE:
+                storage[nid] = "tile"
+            elif role == SCALAR_ACC:
+                storage[nid] = "accumulator"
+            elif role == TILE_ACC:
+                storage[nid] = "uniform"
+            elif role in (PROLOGUE, EPILOGUE):
+                is_scalar = node.shape == () and ops.get(node.op).kind == "elementwise"
+                storage[nid] = "scalar" if is_scalar else "uniform"
+        return storage
+
+    def _allocate(self, steps, storage):
+        """Offsets of every buffer; buffers whose lifetimes do not overlap share space."""
+        defined_at, last_use = {}, {}
+        body_steps = [k for k, s in enumerate(steps) if s[0] == "body"]
+        body_start = body_steps[0] if body_steps else len(steps)
+        body_end = body_steps[-1] if body_steps else -1
+
+        def defines(step):
+            section, what, payload = step
+            if what == "segment":
+                return list(payload)
+            if what in ("node", "tile", "zero"):
+                return [payload]
+            return []
+
+        def reads(step):
+            section, what, payload = step
+            if what == "write":
+                return [self._base(payload[1])]
+            if what == "zero":
+                return []
+            nodes = payload if what == "segment" else [payload]
+            found = []
+            for n in nodes:
+                found += self._reads(n)
+            return found
+
+        for k, step in enumerate(steps):
+            for n in defines(step):
+                defined_at.setdefault(n, k)
+            for n in reads(step):
+                last = k
+                if step[0] == "body" and defined_at.get(n, k) < body_start:
+                    last = max(last, body_end)  # read by every tile
+                last_use[n] = max(last_use.get(n, -1), last)
+        for n, kind in storage.items():
+            if kind == "uniform" and self.role[n] == TILE_ACC:
+                last_use[n] = max(last_use.get(n, -1), body_end)
+
+        arenas = {"uniform": _Arena(), "tile": _Arena()}
+        offsets = {}
+        frees: dict = {}
+        for n, k in last_use.items():
+            frees.setdefault(k, []).append(n)
+        for k, step in enumerate(steps):
+            for n in defines(step):
+                if storage.get(n) in ("tile", "uniform") and n not in offsets:
+                    offsets[n] = arenas[storage[n]].take(self.g.nodes[n].size)
+            for n in sorted(frees.get(k, ())):
+                if n in offsets and k >= defined_at.get(n, k):
+                    arenas[storage[n]].give_back(self.g.nodes[n].size, offsets[n])
+        tile = _MAX_TILE
+        while tile > 8 and tile * arenas["tile"].size > _TILE_BUDGET:
             tile //= 2
-        return tile
+        return offsets, arenas, tile
 
-    def _argument_n(self) -> Argument:
-        return Argument("n", "int64_t", "count", "n", (), False, by_value=True)
+    def _make_operands(self, storage) -> None:
+        g = self.g
+        for nid in self.live:
+            node = g.nodes[nid]
+            role = self.role[nid]
+            if role == LITERAL:
+                self.operands[nid] = self._literal(nid)
+            elif nid in storage:
+                kind = storage[nid]
+                if kind in ("local", "scalar", "accumulator"):
+                    self.operands[nid] = Operand(node_var(nid), (), "scalar", kind == "local")
+                else:
+                    self.operands[nid] = self._dense(node_var(nid), node.shape, kind == "tile")
+        for nid in self.live:
+            if self.role[nid] == VIEW:
+                node = g.nodes[nid]
+                self.operands[nid] = ops.get(node.op).view(self.operands[node.args[0]], node.attrs, node.shape)
+
+    # --- arguments ---------------------------------------------------------------------------
 
     def _symbol_argument(self, name, nid):
         node = self.g.nodes[nid]
@@ -381,21 +469,18 @@ class _Scheduler:
         return arg, self._dense(f"x_{ident}", node.shape, True)
 
     def _output_arguments(self) -> list:
-        kinds = [_result_kind(self.g, r) for r in self.results]
-        plain = [r.name for r, k in zip(self.results, kinds) if k != "gradient"]
-        plain_ids = c_identifiers(plain)
+        gradients = set(self.g.results.get("gradients", ()))
+        losses = set(self.g.results.get("loss", ()))
+        plain_ids = c_identifiers([r.name for r in self.results if r not in gradients])
         args = []
-        for r, k in zip(self.results, kinds):
-            c_name = f"grad_{self.symbol_ids[r.name]}" if k == "gradient" else f"out_{plain_ids[r.name]}"
+        for r in self.results:
+            if r in gradients:
+                kind, c_name = "gradient", f"grad_{self.symbol_ids[r.name]}"
+            else:
+                kind, c_name = ("loss" if r in losses else "output"), f"out_{plain_ids[r.name]}"
             shape = self.g.nodes[r.node].shape
-            args.append(Argument(c_name, f"{self.p.real} *", "output", r.name, shape, r.per_example, kind=k))
+            args.append(Argument(c_name, f"{self.p.real} *", "output", r.name, shape, r.per_example, kind=kind))
         return args
-
-    def _result_writes(self, output_args) -> dict:
-        writes = {"body": [], "epilogue": []}
-        for arg, r in zip(output_args, self.results):
-            writes["body" if r.per_example else "epilogue"].append((arg, r.node))
-        return writes
 
     def _tile_pointers(self, arguments) -> list:
         lines = []
@@ -407,6 +492,8 @@ class _Scheduler:
             elif arg.role == "output" and arg.per_example:
                 lines.append(f"{self.p.real} *restrict o_{arg.c_name} = {arg.c_name} + t0 * {size};")
         return lines
+
+    # --- operands ------------------------------------------------------------------------------
 
     def _dense(self, text, shape, varying) -> Operand:
         cols = shape[1] if shape else 1
@@ -420,12 +507,7 @@ class _Scheduler:
         value = float(node.attrs[0])
         return Operand(self.p.literal(value), (), "literal", False, const=value)
 
-    def _view(self, base: Operand, node) -> Operand:
-        if node.op != "transpose":
-            raise AssertionError(f"unknown view op {node.op}")
-        return Operand(base.text, node.shape, base.storage, base.varying,
-                       row_stride=base.col_stride, col_stride=base.row_stride,
-                       example_stride=base.example_stride, const=base.const)
+    # --- comments --------------------------------------------------------------------------------
 
     def _label(self, nid) -> str:
         name = name_of(self.names, nid)
@@ -433,45 +515,106 @@ class _Scheduler:
         return var if name == var else f"{var} ({name})"
 
     def _comment(self, nid) -> str:
+        node = self.g.nodes[nid]
         try:
-            text = f"{self._label(nid)} = {formula(self.g, nid, self.names)}"
+            if node.op == "reduce_batch" and self.role.get(node.args[0]) == FUSED:
+                text = f"{self._label(nid)} = batch_sum({formula(self.g, node.args[0], self.names)})"
+            else:
+                text = f"{self._label(nid)} = {formula(self.g, nid, self.names)}"
         except Exception:  # display only: an op without a readable form still compiles
             text = f"{self._label(nid)} = {self.g.nodes[nid].op}(...)"
         if len(text) > _COMMENT_LIMIT:
             text = text[: _COMMENT_LIMIT - 3] + "..."
         return comment_text(text)
 
-    def _compute(self, nid, operand, fused) -> Statement:
+    # --- emission ---------------------------------------------------------------------------------
+
+    def _zero(self, nid) -> Statement:
+        out = self.operands[nid]
+        if self.role[nid] == SCALAR_ACC:
+            return Statement(f"{self._label(nid)}: batch sum starts at zero", (f"sg_acc {out.text} = 0;",))
+        p = self.p
+        lines = p.loop_nest(out, lambda e, i, j: p.assign(out, p.literal(0), e, i, j))
+        return Statement(f"{self._label(nid)}: batch sum starts at zero", tuple(lines))
+
+    def _compute(self, nid) -> Statement:
         node = self.g.nodes[nid]
         op = ops.get(node.op)
-        out = operand(nid)
-        if node.op == "reduce_batch" and node.args[0] in fused:
+        out = self.operands[nid]
+        if node.op == "reduce_batch" and self.role.get(node.args[0]) == FUSED:
             product = self.g.nodes[node.args[0]]
-            a, b = (operand(x) for x in product.args)
-            lines = [f"sg_matmul_batch_sum(nt, {a.rows}, {b.cols}, {a.cols}, {a.strides_text()}, "
-                     f"{b.strides_text()}, {out.text}, {b.cols}, 1);"]
-            return Statement(self._comment(nid) + " (accumulated product)", tuple(lines))
-        args = [operand(a) for a in node.args]
+            a, b = (self.operands[x] for x in product.args)
+            lines = (f"sg_matmul_batch_sum(nt, {a.rows}, {b.cols}, {a.cols}, {a.strides_text()}, "
+                     f"{b.strides_text()}, {out.text}, {b.cols}, 1);",)
+            return Statement(self._comment(nid), lines)
+        args = [self.operands[a] for a in node.args]
         if op.kind == "elementwise":
             lines = self.p.elementwise(op.c, node.attrs, out, args)
         else:
             lines = op.emit(self.p, out, args, node.attrs)
         return Statement(self._comment(nid), tuple(lines))
 
-    def _write(self, item, operand) -> Statement:
+    def _segment(self, nodes, storage, writes) -> Segment:
+        p = self.p
+        shape = self.g.nodes[nodes[0]].shape
+        reads = [self.operands[a] for n in nodes for a in self.g.nodes[n].args]
+        flat = shape != () and all(self._flat_compatible(o, shape) for o in reads)
+        if shape == () or flat:
+            index = ("k",) if flat else ("e", None, None)
+        else:
+            index = ("e", "i" if shape[0] > 1 else 0, "j" if shape[1] > 1 else 0)
+
+        def element(operand):
+            if flat:
+                return f"{operand.text}[k]" if operand.storage == "buffer" else operand.text
+            return operand.element(*index)
+
+        lines, reductions = [], []
+        for nid in nodes:
+            node = self.g.nodes[nid]
+            comment = self._comment(nid)
+            if self.role[nid] == SCALAR_ACC:
+                acc = self.operands[nid].text
+                lines.append(f"{acc} += {element(self.operands[node.args[0]])};  /* {comment} */")
+                reductions.append(acc)
+                continue
+            args = [CArg(element(self.operands[a]), self.operands[a].const) for a in node.args]
+            expr = ops.get(node.op).c(p, args, node.attrs)
+            if storage[nid] == "local":
+                lines.append(f"const {p.real} {node_var(nid)} = {expr};  /* {comment} */")
+            else:
+                lines.append(f"{element(self.operands[nid])} = {expr};  /* {comment} */")
+            for arg in writes.get(nid, ()):
+                target = self._dense(f"o_{arg.c_name}", arg.shape, True)
+                lines.append(f"{element(target)} = {element(self.operands[nid])};  "
+                             f"/* {comment_text(self._result_text(arg))} */")
+        first, last = node_var(nodes[0]), node_var(nodes[-1])
+        span = first if first == last else f"{first} .. {last}"
+        if flat:
+            loops = (f"k < nt * {_size(shape)}",)
+        else:
+            loops = ("e < nt",) + tuple(f"{v} < {d}" for v, d in zip("ij", shape) if d > 1)
+        where = "per example" if shape == () else f"per element of {shape[0]}x{shape[1]}"
+        return Segment(f"{where}: {span}", tuple(lines), tuple(reductions), loops)
+
+    @staticmethod
+    def _flat_compatible(operand, shape) -> bool:
+        """Read with one flat index k over (example, element): dense and full shape, or a scalar."""
+        if operand.storage != "buffer":
+            return operand.storage == "literal" or not operand.varying or operand.shape == shape
+        return operand.is_dense() and operand.varying and operand.shape == shape
+
+    def _result_text(self, arg) -> str:
+        if arg.kind == "gradient":
+            return f"result: gradient with respect to {arg.name}"
+        return "result: loss" if arg.kind == "loss" else f"result: output {arg.name}"
+
+    def _write(self, item) -> Statement:
         arg, nid = item
-        source = operand(nid)
+        source = self.operands[nid]
         if arg.per_example:
             out = self._dense(f"o_{arg.c_name}", arg.shape, True)
         else:
             out = self._dense(arg.c_name, arg.shape, False)
         lines = self.p.elementwise(lambda p, a, attrs: str(a[0]), (), out, [source])
-        what = {"gradient": f"gradient with respect to {arg.name}", "loss": "loss"}.get(arg.kind, f"output {arg.name}")
-        return Statement(comment_text(f"result: {what}"), tuple(lines))
-
-
-def _size(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+        return Statement(comment_text(self._result_text(arg)), tuple(lines))

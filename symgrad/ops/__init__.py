@@ -40,6 +40,8 @@ class Op:
             nodes. ``None`` means "no derivative flows" (constant or
             non-differentiable arg).
         c: for elementwise ops, ``(printer, arg_strings, attrs) -> C expression``.
+        view: for view ops, ``(arg_operand, attrs, shape) -> operand``: how the
+            result is read out of its argument's storage.
         emit: for tensor ops, ``(printer, out, args, attrs) -> [C lines]``.
         numpy: ``(arg_arrays, attrs) -> array``: the reference evaluation of one example.
         to_sympy: ``(arg_exprs, attrs) -> SymPy expression`` for display.
@@ -65,6 +67,7 @@ class Op:
     numpy: Callable[[list, tuple], Any]
     vjp: Optional[Callable] = None
     c: Optional[Callable] = None
+    view: Optional[Callable] = None
     emit: Optional[Callable] = None
     domain: Optional[tuple] = None
     cost: Callable = field(default=lambda node, arg_shapes: 0)
@@ -118,6 +121,37 @@ def broadcast_shapes(shapes: list, what: str = "operands") -> Shape:
 
 def elementwise_shape(arg_shapes, attrs):
     return broadcast_shapes(list(arg_shapes))
+
+
+def _is_matrix(value) -> bool:
+    import sympy as sp
+
+    return isinstance(value, (sp.MatrixExpr, sp.MatrixBase))
+
+
+def elementwise_sympy(scalar_form):
+    """A ``to_sympy`` for an element-wise op that also reads well on matrices.
+
+    ``scalar_form(args, attrs)`` builds the scalar expression. With one matrix
+    argument the op is shown applied element by element (``tanh(W*x + b)``);
+    with several, as a function of them.
+    """
+    import sympy as sp
+
+    from ..functions import Elementwise
+
+    def to_sympy(args, attrs):
+        matrices = [a for a in args if _is_matrix(a)]
+        if not matrices:
+            return scalar_form(args, attrs)
+        if len(matrices) == 1:
+            (matrix,) = matrices
+            d = sp.Dummy("d")
+            body = scalar_form([d if a is matrix else a for a in args], attrs)
+            return Elementwise(sp.Lambda(d, body), matrix)
+        return sp.Function(getattr(scalar_form, "display_name", "elementwise"))(*args)
+
+    return to_sympy
 
 
 def elementwise_cost(per_element: int):

@@ -13,7 +13,34 @@ from fractions import Fraction
 import numpy as np
 import sympy as sp
 
-from . import Op, elementwise_shape, register, size_of
+from . import Op, _is_matrix, broadcast_shapes, elementwise_shape, register, size_of
+
+
+def _sympy_add(args, attrs):
+    matrices = [a for a in args if _is_matrix(a)]
+    if not matrices:
+        return sp.Add(*args)
+    rows = max(m.shape[0] for m in matrices)
+    cols = max(m.shape[1] for m in matrices)
+    scalars = [a for a in args if not _is_matrix(a)]
+    extra = [sp.Add(*scalars) * sp.OneMatrix(rows, cols)] if scalars else []
+    return sp.MatAdd(*(matrices + extra)).doit()
+
+
+def _sympy_mul(args, attrs):
+    matrices = [a for a in args if _is_matrix(a)]
+    scalars = sp.Mul(*[a for a in args if not _is_matrix(a)])
+    if not matrices:
+        return scalars
+    product = matrices[0] if len(matrices) == 1 else sp.HadamardProduct(*matrices)
+    return scalars * product if scalars != 1 else product
+
+
+def _sympy_pow(args, attrs):
+    base, exponent = args
+    if _is_matrix(base):
+        return sp.HadamardPower(base, exponent)
+    return sp.Pow(base, exponent)
 
 
 def _elementwise_vjp(partials):
@@ -25,10 +52,32 @@ def _elementwise_vjp(partials):
     return vjp
 
 
+def _unbroadcast(b, args):
+    """Args with ``broadcast(x)`` replaced by ``x`` where the other args already give the shape.
+
+    Element-wise ops broadcast by themselves, so an explicit broadcast only
+    matters when nothing else carries the full shape.
+    """
+    shapes = [b.shape(a) for a in args]
+    full = broadcast_shapes(shapes)
+    out = list(args)
+    for k, a in enumerate(args):
+        node = b.node(a)
+        if node.op == "broadcast":
+            others = [s for i, s in enumerate(shapes) if i != k] + [b.shape(node.args[0])]
+            if broadcast_shapes(others) == full:
+                out[k] = node.args[0]
+                shapes[k] = b.shape(node.args[0])
+    return tuple(out)
+
+
 # --- add -----------------------------------------------------------------------
 
 
 def _simplify_add(b, args, attrs):
+    unwrapped = _unbroadcast(b, args)
+    if unwrapped != args:
+        return b.apply("add", *unwrapped)
     constants = [a for a in args if b.is_const(a)]
     others = [a for a in args if not b.is_const(a)]
     total = sp.Add(*[b.const_value(a) for a in constants]) if constants else sp.Integer(0)
@@ -54,7 +103,7 @@ register(
         vjp=lambda b, node_id, g: [g] * len(b.node(node_id).args),
         c=lambda p, args, attrs: " + ".join(str(a) for a in args),
         numpy=lambda args, attrs: sum(args[1:], args[0]),
-        to_sympy=lambda args, attrs: sp.Add(*args),
+        to_sympy=_sympy_add,
         domain=((-2.0, 2.0), (-2.0, 2.0)),
         cost=lambda node, shapes: (len(shapes) - 1) * size_of(node.shape),
         simplify=_simplify_add,
@@ -67,6 +116,9 @@ register(
 
 
 def _simplify_mul(b, args, attrs):
+    unwrapped = _unbroadcast(b, args)
+    if unwrapped != args:
+        return b.apply("mul", *unwrapped)
     constants = [a for a in args if b.is_const(a)]
     others = [a for a in args if not b.is_const(a)]
     # Pull the constant factor of a single nested product up: c1 * (c2 * y) -> (c1*c2) * y.
@@ -122,7 +174,7 @@ register(
         vjp=_elementwise_vjp(_mul_partials),
         c=_c_mul,
         numpy=lambda args, attrs: np.prod(np.broadcast_arrays(*args), axis=0),
-        to_sympy=lambda args, attrs: sp.Mul(*args),
+        to_sympy=_sympy_mul,
         domain=((-2.0, 2.0), (-2.0, 2.0)),
         cost=lambda node, shapes: (len(shapes) - 1) * size_of(node.shape),
         simplify=_simplify_mul,
@@ -197,7 +249,7 @@ register(
         vjp=_elementwise_vjp(_pow_partials),
         c=_c_pow,
         numpy=lambda args, attrs: np.power(args[0], args[1]),
-        to_sympy=lambda args, attrs: sp.Pow(*args),
+        to_sympy=_sympy_pow,
         domain=((0.2, 2.0), (-2.0, 2.0)),
         cost=_pow_cost,
         simplify=_simplify_pow,

@@ -12,7 +12,7 @@ import numpy as np
 import sympy as sp
 
 from .. import functions as sgf
-from . import Op, elementwise_shape, elementwise_cost, register, size_of
+from . import Op, elementwise_cost, elementwise_shape, elementwise_sympy, register, size_of
 from .arith import _elementwise_vjp
 
 #: SymPy function head -> op name, for heads that map one-to-one onto an op.
@@ -38,7 +38,7 @@ def unary(name, *, sympy_head, c, numpy, derivative, domain, cost=1, simplify=No
             vjp=_elementwise_vjp(partials) if derivative is not None else None,
             c=c,
             numpy=lambda args, attrs: numpy(args[0]),
-            to_sympy=lambda args, attrs: sympy_head(args[0]),
+            to_sympy=elementwise_sympy(lambda args, attrs: sympy_head(args[0])),
             domain=(domain,),
             cost=elementwise_cost(cost),
             simplify=simplify,
@@ -145,7 +145,7 @@ register(
         shape=elementwise_shape,
         c=lambda p, args, attrs: p.runtime("heaviside", args[0], p.literal(attrs[0])),
         numpy=lambda args, attrs: np.heaviside(args[0], float(attrs[0])),
-        to_sympy=lambda args, attrs: sp.Heaviside(args[0], attrs[0]),
+        to_sympy=elementwise_sympy(lambda args, attrs: sp.Heaviside(args[0], attrs[0])),
         domain=((0.1, 2),),
         cost=elementwise_cost(1),
         differentiable=False,
@@ -177,7 +177,7 @@ for _name, _head, _np, _first in (("max", sp.Max, np.maximum, True), ("min", sp.
             vjp=_elementwise_vjp(_select_partials(_first)),
             c=(lambda fname: lambda p, args, attrs: p.runtime(fname, args[0], args[1]))(_name),
             numpy=(lambda f: lambda args, attrs: f(args[0], args[1]))(_np),
-            to_sympy=(lambda h: lambda args, attrs: h(*args))(_head),
+            to_sympy=elementwise_sympy((lambda h: lambda args, attrs: h(*args))(_head)),
             domain=((-2, 2), (-2, 2)),
             cost=elementwise_cost(1),
             commutative=True,
@@ -205,7 +205,7 @@ for _name, (_head, _symbol, _np) in _RELATIONS.items():
             shape=elementwise_shape,
             c=(lambda s: lambda p, args, attrs: f"({args[0]} {s} {args[1]})")(_symbol),
             numpy=(lambda f: lambda args, attrs: f(args[0], args[1]).astype(float))(_np),
-            to_sympy=(lambda h: lambda args, attrs: h(*args, evaluate=False))(_head),
+            to_sympy=elementwise_sympy((lambda h: lambda args, attrs: h(*args, evaluate=False))(_head)),
             domain=((-2, 2), (-2, 2)),
             cost=elementwise_cost(1),
             differentiable=False,
@@ -225,7 +225,7 @@ register(
         shape=elementwise_shape,
         c=lambda p, args, attrs: "(" + " && ".join(_truth(a) for a in args) + ")",
         numpy=lambda args, attrs: np.logical_and.reduce([a != 0 for a in args]).astype(float),
-        to_sympy=lambda args, attrs: sp.And(*args),
+        to_sympy=elementwise_sympy(lambda args, attrs: sp.And(*args)),
         domain=((-1, 1), (-1, 1)),
         cost=lambda node, shapes: (len(shapes) - 1) * size_of(node.shape),
         differentiable=False,
@@ -239,7 +239,7 @@ register(
         shape=elementwise_shape,
         c=lambda p, args, attrs: "(" + " || ".join(_truth(a) for a in args) + ")",
         numpy=lambda args, attrs: np.logical_or.reduce([a != 0 for a in args]).astype(float),
-        to_sympy=lambda args, attrs: sp.Or(*args),
+        to_sympy=elementwise_sympy(lambda args, attrs: sp.Or(*args)),
         domain=((-1, 1), (-1, 1)),
         cost=lambda node, shapes: (len(shapes) - 1) * size_of(node.shape),
         differentiable=False,
@@ -254,7 +254,7 @@ register(
         shape=elementwise_shape,
         c=lambda p, args, attrs: f"({args[0]} == 0)",
         numpy=lambda args, attrs: (args[0] == 0).astype(float),
-        to_sympy=lambda args, attrs: sp.Not(args[0]),
+        to_sympy=elementwise_sympy(lambda args, attrs: sp.Not(args[0])),
         domain=((-1, 1),),
         cost=elementwise_cost(1),
         differentiable=False,
@@ -312,7 +312,7 @@ register(
         vjp=_select_vjp,
         c=_c_select,
         numpy=_np_select,
-        to_sympy=_sympy_select,
+        to_sympy=elementwise_sympy(_sympy_select),
         domain=((-1, 1), (-2, 2), (-2, 2)),
         cost=lambda node, shapes: (len(shapes) // 2) * size_of(node.shape),
     )

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
+from dataclasses import replace
+
 from ..errors import ModelShapeError
 from .. import functions as sgf
 from . import Op, elementwise_shape, register, size_of
@@ -77,10 +79,15 @@ def _simplify_transpose(b, args, attrs):
     return None
 
 
+def _transpose_view(base, attrs, shape):
+    return replace(base, shape=shape, row_stride=base.col_stride, col_stride=base.row_stride)
+
+
 register(
     Op(
         name="transpose",
         kind="view",
+        view=_transpose_view,
         arity=1,
         shape=lambda shapes, attrs: (shapes[0][1], shapes[0][0]) if shapes[0] else (),
         vjp=lambda b, n, g: [b.transpose(g)],
@@ -104,20 +111,21 @@ def _index_shape(shapes, attrs):
     return ()
 
 
-def _emit_index(p, out, args, attrs):
-    (a,) = args
+def _index_view(base, attrs, shape):
     i, j = attrs
-    return p.loop_nest(out, lambda e, _i, _j: p.assign(out, a.element(e, i, j), e))
+    offset = base.offset + (i * base.row_stride if base.rows > 1 else 0) + (j * base.col_stride if base.cols > 1 else 0)
+    return replace(base, shape=(), row_stride=0, col_stride=0, offset=offset)
 
 
+# Element (i, j) of a matrix: a view, read in place. attrs: (i, j).
 register(
     Op(
         name="index",
-        kind="tensor",
+        kind="view",
+        view=_index_view,
         arity=1,
         shape=_index_shape,
         vjp=lambda b, n, g: [b.apply("assemble", g, attrs=(b.shape(b.node(n).args[0]), (b.node(n).attrs,)))],
-        emit=_emit_index,
         numpy=lambda args, attrs: np.asarray(args[0])[attrs],
         to_sympy=lambda args, attrs: args[0][attrs] if hasattr(args[0], "shape") else args[0],
         domain=((-1.0, 1.0),),
@@ -378,8 +386,7 @@ register(
 def _emit_take(p, out, args, attrs):
     z, idx = args
     idx_stride = idx.example_stride if idx.varying else 0
-    idx_ptr = idx.text if idx.storage == "buffer" else f"&{idx.text}"
-    return [f"if (sg_take({_nb(out)}, {z.rows}, {z.cols}, {z.strides_text()}, {idx_ptr}, {idx_stride}, "
+    return [f"if (sg_take({_nb(out)}, {z.rows}, {z.cols}, {z.strides_text()}, {idx.pointer()}, {idx_stride}, "
             f"{out.text}, {out.example_stride if out.varying else 0})) return SG_ERROR_CLASS_INDEX;"]
 
 

@@ -1,0 +1,195 @@
+"""Checking compiled gradients against independent references.
+
+At random points of a model's domain, the compiled ``value_and_grad`` is
+compared with central finite differences of the compiled loss (Richardson
+extrapolated, along each element of small symbols and along random
+directions of large ones) and, for small scalar models, with ``sympy.diff``
+of the per-example loss evaluated by ``lambdify``. Nothing is expanded for
+large models: the symbolic reference is skipped when the loss's expanded
+tree is big.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy as sp
+
+from . import functions as sgf
+from .inspect import tree_size
+from .model import Model
+
+#: Expanded loss trees larger than this are not handed to sympy.diff.
+SYMPY_LIMIT = 3000
+
+#: Ranges tried in order for random points; the first that gives finite values is used.
+_RANGES = ((0.3, 0.9), (-0.9, 0.9), (1.2, 2.0))
+
+
+@dataclass
+class CheckReport:
+    """The worst disagreement found for one model."""
+
+    model: str
+    finite_difference_error: float = 0.0
+    sympy_error: float | None = None
+    directions: int = 0
+    skipped_directions: int = 0
+    tolerance: float = 1e-6
+    notes: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        worst = max(self.finite_difference_error, self.sympy_error or 0.0)
+        return worst <= self.tolerance and self.directions > 0
+
+    def line(self) -> str:
+        sym = "skipped (model too large or not scalar)" if self.sympy_error is None else f"{self.sympy_error:.2e}"
+        verdict = "ok" if self.ok else "MISMATCH"
+        extra = f", {self.skipped_directions} directions skipped near kinks" if self.skipped_directions else ""
+        return (f"{self.model}: {verdict}: worst relative error vs finite differences "
+                f"{self.finite_difference_error:.2e} over {self.directions} directions{extra}; "
+                f"vs sympy.diff {sym}")
+
+
+def _class_index_inputs(model: Model) -> dict:
+    """Inputs used as class indices (cross_entropy targets): name -> number of classes."""
+    graph = model.graph
+    found = {}
+    names = {nid: name for name, nid in graph.symbols.items()}
+    for node in graph.nodes:
+        if node.op == "take" and node.args[1] in names:
+            found[names[node.args[1]]] = graph.nodes[node.args[0]].size
+    return found
+
+
+def random_point(model: Model, rng, low: float, high: float, batch: int) -> dict:
+    """Random values for every symbol: params shared, inputs with a batch axis."""
+    classes = _class_index_inputs(model)
+    values = {}
+    for symbol in model.params + model.inputs:
+        name = str(symbol.name)
+        shape = tuple(int(d) for d in symbol.shape) if hasattr(symbol, "shape") else ()
+        is_input = symbol in model.inputs
+        full = ((batch,) if is_input else ()) + shape
+        if name in classes:
+            values[name] = rng.integers(0, classes[name], size=full).astype(float)
+        else:
+            values[name] = rng.uniform(low, high, size=full) * rng.choice([1.0, 1.0], size=full)
+    return values
+
+
+def _scalar_objective(module, model: Model, values: dict) -> float:
+    """The reduced loss (per-example losses summed when the model does not reduce)."""
+    loss = module.forward(**values)["loss"]
+    return float(np.sum(loss))
+
+
+def _directions(shape, rng, is_input: bool, batch: int, count: int = 3) -> list:
+    full = ((batch,) if is_input else ()) + tuple(shape)
+    size = int(np.prod(full)) if full else 1
+    directions = []
+    if size <= 12:
+        for k in range(size):
+            d = np.zeros(size)
+            d[k] = 1.0
+            directions.append(d.reshape(full))
+    for _ in range(count if size > 12 else 1):
+        d = rng.standard_normal(full)
+        directions.append(d / np.linalg.norm(d))
+    return directions
+
+
+def _richardson(f, x0: dict, name: str, d, scale: float) -> tuple:
+    """Central-difference derivative of f along d, and an estimate of its own error."""
+
+    def central(h):
+        plus = dict(x0)
+        minus = dict(x0)
+        plus[name] = x0[name] + h * d
+        minus[name] = x0[name] - h * d
+        return (f(plus) - f(minus)) / (2 * h)
+
+    h = 1e-4 * max(1.0, scale)
+    d1, d2 = central(h), central(h / 2)
+    estimate = (4 * d2 - d1) / 3
+    return estimate, abs(estimate - d2)
+
+
+def check_model(model: Model, module, *, points: int = 3, batch: int = 3, seed: int = 0,
+                tolerance: float = 1e-6) -> CheckReport:
+    """Compare ``module``'s gradients of ``model`` with finite differences and sympy.diff."""
+    rng = np.random.default_rng(seed)
+    report = CheckReport(model.name, tolerance=tolerance)
+    if model.loss is None:
+        report.notes.append("no loss: nothing to check")
+        return report
+    inputs = {str(s.name) for s in model.inputs}
+    for _ in range(points):
+        values, loss, grads = _finite_point(model, module, rng, batch)
+        if values is None:
+            report.notes.append("no random point with a finite loss and gradient was found")
+            continue
+        objective = lambda v: _scalar_objective(module, model, v)  # noqa: E731
+        for name in model.wrt:
+            grad = np.asarray(grads[name], dtype=float)
+            for d in _directions(np.shape(values[name])[1:] if name in inputs else np.shape(values[name]),
+                                 rng, name in inputs, batch):
+                d = d.reshape(np.shape(values[name]))
+                analytic = float(np.sum(grad * d))
+                numeric, noise = _richardson(objective, values, name, d, float(np.max(np.abs(values[name]))))
+                # Below ~1e-5 of the loss, differences of the loss are dominated by rounding.
+                scale = max(abs(analytic), abs(numeric), 1e-5 * (1 + abs(loss)))
+                if noise > 1e-4 * scale + 1e-9:
+                    report.skipped_directions += 1
+                    continue
+                report.directions += 1
+                report.finite_difference_error = max(report.finite_difference_error,
+                                                     abs(analytic - numeric) / scale)
+        sym = _sympy_error(model, values, grads, batch)
+        if sym is not None:
+            report.sympy_error = max(report.sympy_error or 0.0, sym)
+    return report
+
+
+def _finite_point(model, module, rng, batch):
+    for low, high in _RANGES:
+        for _ in range(3):
+            values = random_point(model, rng, low, high, batch)
+            try:
+                loss, grads = module.value_and_grad(**values)
+            except Exception:  # e.g. an argument combination the domain forbids
+                continue
+            finite = np.all(np.isfinite(loss)) and all(np.all(np.isfinite(g)) for g in grads.values())
+            if finite:
+                return values, float(np.sum(loss)), grads
+    return None, None, None
+
+
+def _sympy_error(model: Model, values: dict, grads: dict, batch: int):
+    """Worst relative error of the compiled gradients against sympy.diff, or None if skipped."""
+    if any(isinstance(s, sp.MatrixSymbol) for s in model.params + model.inputs):
+        return None
+    loss_node = model.graph.results["example_loss"][0].node
+    if tree_size(model.graph, loss_node, SYMPY_LIMIT) > SYMPY_LIMIT:
+        return None
+    symbols = list(model.params + model.inputs)
+    inputs = set(model.inputs)
+    worst = 0.0
+    n = batch
+    for name in model.wrt:
+        symbol = model.symbols[name]
+        derivative = sp.lambdify(symbols, sp.diff(model.loss, symbol), modules=[sgf.NUMPY_FUNCTIONS, "numpy"])
+        per_example = np.array([
+            derivative(*[values[str(s.name)][e] if s in inputs else values[str(s.name)] for s in symbols])
+            for e in range(n)
+        ], dtype=float)
+        if symbol in inputs or model.reduce is None:
+            expected = per_example / (n if model.reduce == "mean" else 1)
+        else:
+            expected = per_example.mean() if model.reduce == "mean" else per_example.sum()
+        got = np.asarray(grads[name], dtype=float)
+        scale = np.maximum(np.maximum(np.abs(expected), np.abs(got)), 1e-12)
+        worst = max(worst, float(np.max(np.abs(expected - got) / scale)))
+    return worst

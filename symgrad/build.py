@@ -21,6 +21,7 @@ import fcntl
 import functools
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -251,17 +252,18 @@ def _keep_failed_sources(rendered: RenderedPackage, staging: Path) -> Path:
 
 @contextlib.contextmanager
 def _redirected_output(log):
-    """Send this process's stdout and stderr (the compiler's too) into ``log``."""
+    """Send this process's stdout and stderr, Python's and the compiler's, into ``log``."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
+    text = io.TextIOWrapper(os.fdopen(os.dup(log.fileno()), "wb"), write_through=True)
     try:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
-        yield
+        with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+            yield
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        text.close()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for fd in saved:

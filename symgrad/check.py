@@ -17,11 +17,16 @@ import numpy as np
 import sympy as sp
 
 from . import functions as sgf
+from . import ops
 from .inspect import tree_size
 from .model import Model
 
 #: Expanded loss trees larger than this are not handed to sympy.diff.
 SYMPY_LIMIT = 3000
+
+#: What lambdify needs beyond NumPy: symgrad's functions, and the derivative of a
+#: step, which is zero at the random points the check draws.
+_LAMBDIFY_EXTRAS = {**sgf.NUMPY_FUNCTIONS, "DiracDelta": lambda x, *k: np.zeros_like(np.asarray(x, dtype=float))}
 
 #: Ranges tried in order for random points; the first that gives finite values is used.
 _RANGES = ((0.3, 0.9), (-0.9, 0.9), (1.2, 2.0))
@@ -64,9 +69,36 @@ def _class_index_inputs(model: Model) -> dict:
     return found
 
 
+def _direct_domains(model: Model) -> dict:
+    """Symbol name -> the intersection of the domains of the ops that read it directly.
+
+    Each op's registry entry says where it is defined and tested (log on
+    positive numbers, acosh above 1...); a symbol fed straight into such ops
+    is sampled there.
+    """
+    graph = model.graph
+    names = {nid: name for name, nid in graph.symbols.items()}
+    domains: dict = {}
+    for node in graph.nodes:
+        op = ops.get(node.op)
+        if op.domain is None or op.kind != "elementwise":
+            continue
+        for k, arg in enumerate(node.args):
+            if arg in names:
+                low, high = op.domain[min(k, len(op.domain) - 1)]
+                old_low, old_high = domains.get(names[arg], (-np.inf, np.inf))
+                domains[names[arg]] = (max(low, old_low), min(high, old_high))
+    return {k: v for k, v in domains.items() if v[0] < v[1]}
+
+
 def random_point(model: Model, rng, low: float, high: float, batch: int) -> dict:
-    """Random values for every symbol: params shared, inputs with a batch axis."""
+    """Random values for every symbol: params shared, inputs with a batch axis.
+
+    Symbols read directly by ops with a domain are drawn from it; the others
+    from [low, high].
+    """
     classes = _class_index_inputs(model)
+    domains = _direct_domains(model)
     values = {}
     for symbol in model.params + model.inputs:
         name = str(symbol.name)
@@ -76,7 +108,7 @@ def random_point(model: Model, rng, low: float, high: float, batch: int) -> dict
         if name in classes:
             values[name] = rng.integers(0, classes[name], size=full).astype(float)
         else:
-            values[name] = rng.uniform(low, high, size=full) * rng.choice([1.0, 1.0], size=full)
+            values[name] = rng.uniform(*domains.get(name, (low, high)), size=full)
     return values
 
 
@@ -126,6 +158,7 @@ def check_model(model: Model, module, *, points: int = 3, batch: int = 3, seed: 
         report.notes.append("no loss: nothing to check")
         return report
     inputs = {str(s.name) for s in model.inputs}
+    class_indices = _class_index_inputs(model)  # whole numbers: no derivative to check
     for _ in range(points):
         values, loss, grads = _finite_point(model, module, rng, batch)
         if values is None:
@@ -133,6 +166,8 @@ def check_model(model: Model, module, *, points: int = 3, batch: int = 3, seed: 
             continue
         objective = lambda v: _scalar_objective(module, model, v)  # noqa: E731
         for name in model.wrt:
+            if name in class_indices:
+                continue
             grad = np.asarray(grads[name], dtype=float)
             for d in _directions(np.shape(values[name])[1:] if name in inputs else np.shape(values[name]),
                                  rng, name in inputs, batch):
@@ -180,7 +215,7 @@ def _sympy_error(model: Model, values: dict, grads: dict, batch: int):
     n = batch
     for name in model.wrt:
         symbol = model.symbols[name]
-        derivative = sp.lambdify(symbols, sp.diff(model.loss, symbol), modules=[sgf.NUMPY_FUNCTIONS, "numpy"])
+        derivative = sp.lambdify(symbols, sp.diff(model.loss, symbol), modules=[_LAMBDIFY_EXTRAS, "numpy"])
         per_example = np.array([
             derivative(*[values[str(s.name)][e] if s in inputs else values[str(s.name)] for s in symbols])
             for e in range(n)

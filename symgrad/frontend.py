@@ -117,9 +117,9 @@ class SympyReader:
         n = self.memo.__getitem__
         if isinstance(e, (sp.Symbol, sp.MatrixSymbol)):
             raise self._undeclared(e)
+        if e.is_Atom and e.is_number and e.is_real is False:
+            raise UnsupportedFunctionError(f"the complex number {e} cannot appear in a model: symgrad works in real numbers")
         if e.is_Number or e.is_NumberSymbol:
-            if not e.is_real:
-                raise UnsupportedFunctionError(f"the complex number {e} cannot appear in a model")
             return b.const(e)
         if e is sp.true or e is sp.false:
             return b.const(1 if e is sp.true else 0)

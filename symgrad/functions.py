@@ -68,7 +68,7 @@ class Elementwise(ElementwiseApplyFunction):
     def _sympystr(self, printer):
         head = self._scalar_head()
         if head is None:
-            return super()._sympystr(printer)
+            return printer._print_ElementwiseApplyFunction(self)
         return f"{head.__name__}({printer._print(self.expr)})"
 
     def _latex(self, printer):
@@ -162,11 +162,24 @@ class softplus(_ElementwiseFunction):
 # --- tensor functions --------------------------------------------------------
 
 
-def _matrix_arg(name: str, arg) -> MatrixExpr:
+def matrix_shape(expr):
+    """The shape of a matrix expression, also of a scalar function applied to a
+    matrix (``sp.tanh(W*x)``, which symgrad reads element-wise); None for scalars."""
+    if isinstance(expr, (MatrixExpr, MatrixBase)):
+        return tuple(expr.shape)
+    if isinstance(expr, sp.Function) and not isinstance(expr, _Reduction):
+        for arg in expr.args:
+            shape = matrix_shape(arg)
+            if shape is not None:
+                return shape
+    return None
+
+
+def _matrix_arg(name: str, arg):
     arg = sp.sympify(arg)
     if isinstance(arg, MatrixBase):
         arg = sp.ImmutableMatrix(arg)
-    if not isinstance(arg, MatrixExpr):
+    if matrix_shape(arg) is None:
         raise TypeError(f"{name}() takes a matrix expression, got the scalar {arg}")
     return arg
 
@@ -181,7 +194,7 @@ class _VectorFunction(MatrixExpr):
 
     @property
     def shape(self):
-        return self.args[0].shape
+        return matrix_shape(self.args[0])
 
     def _entry(self, i, j, **kwargs):
         return MatrixElement(self, i, j)
@@ -255,9 +268,10 @@ class cross_entropy(_Reduction):
     @classmethod
     def eval(cls, logits, target):
         logits = _matrix_arg("cross_entropy", logits)
-        if isinstance(target, MatrixExpr) and target.shape != logits.shape:
+        target_shape = matrix_shape(target)
+        if target_shape is not None and target_shape != matrix_shape(logits):
             raise sp.ShapeError(
-                f"cross_entropy: target shape {target.shape} differs from logits shape {logits.shape}"
+                f"cross_entropy: target shape {target_shape} differs from logits shape {matrix_shape(logits)}"
             )
 
 
@@ -269,8 +283,8 @@ class mse(_Reduction):
 
     @classmethod
     def eval(cls, prediction, target):
-        p_shape = getattr(prediction, "shape", ())
-        t_shape = getattr(target, "shape", ())
+        p_shape = matrix_shape(prediction)
+        t_shape = matrix_shape(target)
         if p_shape != t_shape:
             raise sp.ShapeError(f"mse: prediction shape {p_shape} differs from target shape {t_shape}")
 

@@ -1,0 +1,65 @@
+"""Each example script runs and prints what its model file promises."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name):
+    done = subprocess.run([sys.executable, str(EXAMPLES / f"run_{name}.py")], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def numbers(line):
+    return [float(v) for v in re.findall(r"-?\d+(?:\.\d*)?(?:e[-+]?\d+)?", line.split("=", 1)[1])]
+
+
+def test_affine_square():
+    out = run_example("affine_square")
+    lines = {line.split("=")[0].strip(): line for line in out.splitlines() if "=" in line}
+    # a = 3, b = -1, x = [0, 0.5, 2]: by hand 2a(ax+b), 2x(ax+b), 2(ax+b)
+    assert numbers(lines["df/dx"]) == pytest.approx([-6.0, 3.0, 30.0])
+    assert numbers(lines["df/da"]) == pytest.approx([0.0, 0.5, 20.0])
+    assert numbers(lines["df/db"]) == pytest.approx([-2.0, 1.0, 10.0])
+    assert "symbolic df/da = x*(2*a*x + 2*b)" in out
+
+
+def test_inverse_square_chain():
+    out = run_example("inverse_square")
+    assert "u = x**2" in out and "y = 1/u" in out
+    assert "u_bar = -y**2" in out
+    assert "d loss / d x = -2/x**3" in out
+    dydx = next(line for line in out.splitlines() if line.startswith("dy/dx"))
+    assert numbers(dydx)[:3] == pytest.approx([-16.0, -2.0, -0.25])
+
+
+def test_fan_out_gradients_add():
+    out = run_example("fan_out")
+    assert "x_bar = 3*square + 2*triple*x" in out
+    assert "d loss / d x = 9*x**2" in out
+    dydx = next(line for line in out.splitlines() if line.startswith("dy/dx"))
+    assert numbers(dydx)[:3] == pytest.approx([9.0, 2.25, 36.0])
+
+
+def test_log_sin_textbook_values():
+    out = run_example("log_sin")
+    assert "f(2, 5)      = 11.6521" in out
+    assert "df/dx1(2, 5) = 5.5000" in out
+    assert "df/dx2(2, 5) = 1.7163" in out
+    assert "d loss / d x1 = x2 + 1/x1" in out
+
+
+def test_logistic_regression_fits():
+    out = run_example("logistic_regression")
+    losses = [float(m) for m in re.findall(r"loss (\d+\.\d+)", out)]
+    assert losses[0] == pytest.approx(0.6931, abs=1e-4)  # log 2 at zero weights
+    assert losses == sorted(losses, reverse=True) and losses[-1] < 0.1
+    accuracy = float(re.search(r"training accuracy: (\d+\.\d+)%", out).group(1))
+    assert accuracy > 95

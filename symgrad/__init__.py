@@ -19,7 +19,9 @@ __version__ = "0.1.0"
 
 from . import errors  # noqa: E402
 from .functions import (  # noqa: E402
+    broadcast_to,
     cross_entropy,
+    elementwise,
     log_softmax,
     logsumexp,
     mse,
@@ -49,5 +51,7 @@ __all__ = [
     "cross_entropy",
     "mse",
     "sum",
+    "broadcast_to",
+    "elementwise",
     "__version__",
 ]

@@ -35,7 +35,7 @@ def supported_functions() -> list:
     names = {getattr(h, "__name__", str(h)) for h in _DIRECT}
     names |= {"Add", "Mul", "Pow", "Max", "Min", "Piecewise", "Heaviside", "MatMul", "MatAdd",
               "Transpose", "HadamardProduct", "HadamardPower", "MatPow", "applyfunc",
-              "Identity", "ZeroMatrix", "OneMatrix", "Matrix", "cross_entropy", "mse"}
+              "Identity", "ZeroMatrix", "OneMatrix", "Matrix", "cross_entropy", "mse", "broadcast_to"}
     return sorted(names)
 
 
@@ -108,6 +108,8 @@ class SympyReader:
             return [e.args[0], e.args[1]] if isinstance(e, HadamardPower) else [e.args[0]]
         if isinstance(e, sp.Heaviside):
             return [e.args[0]]
+        if isinstance(e, sgf.broadcast_to):
+            return [e.args[0]]
         return list(e.args)
 
     # --- conversion of one construct whose children are read ------------------------
@@ -163,6 +165,8 @@ class SympyReader:
             return self._cross_entropy(e)
         if isinstance(e, sgf.mse):
             return self._mse(e)
+        if isinstance(e, sgf.broadcast_to):
+            return b.broadcast(n(e.args[0]), (int(e.args[1]), int(e.args[2])))
         head = _DIRECT.get(e.func)
         if head is not None:
             return b.apply(head, *[n(a) for a in e.args])

@@ -32,6 +32,8 @@ __all__ = [
     "cross_entropy",
     "mse",
     "sum",
+    "broadcast_to",
+    "elementwise",
     "Elementwise",
     "NUMPY_FUNCTIONS",
 ]
@@ -157,6 +159,46 @@ class softplus(_ElementwiseFunction):
 
     def _eval_rewrite_as_log(self, x, **kwargs):
         return sp.log(1 + sp.exp(x))
+
+
+def elementwise(function, matrix):
+    """``function`` applied to every element of ``matrix``; prints as ``function(matrix)``.
+
+    The same as ``matrix.applyfunc(function)``, for any SymPy function or
+    lambda. (``sp.tanh(M)`` also reads as element-wise in a model, but SymPy
+    refuses to use it inside matrix products.)
+    """
+    return Elementwise(function, _matrix_arg("elementwise", matrix))
+
+
+class broadcast_to(MatrixExpr):
+    """``matrix`` repeated along its axes of length 1 to ``shape``.
+
+    SymPy refuses to add matrices of different shapes; a model that keeps
+    several samples in the rows of one matrix adds a bias row to all of them
+    with ``X * W + sg.broadcast_to(b, (rows, cols))``.
+    """
+
+    def __new__(cls, matrix, shape, cols=None):
+        matrix = _matrix_arg("broadcast_to", matrix)
+        rows, cols = (int(d) for d in shape) if cols is None else (int(shape), int(cols))
+        m_rows, m_cols = matrix_shape(matrix)
+        if m_rows not in (1, rows) or m_cols not in (1, cols):
+            raise sp.ShapeError(f"broadcast_to: a {m_rows}x{m_cols} matrix cannot be repeated to {rows}x{cols}")
+        return Basic.__new__(cls, matrix, sp.Integer(rows), sp.Integer(cols))
+
+    @property
+    def shape(self):
+        return (self.args[1], self.args[2])
+
+    def _entry(self, i, j, **kwargs):
+        return MatrixElement(self, i, j)
+
+    def _sympystr(self, printer):
+        return f"broadcast_to({printer._print(self.args[0])}, ({self.args[1]}, {self.args[2]}))"
+
+    def _latex(self, printer):
+        return printer._print(self.args[0])
 
 
 # --- tensor functions --------------------------------------------------------

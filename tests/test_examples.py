@@ -63,3 +63,37 @@ def test_logistic_regression_fits():
     assert losses == sorted(losses, reverse=True) and losses[-1] < 0.1
     accuracy = float(re.search(r"training accuracy: (\d+\.\d+)%", out).group(1))
     assert accuracy > 95
+
+
+def test_xor_textbook_run():
+    out = run_example("xor")
+    assert "before training: predictions [0.1833, 0.7426, 0.7426, 0.3343], cost 0.069483" in out
+    assert "after one step : predictions [0.1835, 0.7426, 0.7432, 0.3332], cost 0.069232" in out
+    final = next(line for line in out.splitlines() if line.startswith("after") and "steps" in line)
+    predictions = [float(v) for v in re.search(r"\[(.*)\]", final).group(1).split(",")]
+    assert predictions[0] < 0.1 and predictions[3] < 0.1 and min(predictions[1:3]) > 0.9
+
+
+def test_quadratic_form_run():
+    out = run_example("quadratic_form")
+    assert "d f / d x = (A + A.T)*x" in out or "d f / d x = (A.T + A)*x" in out
+    assert "d f / d A = x*x.T" in out
+    errors = [float(line.split(":")[1]) for line in out.splitlines() if line.startswith("worst error")]
+    assert len(errors) == 2 and max(errors) < 1e-12
+
+
+def test_digits_softmax_regression_accuracy():
+    out = run_example("digits_softmax")
+    accuracy = float(re.search(r"test accuracy: (\d+\.\d+)%", out).group(1))
+    assert accuracy >= 95.0
+
+
+def test_digits_mlp_accuracy_progress_and_plot(tmp_path):
+    plot = tmp_path / "loss.png"
+    done = subprocess.run([sys.executable, str(EXAMPLES / "run_digits_mlp.py"), str(plot)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    accuracy = float(re.search(r"test accuracy: (\d+\.\d+)%", done.stdout).group(1))
+    assert accuracy >= 96.0
+    assert "training: 100%" in done.stderr  # the tqdm progress bar
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

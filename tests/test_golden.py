@@ -16,7 +16,7 @@ import pytest
 import symgrad as sg
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL_FILES = sorted(p for p in (ROOT / "examples").glob("*.py") if not p.name.startswith("run_"))
+MODEL_FILES = sorted(p for p in (ROOT / "examples").glob("*.py") if not p.name.startswith(("run_", "_")))
 GOLDEN_FILES = ("{name}.c", "{name}.h", "symgrad_runtime.h")
 
 

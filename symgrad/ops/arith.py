@@ -16,12 +16,20 @@ import sympy as sp
 from . import Op, _is_matrix, broadcast_shapes, elementwise_shape, register, size_of
 
 
+def _full_size(matrices):
+    """The matrices, each shown broadcast to their common shape where it differs."""
+    from ..functions import broadcast_to
+
+    rows = max(int(m.shape[0]) for m in matrices)
+    cols = max(int(m.shape[1]) for m in matrices)
+    return [m if tuple(m.shape) == (rows, cols) else broadcast_to(m, (rows, cols)) for m in matrices], (rows, cols)
+
+
 def _sympy_add(args, attrs):
     matrices = [a for a in args if _is_matrix(a)]
     if not matrices:
         return sp.Add(*args)
-    rows = max(m.shape[0] for m in matrices)
-    cols = max(m.shape[1] for m in matrices)
+    matrices, (rows, cols) = _full_size(matrices)
     scalars = [a for a in args if not _is_matrix(a)]
     extra = [sp.Add(*scalars) * sp.OneMatrix(rows, cols)] if scalars else []
     return sp.MatAdd(*(matrices + extra)).doit()
@@ -32,6 +40,7 @@ def _sympy_mul(args, attrs):
     scalars = sp.Mul(*[a for a in args if not _is_matrix(a)])
     if not matrices:
         return scalars
+    matrices, _ = _full_size(matrices)
     product = matrices[0] if len(matrices) == 1 else sp.HadamardProduct(*matrices)
     return scalars * product if scalars != 1 else product
 

@@ -118,6 +118,30 @@ unary("atanh", sympy_head=sp.atanh, c=_call("atanh"), numpy=np.arctanh, domain=(
 unary("erf", sympy_head=sp.erf, c=_call("erf"), numpy=lambda x: np.vectorize(_erf)(x), domain=(-2, 2),
       derivative=lambda b, x, y: b.mul(b.const(2 / sp.sqrt(sp.pi)),
                                        b.call("exp", b.neg(b.mul(x, x)))))
+unary("erfc", sympy_head=sp.erfc, c=_call("erfc"), numpy=lambda x: 1 - np.vectorize(_erf)(x), domain=(-2, 2),
+      derivative=lambda b, x, y: b.mul(b.const(-2 / sp.sqrt(sp.pi)),
+                                       b.call("exp", b.neg(b.mul(x, x)))))
+
+
+def _reciprocal_of(cname):
+    return lambda p, args, attrs: f"{p.literal(1)} / {p.call(cname, args[0])}"
+
+
+unary("sec", sympy_head=sp.sec, c=_reciprocal_of("cos"), numpy=lambda x: 1 / np.cos(x), domain=(-1.2, 1.2),
+      derivative=lambda b, x, y: b.mul(y, b.call("tan", x)))
+unary("csc", sympy_head=sp.csc, c=_reciprocal_of("sin"), numpy=lambda x: 1 / np.sin(x), domain=(0.3, 2.8),
+      derivative=lambda b, x, y: b.neg(b.mul(y, b.call("cot", x))))
+unary("cot", sympy_head=sp.cot, c=_reciprocal_of("tan"), numpy=lambda x: 1 / np.tan(x), domain=(0.3, 1.4),
+      derivative=lambda b, x, y: b.neg(b.add(b.const(1), b.mul(y, y))))
+unary("sech", sympy_head=sp.sech, c=_reciprocal_of("cosh"), numpy=lambda x: 1 / np.cosh(x), domain=(-2, 2),
+      derivative=lambda b, x, y: b.neg(b.mul(y, b.call("tanh", x))))
+unary("csch", sympy_head=sp.csch, c=_reciprocal_of("sinh"), numpy=lambda x: 1 / np.sinh(x), domain=(0.3, 2),
+      derivative=lambda b, x, y: b.neg(b.mul(y, b.call("coth", x))))
+unary("coth", sympy_head=sp.coth, c=_reciprocal_of("tanh"), numpy=lambda x: 1 / np.tanh(x), domain=(0.3, 2),
+      derivative=lambda b, x, y: _one_minus_square(b, y))
+unary("acot", sympy_head=sp.acot, c=lambda p, args, attrs: p.call("atan", f"{p.literal(1)} / {args[0]}"),
+      numpy=lambda x: np.arctan(1 / x), domain=(0.3, 2),
+      derivative=lambda b, x, y: b.neg(b.recip(b.add(b.const(1), b.mul(x, x)))))
 unary("abs", sympy_head=sp.Abs, c=_call("fabs"), numpy=np.abs, domain=(0.1, 2),
       derivative=lambda b, x, y: b.call("sign", x))
 unary("sign", sympy_head=sp.sign, c=_runtime("sign"), numpy=np.sign, domain=(0.1, 2),
@@ -134,6 +158,30 @@ def _erf(x):
     import math
 
     return math.erf(x)
+
+
+def _atan2_partials(b, node_id):
+    y, x = b.node(node_id).args
+    inverse = b.recip(b.add(b.mul(x, x), b.mul(y, y)))
+    return [b.mul(x, inverse), b.neg(b.mul(y, inverse))]
+
+
+# atan2(y, x): the angle of the point (x, y).
+register(
+    Op(
+        name="atan2",
+        kind="elementwise",
+        arity=2,
+        shape=elementwise_shape,
+        vjp=_elementwise_vjp(_atan2_partials),
+        c=lambda p, args, attrs: p.call("atan2", args[0], args[1]),
+        numpy=lambda args, attrs: np.arctan2(args[0], args[1]),
+        to_sympy=elementwise_sympy(lambda args, attrs: sp.atan2(args[0], args[1])),
+        domain=((-2, 2), (0.2, 2)),
+        cost=elementwise_cost(1),
+    )
+)
+SYMPY_HEADS[sp.atan2] = "atan2"
 
 
 # Heaviside step with a chosen value at 0; attrs: (value_at_zero,).

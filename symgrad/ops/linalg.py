@@ -37,6 +37,18 @@ def _matmul_shape(shapes, attrs):
     return (a[0], b[1])
 
 
+def _simplify_matmul(b, args, attrs):
+    """A column of copies times a row is a broadcast: OneMatrix(m, 1) * r -> r repeated m times."""
+    left, right = (b.node(a) for a in args)
+    rows, inner = left.shape
+    cols = right.shape[1]
+    if inner == 1 and left.op == "broadcast" and b.shape(left.args[0]) == ():
+        return b.mul(left.args[0], b.broadcast(args[1], (rows, cols)))
+    if inner == 1 and right.op == "broadcast" and b.shape(right.args[0]) == ():
+        return b.mul(right.args[0], b.broadcast(args[0], (rows, cols)))
+    return None
+
+
 def _emit_matmul(p, out, args, attrs):
     a, b = args
     m, k = a.rows, a.cols
@@ -58,6 +70,7 @@ register(
             b.matmul(b.transpose(b.node(n).args[0]), g),
         ],
         emit=_emit_matmul,
+        simplify=_simplify_matmul,
         numpy=lambda args, attrs: args[0] @ args[1],
         to_sympy=lambda args, attrs: sp.MatMul(*args),
         domain=((-1.0, 1.0), (-1.0, 1.0)),

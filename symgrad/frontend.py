@@ -35,7 +35,7 @@ def supported_functions() -> list:
     names = {getattr(h, "__name__", str(h)) for h in _DIRECT}
     names |= {"Add", "Mul", "Pow", "Max", "Min", "Piecewise", "Heaviside", "MatMul", "MatAdd",
               "Transpose", "HadamardProduct", "HadamardPower", "MatPow", "applyfunc",
-              "Identity", "ZeroMatrix", "OneMatrix", "Matrix", "cross_entropy", "mse", "broadcast_to"}
+              "Identity", "ZeroMatrix", "OneMatrix", "Matrix", "cross_entropy", "mse", "broadcast_to", "scalar"}
     return sorted(names)
 
 
@@ -167,6 +167,8 @@ class SympyReader:
             return self._mse(e)
         if isinstance(e, sgf.broadcast_to):
             return b.broadcast(n(e.args[0]), (int(e.args[1]), int(e.args[2])))
+        if isinstance(e, sgf.scalar):
+            return b.apply("index", n(e.args[0]), attrs=(0, 0))
         head = _DIRECT.get(e.func)
         if head is not None:
             return b.apply(head, *[n(a) for a in e.args])

@@ -32,6 +32,7 @@ __all__ = [
     "cross_entropy",
     "mse",
     "sum",
+    "scalar",
     "broadcast_to",
     "elementwise",
     "Elementwise",
@@ -295,6 +296,26 @@ class sum(_Reduction):  # noqa: A001 - sg.sum mirrors numpy.sum
     @classmethod
     def eval(cls, z):
         _matrix_arg("sum", z)
+
+
+class scalar(_Reduction):
+    """The number in a 1x1 matrix, e.g. ``sg.scalar(h * W2) + b2``.
+
+    Unlike ``M[0, 0]``, which makes SymPy write a matrix product out element
+    by element, this keeps the product a matrix node.
+    """
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, matrix):
+        shape = matrix_shape(_matrix_arg("scalar", matrix))
+        if shape != (1, 1):
+            raise sp.ShapeError(f"scalar() takes a 1x1 matrix, got shape {shape}")
+
+    def _latex(self, printer, exp=None):
+        text = printer._print(self.args[0])
+        return f"\\left({text}\\right)^{{{exp}}}" if exp else text
 
 
 class cross_entropy(_Reduction):

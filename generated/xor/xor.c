@@ -15,45 +15,51 @@
 /* forward: the outputs and the loss of every example of the batch. */
 int xor_forward(int64_t n, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, double p_b2, const double *restrict in_x, const double *restrict in_t, double *restrict out_y, double *restrict out_loss, double *restrict work)
 {
-    (void) work;
-    /* v33: batch sum starts at zero */
-    sg_acc v33 = 0;
+    /* scratch memory */
+    double *const v6 = work + 0;  /* v6, 256 examples */
+    double *const v8 = work + 2048;  /* v8 (h), 256 examples */
+    double *const v9 = work + 0;  /* v9, 256 examples */
+    /* v18: batch sum starts at zero */
+    sg_acc v18 = 0;
 
-    /* v35 = 1/N */
-    const double v35 = 1.0 / (((double) n));
+    /* v20 = 1/N */
+    const double v20 = 1.0 / (((double) n));
 
     for (int64_t t0 = 0; t0 < n; t0 += 256) {
         const int64_t nt = n - t0 < 256 ? n - t0 : 256;
         const double *restrict x_x = in_x + t0 * 2;
         const double *restrict x_t = in_t + t0 * 1;
         double *restrict o_out_y = out_y + t0 * 1;
-        /* per example: v9 .. v33 */
-        #pragma omp simd reduction(+: v33)
+        /* v6 = x*W1 */
+        sg_matmul(nt, 1, 2, 2, x_x, 2, 0, 1, p_W1, 0, 2, 1, v6, 2, 2, 1);
+
+        /* per element of 1x2: v7 .. v8 */
+        for (int64_t e = 0; e < nt; ++e)
+            #pragma omp simd
+            for (int64_t j = 0; j < 2; ++j) {
+                const double v7 = p_b1[j] + v6[e * 2 + j];  /* v7 = b1 + v6 */
+                v8[e * 2 + j] = sg_sigmoid(v7);  /* v8 (h) = sigmoid(v7) */
+            }
+        /* v9 = h*W2 */
+        sg_matmul(nt, 1, 1, 2, v8, 2, 0, 1, p_W2, 0, 1, 0, v9, 1, 1, 1);
+
+        /* per example: v11 .. v18 */
+        #pragma omp simd reduction(+: v18)
         for (int64_t e = 0; e < nt; ++e) {
-            const double v9 = p_W1[0] * x_x[e * 2];  /* v9 = W1[0, 0]*x[0, 0] */
-            const double v12 = p_W1[2] * x_x[e * 2 + 1];  /* v12 = W1[1, 0]*x[0, 1] */
-            const double v14 = v9 + v12 + p_b1[0];  /* v14 = v12 + v9 + b1[0, 0] */
-            const double v15 = sg_sigmoid(v14);  /* v15 = sigmoid(v14) */
-            const double v16 = p_W2[0] * v15;  /* v16 = v15*W2[0, 0] */
-            const double v19 = x_x[e * 2] * p_W1[1];  /* v19 = W1[0, 1]*x[0, 0] */
-            const double v21 = x_x[e * 2 + 1] * p_W1[3];  /* v21 = W1[1, 1]*x[0, 1] */
-            const double v23 = v19 + v21 + p_b1[1];  /* v23 = v19 + v21 + b1[0, 1] */
-            const double v24 = sg_sigmoid(v23);  /* v24 = sigmoid(v23) */
-            const double v25 = p_W2[1] * v24;  /* v25 = v24*W2[1, 0] */
-            const double v26 = p_b2 + v16 + v25;  /* v26 = b2 + v16 + v25 */
-            const double v27 = sg_sigmoid(v26);  /* v27 (y) = sigmoid(v26) */
-            o_out_y[e] = v27;  /* result: output y */
-            const double v29 = -v27;  /* v29 = -y */
-            const double v30 = x_t[e] + v29;  /* v30 = t + v29 */
-            const double v32 = v30 * v30;  /* v32 (cost) = v30**2 */
-            v33 += v32;  /* v33 = batch_sum(cost) */
+            const double v11 = p_b2 + v9[e];  /* v11 = b2 + v9[0, 0] */
+            const double v12 = sg_sigmoid(v11);  /* v12 (y) = sigmoid(v11) */
+            o_out_y[e] = v12;  /* result: output y */
+            const double v14 = -v12;  /* v14 = -y */
+            const double v15 = x_t[e] + v14;  /* v15 = t + v14 */
+            const double v17 = v15 * v15;  /* v17 (cost) = v15**2 */
+            v18 += v17;  /* v18 = batch_sum(cost) */
         }
     }
-    /* v36 = v33*v35 */
-    const double v36 = v33 * v35;
+    /* v21 = v18*v20 */
+    const double v21 = v18 * v20;
 
     /* result: loss */
-    out_loss[0] = v36;
+    out_loss[0] = v21;
 
     return SG_OK;
 }
@@ -62,155 +68,135 @@ int xor_forward(int64_t n, const double *restrict p_W1, const double *restrict p
 int xor_value_and_grad(int64_t n, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, double p_b2, const double *restrict in_x, const double *restrict in_t, double *restrict out_loss, double *restrict grad_W1, double *restrict grad_b1, double *restrict grad_W2, double *restrict grad_b2, double *restrict work)
 {
     /* scratch memory */
-    double *const v82 = work + 0;  /* v82 (W2_bar) */
-    double *const v83 = work + 8;  /* v83 (b1_bar) */
-    double *const v84 = work + 16;  /* v84 (W1_bar) */
-    double *const v85 = work + 24;  /* v85 */
-    double *const v86 = work + 16;  /* v86 */
-    double *const v87 = work + 8;  /* v87 */
-    /* v33: batch sum starts at zero */
-    sg_acc v33 = 0;
+    double *const v6 = work + 32;  /* v6, 256 examples */
+    double *const v8 = work + 2080;  /* v8 (h), 256 examples */
+    double *const v9 = work + 32;  /* v9, 256 examples */
+    double *const v29 = work + 6176;  /* v29 (v11_bar), 256 examples */
+    double *const v30 = work + 32;  /* v30 (v9_bar), 256 examples */
+    double *const v32 = work + 6176;  /* v32 (h_bar), 256 examples */
+    double *const v37 = work + 4128;  /* v37, 256 examples */
+    double *const v38 = work + 8224;  /* v38 (v7_bar), 256 examples */
+    double *const v44 = work + 0;  /* v44 (W2_bar) */
+    double *const v45 = work + 8;  /* v45 (b1_bar) */
+    double *const v46 = work + 16;  /* v46 (W1_bar) */
+    double *const v47 = work + 24;  /* v47 */
+    double *const v48 = work + 16;  /* v48 */
+    double *const v49 = work + 8;  /* v49 */
+    /* v18: batch sum starts at zero */
+    sg_acc v18 = 0;
 
-    /* v35 = 1/N */
-    const double v35 = 1.0 / (((double) n));
+    /* v20 = 1/N */
+    const double v20 = 1.0 / (((double) n));
 
-    /* v51 (v22_bar): batch sum starts at zero */
-    sg_acc v51 = 0;
+    /* v43 (b2_bar): batch sum starts at zero */
+    sg_acc v43 = 0;
 
-    /* v55 (v20_bar): batch sum starts at zero */
-    sg_acc v55 = 0;
+    /* v44 (W2_bar): batch sum starts at zero */
+    for (int64_t i = 0; i < 2; ++i)
+        v44[i] = 0.0;
 
-    /* v59 (v18_bar): batch sum starts at zero */
-    sg_acc v59 = 0;
+    /* v45 (b1_bar): batch sum starts at zero */
+    for (int64_t j = 0; j < 2; ++j)
+        v45[j] = 0.0;
 
-    /* v61 (v17_bar): batch sum starts at zero */
-    sg_acc v61 = 0;
-
-    /* v69 (v13_bar): batch sum starts at zero */
-    sg_acc v69 = 0;
-
-    /* v73 (v10_bar): batch sum starts at zero */
-    sg_acc v73 = 0;
-
-    /* v77 (v7_bar): batch sum starts at zero */
-    sg_acc v77 = 0;
-
-    /* v79 (v6_bar): batch sum starts at zero */
-    sg_acc v79 = 0;
-
-    /* v81 (b2_bar): batch sum starts at zero */
-    sg_acc v81 = 0;
+    /* v46 (W1_bar): batch sum starts at zero */
+    for (int64_t i = 0; i < 2; ++i)
+        for (int64_t j = 0; j < 2; ++j)
+            v46[i * 2 + j] = 0.0;
 
     for (int64_t t0 = 0; t0 < n; t0 += 256) {
         const int64_t nt = n - t0 < 256 ? n - t0 : 256;
         const double *restrict x_x = in_x + t0 * 2;
         const double *restrict x_t = in_t + t0 * 1;
-        /* per example: v9 .. v81 */
-        #pragma omp simd reduction(+: v33, v51, v55, v59, v61, v69, v73, v77, v79, v81)
+        /* v6 = x*W1 */
+        sg_matmul(nt, 1, 2, 2, x_x, 2, 0, 1, p_W1, 0, 2, 1, v6, 2, 2, 1);
+
+        /* per element of 1x2: v7 .. v37 */
+        for (int64_t e = 0; e < nt; ++e)
+            #pragma omp simd
+            for (int64_t j = 0; j < 2; ++j) {
+                const double v7 = p_b1[j] + v6[e * 2 + j];  /* v7 = b1 + v6 */
+                v8[e * 2 + j] = sg_sigmoid(v7);  /* v8 (h) = sigmoid(v7) */
+                const double v35 = -v8[e * 2 + j];  /* v35 = -h */
+                const double v36 = 1.0 + v35;  /* v36 = v35 + 1 */
+                v37[e * 2 + j] = v8[e * 2 + j] * v36;  /* v37 = HadamardProduct(h, v36) */
+            }
+        /* v9 = h*W2 */
+        sg_matmul(nt, 1, 1, 2, v8, 2, 0, 1, p_W2, 0, 1, 0, v9, 1, 1, 1);
+
+        /* per example: v11 .. v43 */
+        #pragma omp simd reduction(+: v18, v43)
         for (int64_t e = 0; e < nt; ++e) {
-            const double v9 = p_W1[0] * x_x[e * 2];  /* v9 = W1[0, 0]*x[0, 0] */
-            const double v12 = p_W1[2] * x_x[e * 2 + 1];  /* v12 = W1[1, 0]*x[0, 1] */
-            const double v14 = v9 + v12 + p_b1[0];  /* v14 = v12 + v9 + b1[0, 0] */
-            const double v15 = sg_sigmoid(v14);  /* v15 = sigmoid(v14) */
-            const double v16 = p_W2[0] * v15;  /* v16 = v15*W2[0, 0] */
-            const double v19 = x_x[e * 2] * p_W1[1];  /* v19 = W1[0, 1]*x[0, 0] */
-            const double v21 = x_x[e * 2 + 1] * p_W1[3];  /* v21 = W1[1, 1]*x[0, 1] */
-            const double v23 = v19 + v21 + p_b1[1];  /* v23 = v19 + v21 + b1[0, 1] */
-            const double v24 = sg_sigmoid(v23);  /* v24 = sigmoid(v23) */
-            const double v25 = p_W2[1] * v24;  /* v25 = v24*W2[1, 0] */
-            const double v26 = p_b2 + v16 + v25;  /* v26 = b2 + v16 + v25 */
-            const double v27 = sg_sigmoid(v26);  /* v27 (y) = sigmoid(v26) */
-            const double v29 = -v27;  /* v29 = -y */
-            const double v30 = x_t[e] + v29;  /* v30 = t + v29 */
-            const double v32 = v30 * v30;  /* v32 (cost) = v30**2 */
-            v33 += v32;  /* v33 = batch_sum(cost) */
-            const double v40 = v30 * (-2.0);  /* v40 (y_bar) = -2*v30 */
-            const double v42 = v29 + 1.0;  /* v42 = v29 + 1 */
-            const double v43 = v27 * v42;  /* v43 = v42*y */
-            const double v44 = v40 * v43;  /* v44 (v26_bar) = v43*y_bar */
-            const double v45 = v24 * v44;  /* v45 = v24*v26_bar */
-            const double v46 = p_W2[1] * v44;  /* v46 (v24_bar) = v26_bar*W2[1, 0] */
-            const double v47 = -v24;  /* v47 = -v24 */
-            const double v48 = 1.0 + v47;  /* v48 = v47 + 1 */
-            const double v49 = v24 * v48;  /* v49 = v24*v48 */
-            const double v50 = v46 * v49;  /* v50 (v23_bar) = v24_bar*v49 */
-            v51 += v50;  /* v51 (v22_bar) = batch_sum(v23_bar) */
-            const double v54 = x_x[e * 2 + 1] * v50;  /* v54 = v23_bar*x[0, 1] */
-            v55 += v54;  /* v55 (v20_bar) = batch_sum(v54) */
-            const double v58 = x_x[e * 2] * v50;  /* v58 = v23_bar*x[0, 0] */
-            v59 += v58;  /* v59 (v18_bar) = batch_sum(v58) */
-            v61 += v45;  /* v61 (v17_bar) = batch_sum(v45) */
-            const double v63 = v15 * v44;  /* v63 = v15*v26_bar */
-            const double v64 = p_W2[0] * v44;  /* v64 (v15_bar) = v26_bar*W2[0, 0] */
-            const double v65 = -v15;  /* v65 = -v15 */
-            const double v66 = 1.0 + v65;  /* v66 = v65 + 1 */
-            const double v67 = v15 * v66;  /* v67 = v15*v66 */
-            const double v68 = v64 * v67;  /* v68 (v14_bar) = v15_bar*v67 */
-            v69 += v68;  /* v69 (v13_bar) = batch_sum(v14_bar) */
-            const double v71 = x_x[e * 2 + 1] * v68;  /* v71 = v14_bar*x[0, 1] */
-            v73 += v71;  /* v73 (v10_bar) = batch_sum(v71) */
-            const double v75 = x_x[e * 2] * v68;  /* v75 = v14_bar*x[0, 0] */
-            v77 += v75;  /* v77 (v7_bar) = batch_sum(v75) */
-            v79 += v63;  /* v79 (v6_bar) = batch_sum(v63) */
-            v81 += v44;  /* v81 (b2_bar) = batch_sum(v26_bar) */
+            const double v11 = p_b2 + v9[e];  /* v11 = b2 + v9[0, 0] */
+            const double v12 = sg_sigmoid(v11);  /* v12 (y) = sigmoid(v11) */
+            const double v14 = -v12;  /* v14 = -y */
+            const double v15 = x_t[e] + v14;  /* v15 = t + v14 */
+            const double v17 = v15 * v15;  /* v17 (cost) = v15**2 */
+            v18 += v17;  /* v18 = batch_sum(cost) */
+            const double v25 = v15 * (-2.0);  /* v25 (y_bar) = -2*v15 */
+            const double v27 = v14 + 1.0;  /* v27 = v14 + 1 */
+            const double v28 = v12 * v27;  /* v28 = v27*y */
+            v29[e] = v25 * v28;  /* v29 (v11_bar) = v28*y_bar */
+            v43 += v29[e];  /* v43 (b2_bar) = batch_sum(v11_bar) */
         }
+        /* v30 (v9_bar) = Matrix([[v11_bar]]) */
+        for (int64_t e = 0; e < nt; ++e)
+            v30[e] = 0.0;
+        for (int64_t e = 0; e < nt; ++e) v30[e] += v29[e];
+
+        /* v32 (h_bar) = v9_bar*W2.T */
+        sg_matmul(nt, 1, 2, 1, v30, 1, 0, 0, p_W2, 0, 0, 1, v32, 2, 2, 1);
+
+        /* per element of 1x2: v38 */
+        #pragma omp simd
+        for (int64_t k = 0; k < nt * 2; ++k) {
+            v38[k] = v32[k] * v37[k];  /* v38 (v7_bar) = HadamardProduct(h_bar, v37) */
+        }
+        /* v44 (W2_bar) = batch_sum(h.T*v9_bar) */
+        sg_matmul_batch_sum(nt, 2, 1, 1, v8, 2, 1, 0, v30, 1, 0, 0, v44, 1, 1);
+
+        /* v45 (b1_bar) = batch_sum(v7_bar) */
+        sg_reduce_batch(nt, 1, 2, v38, 2, 0, 1, v45);
+
+        /* v46 (W1_bar) = batch_sum(x.T*v7_bar) */
+        sg_matmul_batch_sum(nt, 2, 2, 1, x_x, 2, 1, 0, v38, 2, 0, 1, v46, 2, 1);
+
     }
-    /* v36 = v33*v35 */
-    const double v36 = v33 * v35;
+    /* v21 = v18*v20 */
+    const double v21 = v18 * v20;
 
-    /* v82 (W2_bar) = Matrix([[v6_bar], [v17_bar]]) */
-    for (int64_t i = 0; i < 2; ++i)
-        v82[i] = 0.0;
-    v82[1] += v61;
-    v82[0] += v79;
-
-    /* v83 (b1_bar) = Matrix([[v13_bar, v22_bar]]) */
-    for (int64_t j = 0; j < 2; ++j)
-        v83[j] = 0.0;
-    v83[1] += v51;
-    v83[0] += v69;
-
-    /* v84 (W1_bar) = Matrix([[v7_bar, v18_bar], [v10_bar, v20_bar]]) */
-    for (int64_t i = 0; i < 2; ++i)
-        for (int64_t j = 0; j < 2; ++j)
-            v84[i * 2 + j] = 0.0;
-    v84[3] += v55;
-    v84[1] += v59;
-    v84[2] += v73;
-    v84[0] += v77;
-
-    /* v85 = v35*W1_bar */
+    /* v47 = v20*W1_bar */
     for (int64_t k = 0; k < 4; ++k)
-        v85[k] = v35 * v84[k];
+        v47[k] = v20 * v46[k];
 
-    /* v86 = v35*b1_bar */
+    /* v48 = v20*b1_bar */
     for (int64_t k = 0; k < 2; ++k)
-        v86[k] = v35 * v83[k];
+        v48[k] = v20 * v45[k];
 
-    /* v87 = v35*W2_bar */
+    /* v49 = v20*W2_bar */
     for (int64_t k = 0; k < 2; ++k)
-        v87[k] = v35 * v82[k];
+        v49[k] = v20 * v44[k];
 
-    /* v88 = b2_bar*v35 */
-    const double v88 = v35 * v81;
+    /* v50 = b2_bar*v20 */
+    const double v50 = v20 * v43;
 
     /* result: loss */
-    out_loss[0] = v36;
+    out_loss[0] = v21;
 
     /* result: gradient with respect to W1 */
     for (int64_t k = 0; k < 4; ++k)
-        grad_W1[k] = v85[k];
+        grad_W1[k] = v47[k];
 
     /* result: gradient with respect to b1 */
     for (int64_t k = 0; k < 2; ++k)
-        grad_b1[k] = v86[k];
+        grad_b1[k] = v48[k];
 
     /* result: gradient with respect to W2 */
     for (int64_t k = 0; k < 2; ++k)
-        grad_W2[k] = v87[k];
+        grad_W2[k] = v49[k];
 
     /* result: gradient with respect to b2 */
-    grad_b2[0] = v88;
+    grad_b2[0] = v50;
 
     return SG_OK;
 }

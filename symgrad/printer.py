@@ -133,7 +133,7 @@ def comment_text(text: str) -> str:
     """``text`` made safe inside a C block comment: one line, ASCII, no ``*/``."""
     text = text.replace("\\", "\\\\")
     text = _COMMENT_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-    return text.replace("*/", "*\\/").replace("/*", "/\\*")
+    return text.replace("*/", "*\\/").replace("/*", "/\\*").replace("??", "?\\?")
 
 
 class CPrinter:

@@ -18,6 +18,8 @@ from importlib import resources
 import jinja2
 
 from . import __version__
+from .naming import c_identifiers
+from .printer import comment_text
 from .schedule import KernelSpec
 
 KERNEL_DOCS = {
@@ -106,12 +108,12 @@ def render(spec: PackageSpec) -> RenderedPackage:
     suffix = "f" if spec.dtype == "float32" else ""
     common = dict(
         version=__version__,
-        model_comment=spec.name,
+        model_comment=comment_text(spec.name),
         kernels=spec.kernels,
         docs=KERNEL_DOCS,
         header_name=f"{spec.name}.h",
         source_name=f"{spec.name}.c",
-        guard=f"SYMGRAD_{spec.name.upper()}_H",
+        guard=f"SYMGRAD_{c_identifiers([spec.name])[spec.name].upper()}_H",
     )
     files = {
         f"{spec.name}.c": env.get_template("kernels.c.j2").render(**common),

@@ -510,19 +510,21 @@ class _Scheduler:
     # --- comments --------------------------------------------------------------------------------
 
     def _label(self, nid) -> str:
+        """``v12 (h)``: the node's C variable and its display name, safe inside a C comment."""
         name = name_of(self.names, nid)
         var = node_var(nid)
-        return var if name == var else f"{var} ({name})"
+        return var if name == var else comment_text(f"{var} ({name})")
 
     def _comment(self, nid) -> str:
         node = self.g.nodes[nid]
+        label = f"{node_var(nid)} ({name_of(self.names, nid)})" if nid in self.names else node_var(nid)
         try:
             if node.op == "reduce_batch" and self.role.get(node.args[0]) == FUSED:
-                text = f"{self._label(nid)} = batch_sum({formula(self.g, node.args[0], self.names)})"
+                text = f"{label} = batch_sum({formula(self.g, node.args[0], self.names)})"
             else:
-                text = f"{self._label(nid)} = {formula(self.g, nid, self.names)}"
+                text = f"{label} = {formula(self.g, nid, self.names)}"
         except Exception:  # display only: an op without a readable form still compiles
-            text = f"{self._label(nid)} = {self.g.nodes[nid].op}(...)"
+            text = f"{label} = {self.g.nodes[nid].op}(...)"
         if len(text) > _COMMENT_LIMIT:
             text = text[: _COMMENT_LIMIT - 3] + "..."
         return comment_text(text)

@@ -22,6 +22,9 @@ from .naming import c_identifiers
 from .printer import comment_text
 from .schedule import KernelSpec
 
+#: Scratch elements a one-example entry point may keep on the C stack.
+POINT_STACK_LIMIT = 16384
+
 KERNEL_DOCS = {
     "forward": "the outputs and the loss of every example of the batch.",
     "value_and_grad": "the loss and its gradients, reduced over the batch as the model says.",
@@ -93,6 +96,11 @@ def environment() -> jinja2.Environment:
     return env
 
 
+def has_point_entry(k: KernelSpec) -> bool:
+    """Whether a kernel gets a one-example entry point: every argument and result a scalar."""
+    return all(a.shape == () for a in k.arguments) and k.work_size <= POINT_STACK_LIMIT
+
+
 def _kernel_arguments(k: KernelSpec) -> list:
     return [
         (a.role, a.name, a.shape, a.per_example, a.by_value, a.kind, a.c_type)
@@ -107,6 +115,7 @@ def render(spec: PackageSpec) -> RenderedPackage:
     real = spec.kernels[0].real
     suffix = "f" if spec.dtype == "float32" else ""
     common = dict(
+        point={k.kind: has_point_entry(k) for k in spec.kernels},
         version=__version__,
         model_comment=comment_text(spec.name),
         kernels=spec.kernels,
@@ -122,7 +131,7 @@ def render(spec: PackageSpec) -> RenderedPackage:
             version=__version__, real=real, f=suffix),
         "_runtime.py": (resources.files("symgrad") / "runtime.py").read_text(),
     }
-    cdef = env.get_template("cdef.h.j2").render(kernels=spec.kernels)
+    cdef = env.get_template("cdef.h.j2").render(kernels=spec.kernels, point=common["point"])
     return RenderedPackage(spec.name, files, cdef, (f"{spec.name}.c",), spec)
 
 
@@ -149,7 +158,10 @@ def finish(rendered: RenderedPackage, *, key: str, extension: str) -> str:
         outputs=tuple(spec.outputs),
         wrt=tuple(spec.wrt),
         declared={name: (role, shape) for name, role, shape in spec.declared},
-        kernels=[dict(kind=k.kind, function=k.function, arguments=_kernel_arguments(k), work_size=k.work_size)
+        kernels=[dict(kind=k.kind, function=k.function, arguments=_kernel_arguments(k), work_size=k.work_size,
+                      point=has_point_entry(k),
+                      symbols=[a.name for a in k.arguments if a.role in ("param", "input")],
+                      results=[a.name for a in k.arguments if a.role == "output"])
                  for k in spec.kernels],
         loss_reduction=reduction,
     )

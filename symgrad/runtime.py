@@ -16,8 +16,12 @@ Calling convention (what a user passes):
   kernel's precision; complex, object and string data are refused.
 
 Results are new arrays the caller owns, with the batch axis first when any
-input was batched, and plain floats for scalars otherwise. Parameter
-gradients have the shape the parameter was passed in.
+input was batched, and plain floats for scalars otherwise. Gradients have
+the shape their symbol was passed in.
+
+The per-call path is kept short: arrays that already have the right dtype
+and layout are passed to C without a copy, and the generated module calls
+one-example kernels directly with Python numbers (see ``SCALAR_TYPES``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,12 @@ except ImportError:  # a standalone generated module
         """A kernel reported a failure while running."""
 
 
+#: Python and NumPy scalar types a one-example call may pass straight to C.
+SCALAR_TYPES = frozenset(
+    [float, int, bool, np.float64, np.float32, np.float16, np.bool_]
+    + [getattr(np, f"{kind}{bits}") for kind in ("int", "uint") for bits in (8, 16, 32, 64)]
+)
+
 KERNEL_ERRORS = {
     1: "a class index is not a whole number between 0 and the number of classes - 1",
 }
@@ -62,20 +72,18 @@ def _vector_length(shape):
 class Argument:
     """One kernel parameter: role, user name, C type and per-example shape."""
 
-    __slots__ = ("role", "name", "shape", "per_example", "by_value", "kind", "c_type", "size")
+    __slots__ = ("role", "name", "shape", "flat", "per_example", "by_value", "kind", "c_type")
 
     def __init__(self, role, name, shape, per_example, by_value, kind, c_type):
         self.role = role
         self.name = name
         self.shape = tuple(shape)
+        length = _vector_length(self.shape)
+        self.flat = (length,) if length is not None else self.shape  # a vector's 1-D form
         self.per_example = per_example
         self.by_value = by_value
         self.kind = kind
         self.c_type = c_type
-        size = 1
-        for d in self.shape:
-            size *= d
-        self.size = size
 
 
 class Kernel:
@@ -88,66 +96,138 @@ class Kernel:
         self.arguments = [Argument(*a) for a in arguments]
         self.declared = dict(declared)  # every symbol of the model: name -> (role, shape)
         self.work_size = work_size
-        self.reduce = reduce
         self._local = threading.local()
         self._symbols = [a for a in self.arguments if a.role in ("param", "input")]
         self._outputs = [a for a in self.arguments if a.role == "output"]
-        self._real_ptr = "float *" if self.dtype == np.float32 else "double *"
+        self._pointer = "float *" if self.dtype == np.float32 else "double *"
+        self._mean_results = reduce == "mean" and any(not a.per_example for a in self._outputs)
 
     # --- the call -----------------------------------------------------------------
 
     def __call__(self, arrays: dict) -> list:
         """Run the kernel on keyword ``arrays``; returns ``[(result name, value), ...]``."""
-        self._check_names(arrays)
-        values = {}
-        given_shapes = {}
-        batch = None  # (N, name of an input that set it)
-        batched_inputs = []
-        for arg in self._symbols:
-            raw = arrays[arg.name]
+        try:
+            raw = [arrays[a.name] for a in self._symbols]
+        except KeyError:
+            self._check_names(arrays)
+            raise
+        if len(arrays) != len(raw):
+            self._check_names(arrays)
+        exact = self._exact(raw)
+        if exact is not None:
+            return exact
+        values = []
+        shapes = []  # the shape each symbol came in
+        batch = None  # (N, name of the input that set it)
+        batched = set()
+        for arg, value in zip(self._symbols, raw):
+            if arg.by_value:
+                values.append(value if type(value) in SCALAR_TYPES else self._param_scalar(arg, value))
+                shapes.append(())
+                continue
             if arg.role == "param":
-                values[arg.name], given_shapes[arg.name] = self._param(arg, raw)
+                array, is_batch = self._param(arg, value), False
             else:
-                array, is_batch = self._input(arg, raw)
-                values[arg.name], given_shapes[arg.name] = array, np.shape(raw)
-                if is_batch:
-                    batched_inputs.append(arg)
-                    if batch is not None and batch[0] != array.shape[0]:
-                        raise ArgumentShapeError(
-                            f"batch sizes disagree: input {arg.name!r} has {array.shape[0]} examples "
-                            f"but input {batch[1]!r} has {batch[0]}"
-                        )
-                    batch = batch or (array.shape[0], arg.name)
+                array, is_batch = self._input(arg, value)
+            if is_batch:
+                batched.add(arg.name)
+                if batch is None:
+                    batch = (array.shape[0], arg.name)
+                elif batch[0] != array.shape[0]:
+                    raise ArgumentShapeError(
+                        f"batch sizes disagree: input {arg.name!r} has {array.shape[0]} examples "
+                        f"but input {batch[1]!r} has {batch[0]}"
+                    )
+            values.append(array)
+            shapes.append(np.shape(value) if type(value) is not np.ndarray else value.shape)
         n = batch[0] if batch else 1
-        batched = batch is not None
-        for arg in self._symbols:
-            if arg.role == "input":
-                array = values[arg.name]
-                if not batched or arg not in batched_inputs:
-                    array = np.ascontiguousarray(np.broadcast_to(array.reshape((1,) + arg.shape), (n,) + arg.shape))
-                values[arg.name] = array
-        if n == 0 and self.reduce == "mean" and any(not a.per_example for a in self._outputs):
+        if batch:  # an input given as one example next to a batch is repeated over it
+            for k, arg in enumerate(self._symbols):
+                if arg.role == "input" and arg.name not in batched:
+                    values[k] = np.ascontiguousarray(np.broadcast_to(values[k], (n,) + values[k].shape))
+        if n == 0 and self._mean_results:
             raise ArgumentShapeError(
                 "the batch has 0 examples: the mean over no examples is undefined; pass at least one example"
             )
-        outputs = {a.name: np.empty(((n,) if a.per_example else ()) + a.shape, dtype=self.dtype)
-                   for a in self._outputs}
-        status = self._run(n, values, outputs)
+        from_buffer = self._ffi.from_buffer
+        pointer = self._pointer
+        call = [n] + [from_buffer(pointer, v) if type(v) is np.ndarray else v for v in values]
+        outputs = []
+        for arg in self._outputs:
+            out = np.empty((n,) + arg.shape if arg.per_example else arg.shape, dtype=self.dtype)
+            outputs.append(out)
+            call.append(from_buffer(pointer, out))
+        call.append(self._workspace())
+        status = self._function(*call)
         if status != 0:
             raise KernelError(f"the kernel failed: {KERNEL_ERRORS.get(status, f'error code {status}')}")
-        return self._results(outputs, batched, given_shapes, {a.name for a in batched_inputs})
+        given = {a.name: s for a, s in zip(self._symbols, shapes)}
+        return self._results(outputs, batch is not None, given, batched)
 
-    def _run(self, n, values, outputs) -> int:
-        ffi = self._ffi
-        ptr = self._real_ptr
-        call_args = [n]
-        for arg in self._symbols:
-            value = values[arg.name]
-            call_args.append(value if arg.by_value else ffi.from_buffer(ptr, value))
+    def _exact(self, raw):
+        """The results when every argument already has a layout the kernel reads as it is, else None.
+
+        That is: C-contiguous arrays of the kernel's dtype; params of their
+        declared shape (a vector may be 1-D); inputs as batches (N, *shape)
+        (a vector may be (N, length)). Most calls in a training loop look like
+        this, and they skip the flexible path's conversions.
+        """
+        from_buffer = self._ffi.from_buffer
+        pointer = self._pointer
+        dtype = self.dtype
+        call = [0]
+        n = -1
+        reshaped = None  # symbol name -> the shape its gradient must take
+        try:
+            for arg, value in zip(self._symbols, raw):
+                if arg.by_value:
+                    if type(value) not in SCALAR_TYPES:
+                        return None
+                    call.append(value)
+                    continue
+                if type(value) is not np.ndarray or value.dtype is not dtype:
+                    return None
+                shape = value.shape
+                if arg.role == "param":
+                    if shape != arg.shape:
+                        if shape != arg.flat:
+                            return None
+                        reshaped = reshaped or {}
+                        reshaped[arg.name] = shape
+                else:
+                    rest = shape[1:]
+                    if (rest != arg.shape and rest != arg.flat) or len(shape) < 2 and arg.shape:
+                        return None
+                    if n < 0:
+                        n = shape[0]
+                    elif shape[0] != n:
+                        return None
+                    if rest != arg.shape:
+                        reshaped = reshaped or {}
+                        reshaped[arg.name] = shape
+                call.append(from_buffer(pointer, value))
+        except (ValueError, TypeError, BufferError):  # not contiguous, not a buffer
+            return None
+        if n <= 0:  # no batched input, or an empty batch: the flexible path handles these
+            return None
+        outputs = []
         for arg in self._outputs:
-            call_args.append(ffi.from_buffer(ptr, outputs[arg.name], require_writable=True))
-        call_args.append(self._workspace())
-        return self._function(*call_args)
+            out = np.empty((n,) + arg.shape if arg.per_example else arg.shape, dtype=dtype)
+            outputs.append(out)
+            call.append(from_buffer(pointer, out))
+        call.append(self._workspace())
+        call[0] = n
+        status = self._function(*call)
+        if status != 0:
+            raise KernelError(f"the kernel failed: {KERNEL_ERRORS.get(status, f'error code {status}')}")
+        results = []
+        for arg, out in zip(self._outputs, outputs):
+            if reshaped is not None and arg.kind == "gradient" and arg.name in reshaped:
+                given = reshaped[arg.name]
+                out = out.reshape(given if not arg.per_example or self.declared[arg.name][0] == "input"
+                                  else (n,) + given)
+            results.append((arg.name, float(out) if out.ndim == 0 else out))
+        return results
 
     def _workspace(self):
         """Scratch memory for this thread, allocated on its first call and kept."""
@@ -155,7 +235,7 @@ class Kernel:
         work = getattr(local, "work", None)
         if work is None:
             local.array = np.empty(max(self.work_size, 1), dtype=self.dtype)
-            work = local.work = self._ffi.from_buffer(self._real_ptr, local.array, require_writable=True)
+            work = local.work = self._ffi.from_buffer(self._pointer, local.array, require_writable=True)
         return work
 
     # --- arguments -------------------------------------------------------------------
@@ -175,10 +255,13 @@ class Kernel:
             raise ArgumentError(f"missing argument{'s' if len(missing) > 1 else ''}: {described}")
 
     def _as_array(self, arg, raw):
-        try:
-            array = np.asarray(raw)
-        except Exception as exc:  # ragged lists and the like
-            raise ArgumentError(f"{arg.role} {arg.name!r} is not array-like: {exc}") from None
+        if type(raw) is np.ndarray:
+            array = raw
+        else:
+            try:
+                array = np.asarray(raw)
+            except Exception as exc:  # ragged lists and the like
+                raise ArgumentError(f"{arg.role} {arg.name!r} is not array-like: {exc}") from None
         if array.dtype.kind not in "biuf":
             raise ArgumentDtypeError(
                 f"{arg.role} {arg.name!r} has dtype {array.dtype}; expected real numbers "
@@ -186,55 +269,63 @@ class Kernel:
             )
         return array
 
-    def _param(self, arg, raw):
+    def _contiguous(self, array):
+        if array.dtype == self.dtype and array.flags.c_contiguous:
+            return array
+        return np.ascontiguousarray(array, dtype=self.dtype)
+
+    def _param_scalar(self, arg, raw) -> float:
         array = self._as_array(arg, raw)
-        if arg.by_value:
-            if array.size != 1 or array.ndim > 1:
-                raise ArgumentShapeError(
-                    f"param {arg.name!r} is one number shared by all examples; got an array of shape {array.shape}"
-                )
-            return float(array.reshape(())), array.shape
+        if array.size != 1 or array.ndim > 1:
+            raise ArgumentShapeError(
+                f"param {arg.name!r} is one number shared by all examples; got an array of shape {array.shape}"
+            )
+        return float(array.reshape(()))
+
+    def _param(self, arg, raw):
+        """A matrix param as a C-ordered array of the kernel's dtype."""
+        array = self._as_array(arg, raw)
         if array.shape != arg.shape and not (array.ndim == 1 and array.shape[0] == _vector_length(arg.shape)):
             raise ArgumentShapeError(
                 f"param {arg.name!r} must have shape {arg.shape}; got {array.shape}"
                 + ("" if array.ndim <= 2 else " (params are shared by all examples and have no batch axis)")
             )
-        return np.ascontiguousarray(array, dtype=self.dtype).reshape(arg.shape), array.shape
+        return self._contiguous(array)
 
     def _input(self, arg, raw):
-        """The input as (N, *shape) or (*shape), and whether it is a batch."""
+        """An input as a C-ordered array of (N, *shape) or (*shape), and whether it is a batch."""
         array = self._as_array(arg, raw)
         shape = arg.shape
+        given = array.shape
         length = _vector_length(shape)
-        if array.shape == shape:
+        if given == shape:
             batch = False
-        elif array.ndim == len(shape) + 1 and array.shape[1:] == shape:
+        elif array.ndim == len(shape) + 1 and given[1:] == shape:
             batch = True
-        elif length is not None and array.ndim == 1 and array.shape[0] == length:
+        elif length is not None and array.ndim == 1 and given[0] == length:
             batch, array = False, array.reshape(shape)
-        elif length is not None and array.ndim == 2 and array.shape[1] == length:
-            batch, array = True, array.reshape((array.shape[0],) + shape)
+        elif length is not None and array.ndim == 2 and given[1] == length:
+            batch, array = True, array.reshape((given[0],) + shape)
         else:
-            forms = [_shape_text(shape) or "scalar", f"(N, {', '.join(map(str, shape))})" if shape else "(N,)"]
+            forms = [f"(N, {', '.join(map(str, shape))})" if shape else "(N,)"]
             if length is not None:
                 forms.append(f"(N, {length})")
             raise ArgumentShapeError(
-                f"input {arg.name!r} has shape {array.shape}; expected one example of shape {shape} "
-                f"or a batch of shape {' or '.join(forms[1:])}"
+                f"input {arg.name!r} has shape {given}; expected one example of shape {shape} "
+                f"or a batch of shape {' or '.join(forms)}"
             )
-        return np.ascontiguousarray(array, dtype=self.dtype), batch
+        return self._contiguous(array), batch
 
     # --- results -------------------------------------------------------------------------
 
     def _results(self, outputs, batched, given_shapes, batched_names) -> list:
         results = []
-        for arg in self._outputs:
-            value = outputs[arg.name]
+        for arg, value in zip(self._outputs, outputs):
             if arg.kind == "gradient":
                 value = self._gradient(arg, value, batched, given_shapes[arg.name], arg.name in batched_names)
             elif arg.per_example and not batched:
                 value = value[0]
-            results.append((arg.name, float(value) if np.ndim(value) == 0 else value))
+            results.append((arg.name, float(value) if value.ndim == 0 else value))
         return results
 
     def _gradient(self, arg, value, batched, given, was_batched):

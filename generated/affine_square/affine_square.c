@@ -32,6 +32,15 @@ int affine_square_forward(int64_t n, double p_a, double p_b, const double *restr
     return SG_OK;
 }
 
+/* forward of a single example given as scalars: the call from Python costs no array handling. */
+struct affine_square_forward_values affine_square_forward_point(double p_a, double p_b, double in_x)
+{
+    struct affine_square_forward_values r;
+    double work[1];
+    affine_square_forward(1, p_a, p_b, &in_x, &r.v[0], work);
+    return r;
+}
+
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. */
 int affine_square_value_and_grad(int64_t n, double p_a, double p_b, const double *restrict in_x, double *restrict out_loss, double *restrict grad_x, double *restrict grad_a, double *restrict grad_b, double *restrict work)
 {
@@ -59,4 +68,13 @@ int affine_square_value_and_grad(int64_t n, double p_a, double p_b, const double
         }
     }
     return SG_OK;
+}
+
+/* value_and_grad of a single example given as scalars: the call from Python costs no array handling. */
+struct affine_square_value_and_grad_values affine_square_value_and_grad_point(double p_a, double p_b, double in_x)
+{
+    struct affine_square_value_and_grad_values r;
+    double work[1];
+    affine_square_value_and_grad(1, p_a, p_b, &in_x, &r.v[0], &r.v[1], &r.v[2], &r.v[3], work);
+    return r;
 }

@@ -32,6 +32,15 @@ int fan_out_forward(int64_t n, const double *restrict in_x, double *restrict out
     return SG_OK;
 }
 
+/* forward of a single example given as scalars: the call from Python costs no array handling. */
+struct fan_out_forward_values fan_out_forward_point(double in_x)
+{
+    struct fan_out_forward_values r;
+    double work[1];
+    fan_out_forward(1, &in_x, &r.v[0], work);
+    return r;
+}
+
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. */
 int fan_out_value_and_grad(int64_t n, const double *restrict in_x, double *restrict out_loss, double *restrict grad_x, double *restrict work)
 {
@@ -56,4 +65,13 @@ int fan_out_value_and_grad(int64_t n, const double *restrict in_x, double *restr
         }
     }
     return SG_OK;
+}
+
+/* value_and_grad of a single example given as scalars: the call from Python costs no array handling. */
+struct fan_out_value_and_grad_values fan_out_value_and_grad_point(double in_x)
+{
+    struct fan_out_value_and_grad_values r;
+    double work[1];
+    fan_out_value_and_grad(1, &in_x, &r.v[0], &r.v[1], work);
+    return r;
 }

@@ -31,6 +31,15 @@ int inverse_square_forward(int64_t n, const double *restrict in_x, double *restr
     return SG_OK;
 }
 
+/* forward of a single example given as scalars: the call from Python costs no array handling. */
+struct inverse_square_forward_values inverse_square_forward_point(double in_x)
+{
+    struct inverse_square_forward_values r;
+    double work[1];
+    inverse_square_forward(1, &in_x, &r.v[0], work);
+    return r;
+}
+
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. */
 int inverse_square_value_and_grad(int64_t n, const double *restrict in_x, double *restrict out_loss, double *restrict grad_x, double *restrict work)
 {
@@ -54,4 +63,13 @@ int inverse_square_value_and_grad(int64_t n, const double *restrict in_x, double
         }
     }
     return SG_OK;
+}
+
+/* value_and_grad of a single example given as scalars: the call from Python costs no array handling. */
+struct inverse_square_value_and_grad_values inverse_square_value_and_grad_point(double in_x)
+{
+    struct inverse_square_value_and_grad_values r;
+    double work[1];
+    inverse_square_value_and_grad(1, &in_x, &r.v[0], &r.v[1], work);
+    return r;
 }

@@ -35,6 +35,15 @@ int log_sin_forward(int64_t n, const double *restrict in_x1, const double *restr
     return SG_OK;
 }
 
+/* forward of a single example given as scalars: the call from Python costs no array handling. */
+struct log_sin_forward_values log_sin_forward_point(double in_x1, double in_x2)
+{
+    struct log_sin_forward_values r;
+    double work[1];
+    log_sin_forward(1, &in_x1, &in_x2, &r.v[0], work);
+    return r;
+}
+
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. */
 int log_sin_value_and_grad(int64_t n, const double *restrict in_x1, const double *restrict in_x2, double *restrict out_loss, double *restrict grad_x1, double *restrict grad_x2, double *restrict work)
 {
@@ -65,4 +74,13 @@ int log_sin_value_and_grad(int64_t n, const double *restrict in_x1, const double
         }
     }
     return SG_OK;
+}
+
+/* value_and_grad of a single example given as scalars: the call from Python costs no array handling. */
+struct log_sin_value_and_grad_values log_sin_value_and_grad_point(double in_x1, double in_x2)
+{
+    struct log_sin_value_and_grad_values r;
+    double work[1];
+    log_sin_value_and_grad(1, &in_x1, &in_x2, &r.v[0], &r.v[1], &r.v[2], work);
+    return r;
 }

@@ -58,6 +58,15 @@ int logistic_regression_forward(int64_t n, double p_w1, double p_w2, double p_b,
     return SG_OK;
 }
 
+/* forward of a single example given as scalars: the call from Python costs no array handling. */
+struct logistic_regression_forward_values logistic_regression_forward_point(double p_w1, double p_w2, double p_b, double in_x1, double in_x2, double in_y)
+{
+    struct logistic_regression_forward_values r;
+    double work[1];
+    logistic_regression_forward(1, p_w1, p_w2, p_b, &in_x1, &in_x2, &in_y, &r.v[0], &r.v[1], work);
+    return r;
+}
+
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. */
 int logistic_regression_value_and_grad(int64_t n, double p_w1, double p_w2, double p_b, const double *restrict in_x1, const double *restrict in_x2, const double *restrict in_y, double *restrict out_loss, double *restrict grad_w1, double *restrict grad_w2, double *restrict grad_b, double *restrict work)
 {
@@ -137,4 +146,13 @@ int logistic_regression_value_and_grad(int64_t n, double p_w1, double p_w2, doub
     grad_b[0] = v48;
 
     return SG_OK;
+}
+
+/* value_and_grad of a single example given as scalars: the call from Python costs no array handling. */
+struct logistic_regression_value_and_grad_values logistic_regression_value_and_grad_point(double p_w1, double p_w2, double p_b, double in_x1, double in_x2, double in_y)
+{
+    struct logistic_regression_value_and_grad_values r;
+    double work[1];
+    logistic_regression_value_and_grad(1, p_w1, p_w2, p_b, &in_x1, &in_x2, &in_y, &r.v[0], &r.v[1], &r.v[2], &r.v[3], work);
+    return r;
 }

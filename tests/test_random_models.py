@@ -1,0 +1,1398 @@
+"""Randomized verification: random models, three gradients that must agree.
+
+A generator builds random expression DAGs from symgrad's op registry
+(``symgrad.ops.REGISTRY``): up to 8 levels deep, over scalar and small matrix
+params and inputs (shapes such as 2x3, 3x1, 1x1), with sub-expressions shared
+by several later nodes so that gradients add along several paths. Every
+function is applied where its derivative is valid: the generator tracks an
+interval that bounds each sub-expression and, when an argument could leave
+the op's registry domain, maps it in (an affine map, a sigmoid, tanh or
+rational squash, or a shift). For each model the test compares
+
+1. the symbolic gradients ``model.gradients()``, evaluated numerically by an
+   independent NumPy evaluator of SymPy expressions (below),
+2. the compiled gradients of ``sg.compile(model).value_and_grad(...)``,
+3. central finite differences (Richardson extrapolated) of the compiled loss,
+
+and also the compiled loss and outputs with the evaluated SymPy expressions.
+Points where finite differences are unreliable (near a kink of Abs, Max,
+relu, Piecewise...: the estimates at two step sizes disagree) are skipped
+element by element; points with non-finite values are discarded.
+
+Running more examples
+---------------------
+CI runs a small, fixed (derandomized) set of examples. Set the environment
+variable ``SYMGRAD_RANDOM_EXAMPLES`` to run more, with fresh random choices
+on every run::
+
+    SYMGRAD_RANDOM_EXAMPLES=500 .venv/bin/python -m pytest tests/test_random_models.py -q
+
+(each example compiles one model, about 0.5 s). Add
+``--hypothesis-seed=N`` to repeat an exploration. Every failure found this
+way is kept below as an explicit regression test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import sympy as sp
+from hypothesis import HealthCheck, assume, given, note, settings
+from hypothesis import strategies as st
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+from sympy.matrices.expressions.hadamard import HadamardPower, HadamardProduct
+from sympy.matrices.expressions.matexpr import MatrixElement
+
+import symgrad as sg
+from symgrad import functions as sgf
+from symgrad import ops
+from symgrad.ops.elementwise import SYMPY_HEADS
+from symgrad.pipeline import gradient_graph
+
+ON_DEMAND = "SYMGRAD_RANDOM_EXAMPLES" in os.environ
+EXAMPLES = int(os.environ.get("SYMGRAD_RANDOM_EXAMPLES", "25"))
+
+# ======================================================================================
+# Intervals: (low, high) bounds that hold for every element of a sub-expression
+# ======================================================================================
+
+
+def iv_add(*ivs):
+    return (math.fsum(i[0] for i in ivs), math.fsum(i[1] for i in ivs))
+
+
+def iv_mul(x, y):
+    products = [x[0] * y[0], x[0] * y[1], x[1] * y[0], x[1] * y[1]]
+    return (min(products), max(products))
+
+
+def iv_scale(c, iv):
+    return iv_mul((c, c), iv)
+
+
+def iv_union(*ivs):
+    return (min(i[0] for i in ivs), max(i[1] for i in ivs))
+
+
+def iv_pow_int(iv, n):
+    lo, hi = iv
+    if n < 0:
+        assert lo > 0 or hi < 0, "negative power of an interval holding 0"
+        plo, phi = iv_pow_int(iv, -n)
+        return (1 / phi, 1 / plo)
+    if n % 2 == 1:
+        return (lo**n, hi**n)
+    if lo >= 0:
+        return (lo**n, hi**n)
+    if hi <= 0:
+        return (hi**n, lo**n)
+    return (0.0, max(-lo, hi) ** n)
+
+
+def iv_function(f, iv, points=1025):
+    """Bounds of a continuous scalar function on an interval, from a fine grid, padded."""
+    lo, hi = iv
+    grid = np.linspace(lo, hi, points) if hi > lo else np.array([lo])
+    with np.errstate(all="ignore"):
+        values = np.asarray(f(grid), dtype=float)
+    assert np.all(np.isfinite(values)), (f, iv)
+    vlo, vhi = float(values.min()), float(values.max())
+    pad = 1e-3 * (vhi - vlo) + 1e-6 * (1 + abs(vlo) + abs(vhi))
+    return (vlo - pad, vhi + pad)
+
+
+def iv_max_abs(iv):
+    return max(abs(iv[0]), abs(iv[1]))
+
+
+# ======================================================================================
+# Choices: from Hypothesis (shrinkable) or from a seeded random.Random
+# ======================================================================================
+
+
+class RandomChooser:
+    def __init__(self, seed):
+        self.r = random.Random(seed)
+
+    def integer(self, lo, hi):
+        return self.r.randint(lo, hi)
+
+    def choice(self, seq):
+        return seq[self.r.randrange(len(seq))]
+
+    def chance(self, p):
+        return self.r.random() < p
+
+
+class HypothesisChooser:
+    """Draws through Hypothesis; shrinking goes towards the first option, small numbers, False."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def integer(self, lo, hi):
+        return self.data.draw(st.integers(lo, hi))
+
+    def choice(self, seq):
+        return seq[self.integer(0, len(seq) - 1)]
+
+    def chance(self, p):
+        return self.integer(0, 999) >= round(1000 * (1 - p))
+
+
+# ======================================================================================
+# The generator
+# ======================================================================================
+
+SHAPES = ((2, 3), (3, 1), (2, 2), (1, 3), (3, 3), (2, 1), (1, 2), (1, 1))
+RANGES = ((-1.0, 1.0), (0.2, 1.5), (-1.5, -0.2), (-2.0, 2.0))
+#: Arguments of arithmetic and matrix ops are kept within this magnitude.
+GENERIC = (-6.0, 6.0)
+MAX_DEPTH = 8
+
+HEADS = {name: head for head, name in SYMPY_HEADS.items()}
+#: Element-wise functions of one argument, read from a SymPy head.
+UNARY = sorted(name for name, op in ops.REGISTRY.items()
+               if op.kind == "elementwise" and op.arity == 1 and name in HEADS
+               and not issubclass(HEADS[name], sp.logic.boolalg.Boolean))
+#: Ops with a kink or a jump: also applied across it (finite differences skip the kink itself).
+KINKED = {"abs": (-2.0, 2.0), "relu": (-2.0, 2.0), "sign": (-2.0, 2.0)}
+#: Ops that only appear as parts of what the generator writes, or that the pipeline adds.
+DERIVED = {"symbol", "const", "batch_size", "reduce_batch", "sum_to", "one_hot"}
+_RELATIONS = (sp.StrictLessThan, sp.LessThan, sp.StrictGreaterThan, sp.GreaterThan, sp.Ne, sp.Eq)
+
+
+#: SymPy heads that SymPy applies to the element of a 1x1 matrix (others it applies to the matrix).
+SAFE_ON_1X1 = {head for name, head in HEADS.items()
+               if name not in ("abs", "sigmoid", "relu", "softplus") and name in UNARY}
+
+
+def domain(name, k=0):
+    return tuple(float(v) for v in ops.get(name).domain[k])
+
+
+#: Generator rules and their weights.
+RULES = {
+    "unary": 8, "add": 4, "mul": 4, "divide": 2, "pow": 3, "minmax": 2, "piecewise": 2,
+    "heaviside": 1, "atan2": 1, "matmul": 4, "matpow": 1, "transpose": 1, "index": 3,
+    "inner_product": 1, "assemble": 1, "const_matrix": 1, "identity": 1, "sum": 2, "trace": 1,
+    "broadcast": 1, "softmax": 2, "stable_log": 1, "cross_entropy": 1, "mse": 1, "lambda": 3,
+}
+#: The rules that make a scalar from scalars (used inside element-wise lambdas).
+SCALAR_RULES = ("unary", "add", "mul", "divide", "pow", "minmax", "piecewise", "heaviside", "atan2",
+                "stable_log")
+WEIGHTED_RULES = tuple(name for name, w in RULES.items() for _ in range(w))
+WEIGHTED_SCALAR_RULES = tuple(name for name in WEIGHTED_RULES if name in SCALAR_RULES)
+
+
+@dataclass(frozen=True)
+class Node:
+    expr: object
+    shape: tuple  # () or (rows, cols)
+    iv: tuple  # bounds on every element
+    depth: int
+
+
+@dataclass
+class Leaf:
+    symbol: object
+    role: str  # "param" or "input"
+    shape: tuple
+    range: tuple
+    classes: int | None = None  # a class-index input (cross_entropy target): number of classes
+
+
+@dataclass
+class Spec:
+    """A random model and the point at which to check it."""
+
+    leaves: list
+    loss: object
+    outputs: dict
+    reduce: object
+    wrt: object  # list of names, or None for the default (all params)
+    batch: int
+    batched: bool
+    flat_vectors: tuple  # names of vector symbols passed 1-D (params) or as (N, k) (inputs)
+    seed: int
+    model: object = None
+    ops_used: set = field(default_factory=set)
+
+    @property
+    def wrt_names(self):
+        if self.wrt is not None:
+            return list(self.wrt)
+        return [str(l.symbol.name) for l in self.leaves if l.role == "param"]
+
+
+def _num(x, digits=3):
+    """A short SymPy number near x."""
+    return sp.Float(round(float(x), digits), 15)
+
+
+class Generator:
+    def __init__(self, ch, max_depth=MAX_DEPTH, max_steps=14):
+        self.ch = ch
+        self.max_depth = max_depth
+        self.max_steps = max_steps
+        self.leaves: list = []
+        self.pool: list = []
+        self.used: set = set()  # generator rules applied (registry op names and constructs)
+
+    # --- leaves ------------------------------------------------------------------------
+
+    def make_leaves(self):
+        ch = self.ch
+        counts = {"p": ch.integer(0, 3), "x": ch.integer(0, 2), "W": ch.integer(0, 2), "X": ch.integer(0, 2)}
+        if sum(counts.values()) == 0:
+            counts["p"] = 1
+        for prefix, n in counts.items():
+            for k in range(n):
+                rng = ch.choice(RANGES)
+                name = f"{prefix}{k}"
+                if prefix in "px":
+                    assumptions = ch.choice(({}, {"real": True}, {"positive": True} if rng[0] > 0 else {"real": True}))
+                    symbol, shape = sp.Symbol(name, **assumptions), ()
+                else:
+                    shape = ch.choice(SHAPES)
+                    symbol = sp.MatrixSymbol(name, *shape)
+                role = "param" if prefix in "pW" else "input"
+                self.leaves.append(Leaf(symbol, role, shape, rng))
+                self.pool.append(Node(symbol, shape, rng, 0))
+
+    def class_input(self, classes):
+        for leaf in self.leaves:
+            if leaf.classes == classes:
+                return leaf.symbol
+        if any(leaf.classes is not None for leaf in self.leaves):
+            return None
+        symbol = sp.Symbol("k0", real=True)
+        self.leaves.append(Leaf(symbol, "input", (), (0.0, classes - 1.0), classes))
+        return symbol
+
+    # --- picking from the pool ------------------------------------------------------------
+
+    def pick(self, pred=lambda n: True, *, pool=None):
+        pool = self.pool if pool is None else pool
+        candidates = [n for n in pool if n.depth < self.max_depth and pred(n)]
+        if not candidates:
+            return None
+        if self.ch.chance(0.45):
+            return candidates[-1]  # the newest: builds depth
+        return self.ch.choice(candidates)
+
+    def scalar(self, **kw):
+        return self.pick(lambda n: n.shape == (), **kw)
+
+    def matrix(self, pred=lambda n: True, **kw):
+        return self.pick(lambda n: n.shape != () and pred(n), **kw)
+
+    # --- fitting an argument into a domain ------------------------------------------------
+
+    def fit(self, node, lo, hi):
+        """``node``, or a function of it, whose values lie within [lo, hi] (with a margin)."""
+        margin = 0.02 * (hi - lo)
+        tlo, thi = lo + margin, hi - margin
+        a, b = node.iv
+        if tlo <= a and b <= thi and not self.ch.chance(0.1):
+            return node
+        ch = self.ch
+        kinds = ["affine", "sigmoid", "tanh", "rational"]
+        if b - a <= 0.9 * (thi - tlo):
+            kinds.insert(0, "shift")
+        for _ in range(4):
+            kind = ch.choice(kinds)
+            made = getattr(self, f"_fit_{kind}")(node, tlo, thi)
+            if made is not None and lo <= made.iv[0] and made.iv[1] <= hi:
+                return made
+        made = self._fit_sigmoid(node, tlo, thi, k=1)
+        assert lo <= made.iv[0] and made.iv[1] <= hi, (made.iv, lo, hi)
+        return made
+
+    def _affine(self, node, scale, offset):
+        """scale * node + offset, element by element."""
+        scale, offset = _num(scale, 4), _num(offset, 4)
+        if node.shape == ():
+            expr = scale * node.expr + offset
+        else:
+            expr = scale * node.expr + offset * sp.OneMatrix(*node.shape)
+        iv = iv_add(iv_scale(float(scale), node.iv), (float(offset), float(offset)))
+        return Node(expr, node.shape, iv, node.depth + 1)
+
+    def _fit_shift(self, node, tlo, thi):
+        a, b = node.iv
+        c = tlo - a + 0.5 * ((thi - tlo) - (b - a))
+        return self._affine(node, 1, c)
+
+    def _fit_affine(self, node, tlo, thi):
+        a, b = node.iv
+        if b - a < 1e-9:
+            return self._affine(node, 1, (tlo + thi) / 2 - a)
+        scale = float(f"{(thi - tlo) / (b - a) * 0.999:.3g}")
+        offset = tlo - scale * a + 0.0005 * (thi - tlo)
+        if self.ch.chance(0.3):  # a decreasing map
+            scale, offset = -scale, thi + scale * a - 0.0005 * (thi - tlo)
+        return self._affine(node, scale, offset)
+
+    def _squash(self, node, tlo, thi, name, k):
+        """tlo + (thi - tlo) * (f(k * node) - flo) / (fhi - flo) for a bounded increasing f."""
+        f = HEADS[name]
+        inner = self._affine(node, k, 0) if k != 1 else node
+        fiv = iv_function(lambda v: ops.get(name).numpy([v], ()), inner.iv)
+        # Known bounds of the squashing function's range.
+        full = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}[name]
+        flo, fhi = max(full[0], fiv[0]), min(full[1], fiv[1])
+        if fhi - flo < 1e-6:
+            flo, fhi = full
+        applied = self.apply_unary(f, inner)
+        node_f = Node(applied, node.shape, (flo, fhi), node.depth + 1)
+        scale = (thi - tlo) / (fhi - flo) * 0.999
+        return self._affine(node_f, scale, tlo - scale * flo + 0.0005 * (thi - tlo))
+
+    def _fit_sigmoid(self, node, tlo, thi, k=None):
+        k = k if k is not None else self.ch.choice((1, 0.5, 2))
+        return self._squash(node, tlo, thi, "sigmoid", k)
+
+    def _fit_tanh(self, node, tlo, thi):
+        return self._squash(node, tlo, thi, "tanh", self.ch.choice((1, 0.5)))
+
+    def _fit_rational(self, node, tlo, thi):
+        # tlo + (thi - tlo) / (1 + u**2): values in (tlo, thi]
+        u = node if iv_max_abs(node.iv) <= 30 else self._affine(node, 30 / iv_max_abs(node.iv), 0)
+        def body(t):
+            return _num(tlo, 4) + _num(thi - tlo, 4) / (1 + t**2)
+
+        expr = body(u.expr) if u.shape == () else self.map_elements(u, body)
+        return Node(expr, node.shape, (float(_num(tlo, 4)), float(_num(tlo, 4)) + float(_num(thi - tlo, 4))),
+                    node.depth + 1)
+
+    # --- applying functions ---------------------------------------------------------------
+
+    def apply_unary(self, head, node):
+        """head applied to a scalar, or to every element of a matrix in one of the spellings."""
+        if node.shape == ():
+            return head(node.expr)
+        if node.shape == (1, 1) and head not in SAFE_ON_1X1:
+            return self.map_elements(node, head)
+        forms = ["applyfunc", "elementwise", "lambda"]
+        if head in (sgf.sigmoid, sgf.relu, sgf.softplus):
+            forms.append("call")
+        form = self.ch.choice(forms)
+        if form == "applyfunc":
+            return node.expr.applyfunc(head)
+        if form == "elementwise":
+            return sg.elementwise(head, node.expr)
+        if form == "lambda":
+            return node.expr.applyfunc(lambda t: head(t))
+        return head(node.expr)
+
+    def map_elements(self, node, f):
+        """f (a function of one scalar expression) applied to every element of a matrix node.
+
+        SymPy applies a function to a 1x1 matrix itself instead of to its element (and
+        symgrad's own functions then recurse forever, see the regression tests), so a 1x1
+        matrix is rebuilt from its element.
+        """
+        if node.shape == (1, 1):
+            return sp.ImmutableMatrix([[f(node.expr[0, 0])]])
+        t = sp.Dummy("t")
+        lam = sp.Lambda(t, f(t))
+        return node.expr.applyfunc(lam) if self.ch.chance(0.5) else sg.elementwise(lam, node.expr)
+
+    # --- the rules: each makes one new node from nodes of the pool, or returns None ----------
+
+    def rule_unary(self):
+        name = self.ch.choice(UNARY)
+        arg = self.pick()
+        if arg is None:
+            return None
+        lo, hi = KINKED[name] if name in KINKED and self.ch.chance(0.6) else domain(name)
+        arg = self.fit(arg, lo, hi)
+        iv = iv_function(lambda v: ops.get(name).numpy([v], ()), arg.iv)
+        self.used.add(name)
+        return Node(self.apply_unary(HEADS[name], arg), arg.shape, iv, arg.depth + 1)
+
+    def rule_heaviside(self):
+        arg = self.pick()
+        if arg is None:
+            return None
+        arg = self.fit(arg, -2.0, 2.0)
+        h0 = self.ch.choice((None, sp.Rational(1, 2), 0, 1))
+        head = (lambda t: sp.Heaviside(t)) if h0 is None else (lambda t: sp.Heaviside(t, h0))
+        self.used.add("heaviside")
+        if arg.shape == ():
+            return Node(head(arg.expr), (), (0.0, 1.0), arg.depth + 1)
+        return Node(self.map_elements(arg, head), arg.shape, (0.0, 1.0), arg.depth + 1)
+
+    def rule_atan2(self):
+        y, x = self.scalar(), self.scalar()
+        if y is None:
+            return None
+        y, x = self.fit(y, *domain("atan2", 0)), self.fit(x, *domain("atan2", 1))
+        self.used.add("atan2")
+        return Node(sp.atan2(y.expr, x.expr), (), (-math.pi / 2, math.pi / 2), max(x.depth, y.depth) + 1)
+
+    def rule_minmax(self):
+        args = [self.scalar() for _ in range(self.ch.choice((2, 2, 3)))]
+        if args[0] is None:
+            return None
+        args = [self.fit(a, *GENERIC) for a in args]
+        if self.ch.chance(0.5):
+            self.used.add("max")
+            expr, iv = sp.Max(*[a.expr for a in args]), (max(a.iv[0] for a in args), max(a.iv[1] for a in args))
+        else:
+            self.used.add("min")
+            expr, iv = sp.Min(*[a.expr for a in args]), (min(a.iv[0] for a in args), min(a.iv[1] for a in args))
+        return Node(expr, (), iv, max(a.depth for a in args) + 1)
+
+    def condition(self):
+        """A truth value made of comparisons of pool scalars, and, or, not."""
+        a, b = self.scalar(), self.scalar()
+        rel = self.ch.choice(_RELATIONS)
+        self.used.add({sp.StrictLessThan: "lt", sp.LessThan: "le", sp.StrictGreaterThan: "gt",
+                       sp.GreaterThan: "ge", sp.Ne: "ne", sp.Eq: "eq"}[rel])
+        other = b.expr if self.ch.chance(0.7) else _num(self.ch.choice((0, 0.5, -0.3)))
+        cond = rel(a.expr, other)
+        depth = max(a.depth, b.depth)
+        combine = self.ch.choice((None, None, "and", "or", "not"))
+        if combine == "not":
+            cond = sp.Not(cond)
+        elif combine is not None:
+            c = self.scalar()
+            second = sp.StrictGreaterThan(c.expr, _num(self.ch.choice((0, 0.2, -0.5))))
+            cond = (sp.And if combine == "and" else sp.Or)(cond, second)
+            depth = max(depth, c.depth)
+        if combine is not None:
+            self.used.add(combine)
+        return cond, depth
+
+    def rule_piecewise(self):
+        if self.scalar() is None:
+            return None
+        pieces, depth = [], 0
+        for _ in range(self.ch.choice((1, 1, 2))):
+            cond, d = self.condition()
+            value = self.fit(self.pick(), *GENERIC) if self.ch.chance(0.8) else None
+            if value is None or value.shape != ():
+                value = self.fit(self.scalar(), *GENERIC)
+            pieces.append((value, cond))
+            depth = max(depth, d, value.depth)
+        default = self.fit(self.scalar(), *GENERIC)
+        depth = max(depth, default.depth)
+        self.used.add("select")
+        expr = sp.Piecewise(*[(v.expr, c) for v, c in pieces], (default.expr, True))
+        return Node(expr, (), iv_union(default.iv, *[v.iv for v, _ in pieces]), depth + 1)
+
+    def partner(self, node):
+        """A node to combine with ``node`` element by element, and how to spell the pair."""
+        ch = self.ch
+        if node.shape == ():
+            other = self.scalar() if ch.chance(0.7) else None
+            if other is None:
+                other = self.pick()
+            return other
+        same = self.matrix(lambda n: n.shape == node.shape)
+        if same is not None and ch.chance(0.6):
+            return same
+        return self.pick(lambda n: n.shape == () or (n.shape != node.shape and _broadcastable(n.shape, node.shape)))
+
+    def rule_add(self):
+        first = self.pick()
+        if first is None:
+            return None
+        terms = [first]
+        for _ in range(self.ch.choice((1, 1, 2))):
+            other = self.partner(first)
+            if other is not None:
+                terms.append(other)
+        terms = [self.fit(t, *GENERIC) for t in terms]
+        shape = _full_shape(terms)
+        coefficients = [self.ch.choice((1, 1, -1, 2, sp.Rational(1, 2), -3)) for _ in terms]
+        parts = [c * self.widen(t, shape) for c, t in zip(coefficients, terms)]
+        iv = iv_add(*[iv_scale(float(c), t.iv) for c, t in zip(coefficients, terms)])
+        self.used.add("add")
+        return Node(sp.Add(*parts) if shape == () else sp.MatAdd(*parts).doit(), shape, iv,
+                    max(t.depth for t in terms) + 1)
+
+    def widen(self, node, shape):
+        """node's expression repeated to ``shape`` (a scalar or a row or column vector)."""
+        if node.shape == shape:
+            return node.expr
+        self.used.add("broadcast")
+        rows, cols = shape
+        if node.shape == ():
+            return node.expr * sp.OneMatrix(rows, cols)
+        form = self.ch.choice(("broadcast_to", "ones"))
+        if form == "broadcast_to":
+            return sg.broadcast_to(node.expr, shape)
+        expr = node.expr
+        if node.shape[0] == 1 and rows != 1:
+            expr = sp.OneMatrix(rows, 1) * expr
+        if node.shape[1] == 1 and cols != 1:
+            expr = expr * sp.OneMatrix(1, cols)
+        return expr
+
+    def rule_mul(self):
+        first = self.pick()
+        if first is None:
+            return None
+        other = self.partner(first)
+        if other is None:
+            return None
+        a, b = self.fit(first, *GENERIC), self.fit(other, *GENERIC)
+        shape = _full_shape([a, b])
+        self.used.add("mul")
+        if a.shape == () or b.shape == ():
+            expr = a.expr * b.expr
+        else:
+            expr = HadamardProduct(self.widen(a, shape), self.widen(b, shape))
+        return Node(expr, shape, iv_mul(a.iv, b.iv), max(a.depth, b.depth) + 1)
+
+    def rule_divide(self):
+        num = self.pick()
+        den = self.scalar() if self.ch.chance(0.6) or num is None or num.shape == () else \
+            self.matrix(lambda n: n.shape == num.shape)
+        if num is None or den is None:
+            return None
+        positive = self.ch.chance(0.7)
+        den = self.fit(den, 0.3, 3.0) if positive else self.fit(den, -3.0, -0.3)
+        num = self.fit(num, *GENERIC)
+        self.used.update(("pow", "mul"))
+        recip = iv_pow_int(den.iv, -1)
+        if den.shape == ():
+            expr = num.expr / den.expr
+        else:
+            expr = HadamardProduct(num.expr, HadamardPower(den.expr, -1))
+        return Node(expr, num.shape, iv_mul(num.iv, recip), max(num.depth, den.depth) + 1)
+
+    def rule_pow(self):
+        base = self.pick()
+        if base is None:
+            return None
+        kind = self.ch.choice(("2", "3", "-1", "-2", "1/2", "-1/2", "3/2", "float", "symbolic", "base"))
+        self.used.add("pow")
+        if kind in ("2", "3"):
+            n = int(kind)
+            base = self.fit(base, -4.0, 4.0) if n == 2 else self.fit(base, -2.5, 2.5)
+            iv, exponent = iv_pow_int(base.iv, n), sp.Integer(n)
+        elif kind in ("-1", "-2"):
+            n = int(kind)
+            base = self.fit(base, 0.3, 3.0) if self.ch.chance(0.6) else self.fit(base, -3.0, -0.3)
+            iv, exponent = iv_pow_int(base.iv, n), sp.Integer(n)
+        elif kind in ("1/2", "-1/2", "3/2", "float"):
+            exponent = sp.Float(0.7) if kind == "float" else sp.Rational(kind)
+            base = self.fit(base, *domain("pow", 0))
+            iv = iv_function(lambda v: v ** float(exponent), base.iv)
+        else:
+            if base.shape != ():
+                base = self.scalar()
+                if base is None:
+                    return None
+            if kind == "symbolic":  # base ** exponent, both varying
+                y = self.scalar()
+                base = self.fit(base, *domain("pow", 0))
+                y = self.fit(y, *domain("pow", 1))
+                corners = [base.iv[i] ** y.iv[j] for i in (0, 1) for j in (0, 1)]
+                iv = (min(corners) * 0.999, max(corners) * 1.001)
+                return Node(base.expr ** y.expr, (), iv, max(base.depth, y.depth) + 1)
+            # a constant base: 2 ** u
+            y = self.fit(base, *domain("pow", 1))
+            return Node(sp.Integer(2) ** y.expr, (), iv_function(lambda v: 2.0**v, y.iv), y.depth + 1)
+        if base.shape == ():
+            expr = base.expr ** exponent
+            if kind == "1/2" and self.ch.chance(0.5):
+                expr = sp.sqrt(base.expr)
+        else:
+            expr = HadamardPower(base.expr, exponent)
+        return Node(expr, base.shape, iv, base.depth + 1)
+
+    def rule_matmul(self):
+        a = self.matrix()
+        if a is None:
+            return None
+        a = self.fit(a, -2.5, 2.5)
+        rows, inner = a.shape
+        b = self.matrix(lambda n: n.shape[0] == inner or n.shape[1] == inner)
+        self.used.add("matmul")
+        if b is None or self.ch.chance(0.15):
+            # a Gram matrix: the same matrix on both sides
+            if self.ch.chance(0.5):
+                expr, k = a.expr.T * a.expr, rows
+                shape = (inner, inner)
+            else:
+                expr, k = a.expr * a.expr.T, inner
+                shape = (rows, rows)
+            self.used.add("transpose")
+            return Node(expr, shape, iv_scale(k, iv_mul(a.iv, a.iv)), a.depth + 1)
+        b = self.fit(b, -2.5, 2.5)
+        bexpr = b.expr if b.shape[0] == inner else b.expr.T
+        if b.shape[0] != inner:
+            self.used.add("transpose")
+        cols = bexpr.shape[1]
+        expr = a.expr * bexpr
+        if self.ch.chance(0.2):  # a scalar factor inside the product
+            s = self.scalar()
+            if s is not None:
+                s = self.fit(s, -2.0, 2.0)
+                return Node(a.expr * s.expr * bexpr, (rows, cols),
+                            iv_scale(inner, iv_mul(iv_mul(a.iv, s.iv), b.iv)), max(a.depth, b.depth, s.depth) + 1)
+        return Node(expr, (rows, cols), iv_scale(inner, iv_mul(a.iv, b.iv)), max(a.depth, b.depth) + 1)
+
+    def rule_matpow(self):
+        a = self.matrix(lambda n: n.shape[0] == n.shape[1])
+        if a is None:
+            return None
+        n = self.ch.choice((2, 3))
+        a = self.fit(a, -1.5, 1.5)
+        k, m = a.shape[0], iv_max_abs(a.iv)
+        bound = k ** (n - 1) * m**n
+        self.used.add("matmul")
+        return Node(a.expr**n, a.shape, (-bound, bound), a.depth + 1)
+
+    def rule_transpose(self):
+        a = self.matrix()
+        if a is None:
+            return None
+        self.used.add("transpose")
+        return Node(a.expr.T, (a.shape[1], a.shape[0]), a.iv, a.depth + 1)
+
+    def rule_index(self):
+        a = self.matrix()
+        if a is None:
+            return None
+        self.used.add("index")
+        if a.shape == (1, 1) and self.ch.chance(0.5):
+            return Node(sg.scalar(a.expr), (), a.iv, a.depth + 1)
+        i, j = self.ch.integer(0, a.shape[0] - 1), self.ch.integer(0, a.shape[1] - 1)
+        return Node(a.expr[i, j], (), a.iv, a.depth + 1)
+
+    def rule_inner_product(self):
+        """sg.scalar(u.T * v): a 1x1 product kept at matrix level."""
+        u = self.matrix(lambda n: n.shape[1] == 1)
+        if u is None:
+            return None
+        v = self.matrix(lambda n: n.shape == u.shape) or u
+        u, v = self.fit(u, *GENERIC), self.fit(v, *GENERIC)
+        self.used.update(("matmul", "transpose", "index"))
+        return Node(sg.scalar(u.expr.T * v.expr), (), iv_scale(u.shape[0], iv_mul(u.iv, v.iv)),
+                    max(u.depth, v.depth) + 1)
+
+    def rule_assemble(self):
+        first = self.scalar()
+        if first is None:
+            return None
+        shape = self.ch.choice(((2, 1), (1, 2), (2, 2), (3, 1), (2, 3)))
+        entries, ivs, depth = [], [], 0
+        for _ in range(shape[0] * shape[1]):
+            kind = self.ch.choice(("node", "node", "number"))
+            if kind == "node":
+                n = self.fit(self.scalar(), *GENERIC)
+                entries.append(n.expr)
+                ivs.append(n.iv)
+                depth = max(depth, n.depth)
+            else:
+                v = self.ch.choice((0, 1, -2, 0.5))
+                entries.append(_num(v))
+                ivs.append((float(v), float(v)))
+        self.used.add("assemble")
+        return Node(sp.ImmutableMatrix(shape[0], shape[1], entries), shape, iv_union(*ivs), depth + 1)
+
+    def rule_const_matrix(self):
+        a = self.matrix()
+        if a is None:
+            return None
+        a = self.fit(a, *GENERIC)
+        rows, cols = a.shape
+        how = self.ch.choice(("left", "hadamard", "add"))
+        values = [self.ch.choice((1, -1, 2, 0.5, 0, 3)) for _ in range(rows * (rows if how == "left" else cols))]
+        c = sp.ImmutableMatrix(rows, rows if how == "left" else cols, [_num(v) for v in values])
+        m = max(abs(v) for v in values) or 1.0
+        self.used.add("matrix_const")
+        if how == "left":
+            self.used.add("matmul")
+            return Node(c * a.expr, a.shape, iv_scale(rows, iv_mul((-m, m), a.iv)), a.depth + 1)
+        if how == "hadamard":
+            self.used.add("mul")
+            return Node(HadamardProduct(c, a.expr), a.shape, iv_mul((-m, m), a.iv), a.depth + 1)
+        self.used.add("add")
+        return Node(c + a.expr, a.shape, iv_add((-m, m), a.iv), a.depth + 1)
+
+    def rule_identity(self):
+        a = self.matrix(lambda n: n.shape[0] == n.shape[1])
+        if a is None:
+            return None
+        a = self.fit(a, *GENERIC)
+        n = a.shape[0]
+        self.used.add("identity")
+        if self.ch.chance(0.5):
+            c = self.ch.choice((1, 2, -1))
+            self.used.add("add")
+            return Node(a.expr + c * sp.Identity(n), a.shape, iv_add(a.iv, (min(0, c), max(0, c))), a.depth + 1)
+        self.used.add("mul")
+        return Node(HadamardProduct(a.expr, sp.Identity(n)), a.shape, iv_union(a.iv, (0.0, 0.0)), a.depth + 1)
+
+    def rule_sum(self):
+        a = self.matrix()
+        if a is None:
+            return None
+        a = self.fit(a, *GENERIC)
+        self.used.add("sum")
+        return Node(sg.sum(a.expr), (), iv_scale(a.shape[0] * a.shape[1], a.iv), a.depth + 1)
+
+    def rule_trace(self):
+        a = self.matrix(lambda n: n.shape[0] == n.shape[1])
+        if a is None:
+            return None
+        a = self.fit(a, *GENERIC)
+        self.used.add("trace")
+        return Node(sp.Trace(a.expr), (), iv_scale(a.shape[0], a.iv), a.depth + 1)
+
+    def rule_broadcast(self):
+        a = self.pick(lambda n: n.shape == () or 1 in n.shape)
+        if a is None:
+            return None
+        a = self.fit(a, *GENERIC)
+        if a.shape == ():
+            shape = self.ch.choice(((2, 3), (3, 1), (2, 2)))
+        elif a.shape[0] == 1:
+            shape = (self.ch.choice((2, 3)), a.shape[1])
+        else:
+            shape = (a.shape[0], self.ch.choice((2, 3)))
+        return Node(self.widen(a, shape), shape, a.iv, a.depth + 1)
+
+    def rule_softmax(self):
+        a = self.matrix()
+        if a is None:
+            return None
+        a = self.fit(a, *domain("softmax"))
+        n = a.shape[0] * a.shape[1]
+        kind = self.ch.choice(("softmax", "log_softmax", "logsumexp", "log_of_softmax"))
+        if kind == "softmax":
+            self.used.add("softmax")
+            return Node(sg.softmax(a.expr), a.shape, (0.0, 1.0), a.depth + 1)
+        if kind == "logsumexp":
+            self.used.add("logsumexp")
+            return Node(sg.logsumexp(a.expr), (), iv_add(a.iv, (math.log(n), math.log(n))), a.depth + 1)
+        self.used.add("log_softmax")
+        iv = (a.iv[0] - a.iv[1] - math.log(n), 0.0)
+        if kind == "log_softmax":
+            return Node(sg.log_softmax(a.expr), a.shape, iv, a.depth + 1)
+        self.used.add("softmax")  # log(softmax(z)) is read as log_softmax(z)
+        return Node(sg.softmax(a.expr).applyfunc(sp.log), a.shape, iv, a.depth + 1)
+
+    def rule_stable_log(self):
+        """log(sigmoid(u)), log(1 - sigmoid(u)), log(1 + exp(u)), log(exp(u)) over a wide range."""
+        a = self.pick()
+        if a is None:
+            return None
+        a = self.fit(a, -20.0, 20.0)
+        kind = self.ch.choice(("log_sigmoid", "log_one_minus_sigmoid", "log_one_plus_exp", "log_exp"))
+        t = sp.Dummy("t")
+        body, f = {
+            "log_sigmoid": (sp.log(sgf.sigmoid(t)), lambda v: -sgf._np_softplus(-v)),
+            "log_one_minus_sigmoid": (sp.log(1 - sgf.sigmoid(t)), lambda v: -sgf._np_softplus(v)),
+            "log_one_plus_exp": (sp.log(1 + sp.exp(t)), sgf._np_softplus),
+            "log_exp": (sp.log(sp.exp(t)), lambda v: v),
+        }[kind]
+        self.used.update(("log", "softplus"))
+        expr = body.xreplace({t: a.expr}) if a.shape == () else self.map_elements(a, lambda v: body.xreplace({t: v}))
+        return Node(expr, a.shape, iv_function(f, a.iv), a.depth + 1)
+
+    def rule_cross_entropy(self):
+        logits = self.matrix()
+        if logits is None:
+            return None
+        logits = self.fit(logits, -4.0, 4.0)
+        n = logits.shape[0] * logits.shape[1]
+        log_p = (logits.iv[0] - logits.iv[1] - math.log(n), 0.0)
+        kind = self.ch.choice(("softmax", "one_hot", "index", "class_input", "node"))
+        self.used.add("log_softmax")
+        depth = logits.depth
+        if kind == "index":
+            target, tiv = self.ch.integer(0, n - 1), (1.0, 1.0)
+            self.used.add("index")
+        elif kind == "class_input" and (symbol := self.class_input(n)) is not None:
+            target, tiv = symbol, (1.0, 1.0)
+            self.used.update(("take", "one_hot"))
+        elif kind == "one_hot":
+            hot = self.ch.integer(0, n - 1)
+            target = sp.ImmutableMatrix(*logits.shape, [1 if k == hot else 0 for k in range(n)])
+            tiv = (0.0, 1.0)
+            self.used.add("matrix_const")
+        else:
+            other = self.matrix(lambda m: m.shape == logits.shape) or logits
+            if kind == "softmax":
+                other = self.fit(other, *domain("softmax"))
+                target, tiv = sg.softmax(other.expr), (0.0, 1.0)
+                self.used.add("softmax")
+            else:
+                other = self.fit(other, 0.0, 1.0)
+                target, tiv = other.expr, other.iv
+            depth = max(depth, other.depth)
+        iv = iv_scale(-1.0, iv_mul(log_p, tiv))
+        if not isinstance(target, int) and getattr(target, "shape", ()) != ():
+            iv = iv_scale(n, iv)
+        return Node(sg.cross_entropy(logits.expr, target), (), iv, depth + 1)
+
+    def rule_mse(self):
+        p = self.pick()
+        if p is None:
+            return None
+        t = (self.matrix(lambda n: n.shape == p.shape) if p.shape != () else self.scalar()) or p
+        p, t = self.fit(p, *GENERIC), self.fit(t, *GENERIC)
+        self.used.update(("add", "mul"))
+        if p.shape != ():
+            self.used.add("sum")
+        d = iv_max_abs(iv_add(p.iv, iv_scale(-1, t.iv)))
+        return Node(sg.mse(p.expr, t.expr), (), (0.0, d * d), max(p.depth, t.depth) + 1)
+
+    def rule_lambda(self):
+        """A random scalar function of one variable, applied to every element of a matrix."""
+        a = self.matrix()
+        if a is None:
+            return None
+        t = sp.Dummy("t")
+        var = Node(t, (), a.iv, a.depth)
+        outer = [n for n in self.pool if n.shape == () and n.depth < self.max_depth]
+        sub = Generator(self.ch, self.max_depth, 0)
+        sub.leaves = self.leaves
+        sub.pool = ([self.ch.choice(outer)] if outer and self.ch.chance(0.4) else []) + [var]
+        for _ in range(self.ch.integer(1, 3)):
+            made = sub.step(scalar_only=True)
+            if made is not None:
+                sub.pool.append(made)
+        body = sub.pool[-1]
+        if not body.expr.has(t):
+            body = Node(body.expr + t, (), iv_add(body.iv, a.iv), max(body.depth, a.depth))
+        self.used |= sub.used
+        expr = self.map_elements(a, lambda v: body.expr.xreplace({t: v}))
+        return Node(expr, a.shape, body.iv, body.depth + 1)
+
+    def step(self, scalar_only=False):
+        for _ in range(5):
+            rule = self.ch.choice(WEIGHTED_SCALAR_RULES if scalar_only else WEIGHTED_RULES)
+            if scalar_only:
+                saved = self.pool
+                self.pool = [n for n in self.pool if n.shape == ()]
+                try:
+                    made = getattr(self, f"rule_{rule}")()
+                finally:
+                    self.pool = saved
+            else:
+                made = getattr(self, f"rule_{rule}")()
+            if made is not None:
+                if made.depth > self.max_depth + 4:  # fitting adds levels; keep the DAG bounded
+                    continue
+                return made
+        return None
+
+    # --- the loss ---------------------------------------------------------------------------
+
+    def to_scalar(self, node):
+        """A scalar made from a node (reductions of matrices), with its interval."""
+        if node.shape == ():
+            return node.expr, node.iv
+        ch = self.ch
+        n = node.shape[0] * node.shape[1]
+        kinds = ["sum", "element", "logsumexp", "function_sum"]
+        if node.shape[0] == node.shape[1]:
+            kinds.append("trace")
+        if node.shape == (1, 1):
+            kinds.append("scalar")
+        kind = ch.choice(kinds)
+        if kind == "element":
+            self.used.add("index")
+            return node.expr[ch.integer(0, node.shape[0] - 1), ch.integer(0, node.shape[1] - 1)], node.iv
+        if kind == "scalar":
+            self.used.add("index")
+            return sg.scalar(node.expr), node.iv
+        if kind == "trace":
+            self.used.add("trace")
+            return sp.Trace(node.expr), iv_scale(node.shape[0], node.iv)
+        node = self.fit(node, *GENERIC)
+        if kind == "logsumexp":
+            self.used.add("logsumexp")
+            return sg.logsumexp(node.expr), iv_add(node.iv, (0, math.log(n)))
+        if kind == "function_sum":  # sp.tanh(M) etc. read element by element
+            name = ch.choice(("tanh", "sin", "atan", "erf"))
+            self.used.update(("sum", name))
+            try:
+                total = sg.sum(HEADS[name](node.expr))
+            except Exception:  # SymPy rewrote f(M) into something that is not a matrix
+                total = sg.sum(self.apply_unary(HEADS[name], node))
+            return total, iv_scale(n, iv_function(lambda v: ops.get(name).numpy([v], ()), node.iv))
+        self.used.add("sum")
+        return sg.sum(node.expr), iv_scale(n, node.iv)
+
+    def build(self):
+        ch = self.ch
+        self.make_leaves()
+        steps = ch.integer(1, self.max_steps)
+        for _ in range(steps):
+            made = self.step()
+            if made is not None:
+                self.pool.append(made)
+        final = self.pool[-1]
+        terms = [final] + [self.pick() for _ in range(ch.integer(0, 2))]
+        if len(terms) == 1 and final.shape == (1, 1) and ch.chance(0.3):
+            loss = final.expr  # a 1x1 matrix as the loss
+        else:
+            parts = []
+            for k, t in enumerate(terms):
+                expr, _ = self.to_scalar(t)
+                parts.append(expr if k == 0 else ch.choice((1, -1, sp.Rational(1, 3))) * expr)
+            loss = sp.Add(*parts)
+        outputs = {}
+        if ch.chance(0.4):
+            outputs["out"] = self.pick().expr
+        names_params = [str(l.symbol.name) for l in self.leaves if l.role == "param"]
+        candidates = [str(l.symbol.name) for l in self.leaves if l.classes is None]
+        reduce = ch.choice((None, "mean", "sum"))
+        if names_params and ch.chance(0.4):
+            wrt = None
+        else:
+            wrt = [name for name in candidates if ch.chance(0.6)] or [ch.choice(candidates)]
+        has_inputs = any(l.role == "input" for l in self.leaves)
+        batch = ch.integer(1, 3) if has_inputs else 1
+        batched = has_inputs and (batch > 1 or ch.chance(0.7))
+        flat = tuple(str(l.symbol.name) for l in self.leaves
+                     if l.shape != () and 1 in l.shape and (l.role == "param" or batched) and ch.chance(0.25))
+        seed = ch.integer(0, 2**31 - 1)
+        return Spec(self.leaves, loss, outputs, reduce, wrt, batch, batched, flat, seed, ops_used=set(self.used))
+
+
+def _broadcastable(small, full):
+    return all(s in (1, f) for s, f in zip(small, full))
+
+
+def _full_shape(nodes):
+    shapes = [n.shape for n in nodes if n.shape != ()]
+    if not shapes:
+        return ()
+    return (max(s[0] for s in shapes), max(s[1] for s in shapes))
+
+
+def make_model(spec: Spec):
+    """The symgrad Model of a spec, named after a digest of its content."""
+    params = [l.symbol for l in spec.leaves if l.role == "param"]
+    inputs = [l.symbol for l in spec.leaves if l.role == "input"]
+    digest = hashlib.sha1()
+    digest.update(repr((spec.reduce, spec.wrt, [(str(l.symbol), l.role, l.shape, type(l.symbol).__name__,
+                                                 sorted(getattr(l.symbol, "assumptions0", {}).items()))
+                                                for l in spec.leaves])).encode())
+    for expr in [spec.loss, *spec.outputs.values()]:
+        digest.update(structural_digest(expr).encode())
+    name = f"rnd_{digest.hexdigest()[:16]}"
+    return sg.Model(name, loss=spec.loss, params=params, inputs=inputs, outputs=spec.outputs,
+                    reduce=spec.reduce, wrt=spec.wrt)
+
+
+def structural_digest(expr) -> str:
+    """A digest of a SymPy expression DAG, stable across processes (hash() of strings is not)."""
+    memo: dict = {}
+
+    def visit(e):
+        if e in memo:
+            return memo[e]
+        if isinstance(e, sp.Lambda) or not e.args or isinstance(e, (sp.Symbol, sp.MatrixSymbol, sp.Number)):
+            text = f"{type(e).__name__}:{sp.srepr(e) if _small(e) else str(e)}"
+        else:
+            text = f"{type(e).__name__}(" + ",".join(visit(a) for a in e.args) + ")"
+        memo[e] = hashlib.sha1(text.encode()).hexdigest()
+        return memo[e]
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
+    return visit(sp.sympify(expr))
+
+
+def _small(e) -> bool:
+    return len(str(e)) < 2000
+
+
+# ======================================================================================
+# An independent NumPy evaluator of SymPy expressions (models and gradient expressions)
+# ======================================================================================
+
+
+class Unevaluable(Exception):
+    pass
+
+
+def _erf(x):
+    return np.vectorize(math.erf, otypes=[float])(x)
+
+
+def _erfc(x):
+    return np.vectorize(math.erfc, otypes=[float])(x)
+
+
+def _logsumexp(z):
+    z = np.asarray(z, dtype=float)
+    m = np.max(z)
+    return m + np.log(np.sum(np.exp(z - m)))
+
+
+_NUMPY_HEADS = {
+    sp.exp: np.exp, sp.log: np.log, sp.sin: np.sin, sp.cos: np.cos, sp.tan: np.tan,
+    sp.sec: lambda x: 1 / np.cos(x), sp.csc: lambda x: 1 / np.sin(x), sp.cot: lambda x: 1 / np.tan(x),
+    sp.sinh: np.sinh, sp.cosh: np.cosh, sp.tanh: np.tanh, sp.sech: lambda x: 1 / np.cosh(x),
+    sp.csch: lambda x: 1 / np.sinh(x), sp.coth: lambda x: 1 / np.tanh(x), sp.asin: np.arcsin,
+    sp.acos: np.arccos, sp.atan: np.arctan, sp.acot: lambda x: np.arctan(1 / x), sp.asinh: np.arcsinh,
+    sp.acosh: np.arccosh, sp.atanh: np.arctanh, sp.erf: _erf, sp.erfc: _erfc, sp.Abs: np.abs,
+    sp.sign: np.sign, sp.atan2: np.arctan2, sp.DiracDelta: lambda x, *k: np.zeros_like(np.asarray(x, float)),
+    sgf.sigmoid: sgf.NUMPY_FUNCTIONS["sigmoid"], sgf.relu: sgf.NUMPY_FUNCTIONS["relu"],
+    sgf.softplus: sgf.NUMPY_FUNCTIONS["softplus"],
+    sgf.sum: np.sum, sgf.logsumexp: _logsumexp, sgf.scalar: lambda m: np.asarray(m).reshape(-1)[0],
+    sgf.softmax: lambda z: np.exp(z - _logsumexp(z)), sgf.log_softmax: lambda z: z - _logsumexp(z),
+    sp.Trace: np.trace,
+}
+_NUMPY_RELATIONS = {sp.StrictLessThan: np.less, sp.LessThan: np.less_equal, sp.StrictGreaterThan: np.greater,
+                    sp.GreaterThan: np.greater_equal, sp.Eq: np.equal, sp.Ne: np.not_equal}
+
+
+class Evaluator:
+    """Evaluates SymPy expressions (scalar and matrix) at one example, memoized over the DAG."""
+
+    def __init__(self, env: dict, parent=None):
+        self.env = env
+        self.parent = parent
+        self.memo: dict = {}
+
+    def lookup(self, e):
+        ev = self
+        while ev is not None:
+            if e in ev.memo:
+                return ev.memo[e]
+            ev = ev.parent
+        raise KeyError
+
+    def __call__(self, e):
+        try:
+            return self.lookup(e)
+        except KeyError:
+            pass
+        with np.errstate(all="ignore"):
+            value = self._eval(e)
+        self.memo[e] = value
+        return value
+
+    def _eval(self, e):
+        ev = self
+        if e in self.env:
+            return self.env[e]
+        if isinstance(e, (sp.Symbol, sp.MatrixSymbol)):
+            raise Unevaluable(f"unbound symbol {e}")
+        if e is sp.true or e is sp.false:
+            return bool(e)
+        if e.is_Number or e.is_NumberSymbol:
+            return float(e)
+        if isinstance(e, sp.MatMul):
+            values = [ev(a) for a in e.args]
+            scalars = [v for v in values if np.ndim(v) == 0]
+            matrices = [np.asarray(v, float) for v in values if np.ndim(v) != 0]
+            out = matrices[0]
+            for m in matrices[1:]:
+                out = out @ m
+            return float(np.prod(scalars)) * out if scalars else out
+        if isinstance(e, sp.MatPow):
+            return np.linalg.matrix_power(ev(e.args[0]), int(e.args[1]))
+        if isinstance(e, (sp.Add, sp.MatAdd)):
+            values = [ev(a) for a in e.args]
+            return sum(values[1:], values[0])
+        if isinstance(e, (sp.Mul, HadamardProduct)):
+            out = ev(e.args[0])
+            for a in e.args[1:]:
+                out = out * ev(a)
+            return out
+        if isinstance(e, (sp.Pow, HadamardPower)):
+            return np.power(np.asarray(ev(e.args[0]), float), ev(e.args[1]))
+        if isinstance(e, (sp.Transpose, sp.Adjoint)):
+            return np.transpose(ev(e.args[0]))
+        if isinstance(e, MatrixElement):
+            return np.asarray(ev(e.parent))[int(e.i), int(e.j)]
+        if isinstance(e, ElementwiseApplyFunction):
+            arg = np.asarray(ev(e.expr), float)
+            f = e.function
+            if not isinstance(f, sp.Lambda):
+                d = sp.Dummy("d")
+                f = sp.Lambda(d, f(d))
+            (variable,) = f.variables
+            inner = Evaluator({**self.env, variable: arg}, parent=self)
+            return np.broadcast_to(inner(f.expr), arg.shape).copy()
+        if isinstance(e, sp.Identity):
+            return np.eye(int(e.rows))
+        if isinstance(e, sp.ZeroMatrix):
+            return np.zeros((int(e.rows), int(e.cols)))
+        if isinstance(e, sp.OneMatrix):
+            return np.ones((int(e.rows), int(e.cols)))
+        if isinstance(e, sp.MatrixBase):
+            return np.array([[ev(e[i, j]) for j in range(e.cols)] for i in range(e.rows)], dtype=float)
+        if isinstance(e, sgf.broadcast_to):
+            return np.broadcast_to(ev(e.args[0]), (int(e.args[1]), int(e.args[2]))).copy()
+        if isinstance(e, sp.Piecewise):
+            conditions, values = [], []
+            for pair in e.args:
+                conditions.append(np.asarray(ev(pair.cond), bool))
+                values.append(np.asarray(ev(pair.expr), float))
+            shape = np.broadcast_shapes(*[np.shape(v) for v in conditions + values])
+            out = np.select([np.broadcast_to(c, shape) for c in conditions],
+                            [np.broadcast_to(v, shape) for v in values], default=np.nan)
+            return out if shape else float(out)
+        if type(e) in _NUMPY_RELATIONS:
+            return _NUMPY_RELATIONS[type(e)](ev(e.args[0]), ev(e.args[1]))
+        if isinstance(e, sp.And):
+            return np.logical_and.reduce([np.asarray(ev(a), bool) for a in e.args])
+        if isinstance(e, sp.Or):
+            return np.logical_or.reduce([np.asarray(ev(a), bool) for a in e.args])
+        if isinstance(e, sp.Not):
+            return np.logical_not(ev(e.args[0]))
+        if isinstance(e, sp.Heaviside):
+            h0 = ev(e.args[1]) if len(e.args) > 1 else 0.5
+            return np.heaviside(ev(e.args[0]), h0)
+        if isinstance(e, (sp.Max, sp.Min)):
+            f = np.maximum if isinstance(e, sp.Max) else np.minimum
+            return f.reduce([np.asarray(ev(a), float) for a in e.args]) if all(
+                np.ndim(ev(a)) == 0 for a in e.args) else _reduce_broadcast(f, [ev(a) for a in e.args])
+        if isinstance(e, sgf.cross_entropy):
+            logits, target = ev(e.args[0]), ev(e.args[1])
+            log_p = np.asarray(logits, float) - _logsumexp(logits)
+            if np.ndim(target) == 0:
+                return -log_p.reshape(-1)[int(round(float(target)))]
+            return -np.sum(target * log_p)
+        if isinstance(e, sgf.mse):
+            d = np.asarray(ev(e.args[0]), float) - np.asarray(ev(e.args[1]), float)
+            return float(np.mean(d * d))
+        head = _NUMPY_HEADS.get(e.func)
+        if head is not None:
+            out = head(*[ev(a) for a in e.args])
+            return float(out) if np.ndim(out) == 0 else np.asarray(out, float)
+        raise Unevaluable(f"no numeric rule for {type(e).__name__} ({sp.sstr(e)[:200]})")
+
+
+def _reduce_broadcast(f, values):
+    out = values[0]
+    for v in values[1:]:
+        out = f(out, v)
+    return out
+
+
+def evaluate(expr, env):
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
+    return Evaluator(env)(sp.sympify(expr))
+
+
+# ======================================================================================
+# The point, the calls, and the three-way comparison
+# ======================================================================================
+
+
+def random_values(spec: Spec) -> dict:
+    """Canonical values: params in their shape; inputs (N, *shape), or one example when not batched."""
+    rng = np.random.default_rng(spec.seed)
+    values = {}
+    for leaf in spec.leaves:
+        full = ((spec.batch,) if leaf.role == "input" and spec.batched else ()) + leaf.shape
+        if leaf.classes is not None:
+            v = rng.integers(0, leaf.classes, size=full).astype(float)
+        else:
+            v = rng.uniform(*leaf.range, size=full)
+        values[str(leaf.symbol.name)] = float(v) if np.ndim(v) == 0 else v
+    return values
+
+
+def call_form(spec: Spec, values: dict) -> dict:
+    """Values as passed to the kernels: vectors 1-D (params) or (N, k) (inputs) where the spec says."""
+    out = {}
+    for leaf in spec.leaves:
+        name = str(leaf.symbol.name)
+        v = values[name]
+        if name in spec.flat_vectors:
+            k = leaf.shape[0] * leaf.shape[1]
+            v = np.reshape(v, (spec.batch, k) if leaf.role == "input" else (k,))
+        out[name] = v
+    return out
+
+
+def example_env(spec: Spec, values: dict, e: int) -> dict:
+    env = {}
+    for leaf in spec.leaves:
+        v = values[str(leaf.symbol.name)]
+        if leaf.role == "input" and spec.batched:
+            v = v[e]
+        env[leaf.symbol] = float(v) if leaf.shape == () else np.asarray(v, float)
+    return env
+
+
+def canonical_gradient(spec: Spec, name: str, grad):
+    leaf = next(l for l in spec.leaves if str(l.symbol.name) == name)
+    per_example = leaf.role == "input" or spec.reduce is None
+    shape = ((spec.batch,) if per_example and spec.batched else ()) + leaf.shape
+    return np.reshape(np.asarray(grad, float), shape)
+
+
+def expected_gradient(spec: Spec, name: str, per_example: list):
+    """The reduced gradient from per-example symbolic gradients, as value_and_grad should return it."""
+    leaf = next(l for l in spec.leaves if str(l.symbol.name) == name)
+    g = np.array([np.broadcast_to(np.asarray(v, float), leaf.shape) for v in per_example])  # (N, *shape)
+    n = spec.batch
+    if leaf.role == "input" or spec.reduce is None:
+        if leaf.role == "input" and spec.reduce == "mean":
+            g = g / n
+        return g if spec.batched else g[0]
+    return g.mean(axis=0) if spec.reduce == "mean" else g.sum(axis=0)
+
+
+def describe(spec: Spec) -> str:
+    leaves = ", ".join(f"{l.role} {l.symbol}{'' if l.shape == () else l.shape} in {l.range}"
+                       + (f" (classes {l.classes})" if l.classes else "") for l in spec.leaves)
+    loss = sp.sstr(spec.loss) if _small(spec.loss) else f"<{len(str(spec.loss))} characters>"
+    return (f"leaves: {leaves}\nloss = {loss}\noutputs: {list(spec.outputs)}\nreduce={spec.reduce!r} "
+            f"wrt={spec.wrt} batch={spec.batch} batched={spec.batched} flat={spec.flat_vectors} "
+            f"seed={spec.seed}")
+
+
+#: Tolerances. Compiled vs the evaluated SymPy expressions: the same formulas in another order.
+SYMBOLIC_RTOL = 1e-9
+#: Compiled gradients vs finite differences of the compiled loss.
+FD_RTOL = 1e-5
+FD_LOSS_FLOOR = 1e-8  # times (1 + |loss|)
+
+
+def verify(spec: Spec, module, *, values=None):
+    """Compare loss, outputs and gradients three ways; returns a small report dict.
+
+    Uses ``assume`` to discard points with non-finite or huge values.
+    """
+    model = spec.model
+    values = random_values(spec) if values is None else values
+    args = call_form(spec, values)
+    loss, grads = module.value_and_grad(**args)
+    forward = module.forward(**args)
+    loss_values = [np.asarray(loss, float)] + [np.asarray(g, float) for g in grads.values()]
+    assume(all(np.all(np.isfinite(v)) and np.all(np.abs(v) < 1e6) for v in loss_values))
+    np.testing.assert_allclose(forward["loss"], loss, rtol=1e-13, atol=1e-13, err_msg="forward vs value_and_grad loss")
+    assert set(grads) == set(spec.wrt_names), (sorted(grads), spec.wrt_names)
+
+    n = spec.batch
+    envs = [example_env(spec, values, e) for e in range(n)]
+
+    # --- the loss and outputs against the SymPy expressions --------------------------------
+    example_losses = np.array([float(np.asarray(evaluate(spec.loss, env), float).reshape(-1)[0]) for env in envs])
+    assume(np.all(np.isfinite(example_losses)))
+    expected_loss = {None: example_losses if spec.batched else example_losses[0],
+                     "mean": example_losses.mean(), "sum": example_losses.sum()}[spec.reduce]
+    loss_scale = float(np.sum(np.abs(example_losses)))
+    np.testing.assert_allclose(np.asarray(loss, float), expected_loss, rtol=SYMBOLIC_RTOL,
+                               atol=SYMBOLIC_RTOL * (1 + loss_scale), err_msg="loss vs the SymPy loss")
+    for name, expr in spec.outputs.items():
+        per = [np.asarray(evaluate(expr, env), float) for env in envs]
+        got = np.asarray(forward[name], float)
+        want = np.array(per) if spec.batched else per[0]
+        assert got.shape == want.shape or got.size == want.size, (name, got.shape, want.shape)
+        want = want.reshape(got.shape)
+        np.testing.assert_allclose(got, want, rtol=SYMBOLIC_RTOL, atol=SYMBOLIC_RTOL * (1 + np.max(np.abs(want))),
+                                   err_msg=f"output {name}")
+
+    # --- compiled gradients against model.gradients() ----------------------------------------
+    symbolic = {str(getattr(s, "name", s)): g for s, g in model.gradients().items()}
+    assert set(symbolic) == set(spec.wrt_names), (sorted(symbolic), spec.wrt_names)
+    compiled = {name: canonical_gradient(spec, name, g) for name, g in grads.items()}
+    for name in spec.wrt_names:
+        expected = expected_gradient(spec, name, [evaluate(symbolic[name], env) for env in envs])
+        assume(np.all(np.isfinite(expected)))
+        got = compiled[name]
+        assert got.shape == expected.shape, (name, got.shape, expected.shape)
+        scale = 1 + float(np.max(np.abs(expected), initial=0.0))
+        np.testing.assert_allclose(got, expected, rtol=SYMBOLIC_RTOL, atol=SYMBOLIC_RTOL * scale,
+                                   err_msg=f"compiled vs symbolic gradient of {name}")
+
+    # --- compiled gradients against finite differences of the compiled loss --------------------
+    def objective(vals):
+        return float(np.sum(module.forward(**call_form(spec, vals))["loss"]))
+
+    total = objective(values)
+    floor = FD_LOSS_FLOOR * (1 + loss_scale)
+    checked = skipped = 0
+    for name in spec.wrt_names:
+        base = np.asarray(values[name], float)
+        # The gradient of the summed objective: per-example param gradients add up.
+        g = compiled[name]
+        leaf = next(l for l in spec.leaves if str(l.symbol.name) == name)
+        if leaf.role == "param" and spec.reduce is None and spec.batched:
+            g = g.sum(axis=0)
+        for k in np.ndindex(base.shape):
+            estimates = []
+            h0 = 1e-4 * max(1.0, abs(float(base[k])))
+            for h in (h0, h0 / 2):
+                plus, minus = base.copy(), base.copy()
+                plus[k] += h
+                minus[k] -= h
+                vp = {**values, name: plus if base.shape else float(plus)}
+                vm = {**values, name: minus if base.shape else float(minus)}
+                estimates.append((objective(vp) - objective(vm)) / (2 * h))
+            d1, d2 = estimates
+            fd = (4 * d2 - d1) / 3
+            analytic = float(g[k])
+            scale = max(abs(analytic), abs(fd))
+            if not np.isfinite(fd) or abs(fd - d2) > 1e-4 * scale + floor:
+                skipped += 1  # near a kink, or too curved for these steps
+                continue
+            checked += 1
+            assert abs(analytic - fd) <= FD_RTOL * scale + floor, (
+                f"compiled gradient of {name}{list(k)} = {analytic!r} but finite differences give {fd!r} "
+                f"(loss {total!r})")
+    return {"checked": checked, "skipped": skipped}
+
+
+# ======================================================================================
+# The tests
+# ======================================================================================
+
+
+def build_spec(ch) -> Spec:
+    spec = Generator(ch).build()
+    spec.model = make_model(spec)
+    return spec
+
+
+def test_generator_covers_the_op_registry():
+    """Every registry op appears in some generated model's gradient graph; a new op must be added
+    to the generator (or to DERIVED when the pipeline makes it)."""
+    seen: set = set()
+    rules: set = set()
+    for seed in range(400):
+        spec = build_spec(RandomChooser(seed))
+        rules |= spec.ops_used
+        seen |= {node.op for node in gradient_graph(spec.model).nodes}
+        if seen >= set(ops.REGISTRY) and rules >= set(ops.REGISTRY) - DERIVED:
+            break
+    assert set(ops.REGISTRY) - seen == set(), f"ops never generated: {sorted(set(ops.REGISTRY) - seen)}"
+    assert set(ops.REGISTRY) - DERIVED - rules == set()
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=not ON_DEMAND,
+    database=None if not ON_DEMAND else settings.default.database,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    print_blob=True,
+)
+@given(data=st.data())
+def test_random_model_gradients_agree(data, compile_model):
+    spec = build_spec(HypothesisChooser(data))
+    note(describe(spec))
+    module = compile_model(spec.model)
+    verify(spec, module)
+
+
+# ======================================================================================
+# Regression tests: failures the random test found, as explicit models
+# ======================================================================================

@@ -28,10 +28,8 @@ def cmd_build(args) -> int:
 
     flags = tuple(args.flags.split()) if args.flags else None
     for model in _models(args.model_file, args.model):
-        kwargs = {"dtype": args.dtype, "force": args.force}
-        if flags is not None:
-            kwargs["flags"] = flags
-        generated, result = build_model(model, args.output, **kwargs)
+        generated, result = build_model(model, args.output, dtype=args.dtype, native=args.native,
+                                        fast_math=args.fast_math, flags=flags, force=args.force)
         state = "up to date (cache hit)" if result.cached else "built"
         print(f"{model.name}: {state} in {result.path}")
         if not result.cached:
@@ -106,7 +104,12 @@ def parser() -> argparse.ArgumentParser:
                    help="precision of the kernels (default: float64)")
     b.add_argument("--model", metavar="NAME", help="only the model with this name")
     b.add_argument("--force", action="store_true", help="rebuild even when the cache is current")
-    b.add_argument("--flags", metavar="FLAGS", help='C compiler flags (default: "-O3"); they enter the cache key')
+    b.add_argument("--native", action="store_true",
+                   help="compile for this machine's CPU (-march=native): faster, not portable")
+    b.add_argument("--fast-math", action="store_true",
+                   help="add -ffast-math: faster, but relaxes IEEE semantics (NaN, infinity, summation order)")
+    b.add_argument("--flags", metavar="FLAGS",
+                   help="replace the C compiler flags altogether; they enter the cache key")
     b.set_defaults(run=cmd_build)
 
     s = sub.add_parser("show", help="print the forward pass, backward pass and gradient formulas")

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from .autodiff import differentiate
-from .build import DEFAULT_FLAGS, BuildResult, build, load
+from .build import BuildResult, build, compiler_flags, load
 from .frontend import short_text
 from .graph import Graph
 from .model import Model
@@ -80,23 +80,33 @@ def generate(model: Model, *, dtype: str = "float64") -> Generated:
     return Generated(model, graph, package, clock.timings)
 
 
-def build_model(model: Model, out_dir="generated", *, dtype: str = "float64", flags=DEFAULT_FLAGS,
-                force: bool = False) -> tuple:
-    """Generate and compile ``model`` into ``out_dir/<name>``; returns (Generated, BuildResult)."""
+def build_model(model: Model, out_dir="generated", *, dtype: str = "float64", native: bool = False,
+                fast_math: bool = False, flags=None, force: bool = False) -> tuple:
+    """Generate and compile ``model`` into ``out_dir/<name>``; returns (Generated, BuildResult).
+
+    ``native`` and ``fast_math`` are described at :func:`symgrad.build.compiler_flags`;
+    ``flags`` replaces the compiler flags altogether.
+    """
     generated = generate(model, dtype=dtype)
     start = time.perf_counter()
+    if flags is None:
+        flags = compiler_flags(native=native, fast_math=fast_math, source_size=generated.package.source_size())
     result: BuildResult = build(generated.package, out_dir, flags=flags, force=force)
     generated.timings["compile" if not result.cached else "cache check"] = time.perf_counter() - start
     return generated, result
 
 
-def compile(model: Model, out_dir="generated", *, dtype: str = "float64", flags=DEFAULT_FLAGS,
-            force: bool = False):
+def compile(model: Model, out_dir="generated", *, dtype: str = "float64", native: bool = False,
+            fast_math: bool = False, flags=None, force: bool = False):
     """Build ``model`` (or reuse the cached build) and import its generated module.
 
-    The module offers ``forward``, ``value_and_grad`` and ``grad``; see its docstring.
+    The module offers ``forward``, ``value_and_grad`` and ``grad``; see its
+    docstring. ``dtype="float32"`` makes single-precision kernels;
+    ``native=True`` compiles for this machine's CPU; ``fast_math=True``
+    relaxes IEEE semantics (see :func:`symgrad.build.compiler_flags`).
     """
-    _, result = build_model(model, out_dir, dtype=dtype, flags=flags, force=force)
+    _, result = build_model(model, out_dir, dtype=dtype, native=native, fast_math=fast_math, flags=flags,
+                            force=force)
     return load(result.path)
 
 

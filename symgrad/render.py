@@ -20,7 +20,11 @@ import jinja2
 from . import __version__
 from .naming import c_identifiers
 from .printer import comment_text
-from .schedule import KernelSpec
+from .schedule import GEMM_BLOCKS, KernelSpec
+
+#: Functions of one argument with SIMD variants in glibc 2.35's libmvec.
+VECTOR_FUNCTIONS = ("exp", "log", "log1p", "expm1", "sin", "cos", "tan", "sinh", "cosh", "tanh",
+                    "asin", "acos", "atan", "asinh", "acosh", "atanh", "erf", "erfc")
 
 #: Scratch elements a one-example entry point may keep on the C stack.
 POINT_STACK_LIMIT = 16384
@@ -57,6 +61,10 @@ class RenderedPackage:
     cdef: str
     c_sources: tuple  # names in ``files`` that are compiled
     spec: PackageSpec
+
+    def source_size(self) -> int:
+        """Characters of compiled C source: how long the kernels take to compile."""
+        return sum(len(self.files[name]) for name in self.c_sources)
 
     def source_digest(self) -> str:
         """A digest of everything that goes into the compiled extension."""
@@ -128,7 +136,7 @@ def render(spec: PackageSpec) -> RenderedPackage:
         f"{spec.name}.c": env.get_template("kernels.c.j2").render(**common),
         f"{spec.name}.h": env.get_template("kernels.h.j2").render(**common),
         "symgrad_runtime.h": env.get_template("symgrad_runtime.h.j2").render(
-            version=__version__, real=real, f=suffix),
+            version=__version__, real=real, f=suffix, gemm=GEMM_BLOCKS, vector_functions=VECTOR_FUNCTIONS),
         "_runtime.py": (resources.files("symgrad") / "runtime.py").read_text(),
     }
     cdef = env.get_template("cdef.h.j2").render(kernels=spec.kernels, point=common["point"])

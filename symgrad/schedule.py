@@ -31,6 +31,9 @@ from .optimize import live_nodes
 from .printer import CArg, CPrinter, Operand, comment_text
 
 KINDS = ("forward", "value_and_grad")
+#: Block sizes of the packed matrix product in the runtime header, and the scratch it needs.
+GEMM_BLOCKS = {"mr": 4, "nr": 8, "kc": 256, "nc": 512}
+GEMM_SCRATCH = GEMM_BLOCKS["kc"] * GEMM_BLOCKS["nc"] + GEMM_BLOCKS["mr"] * GEMM_BLOCKS["kc"]
 _ALIGN = 8  # elements; buffers start on 64-byte boundaries for doubles
 _TILE_BUDGET = 65536  # elements of per-tile scratch to aim for (512 KiB of doubles)
 _MAX_TILE = 256
@@ -312,6 +315,9 @@ class _Scheduler:
 
         offsets, arenas, tile = self._allocate(steps, storage)
         buffers = []
+        if self._uses_products():
+            buffers.append(Buffer("scratch", arenas["uniform"].take(GEMM_SCRATCH), False,
+                                  "packing space for matrix products"))
         for nid in sorted(offsets):
             per_tile = storage[nid] == "tile"
             base = arenas["uniform"].size + tile * offsets[nid] if per_tile else offsets[nid]
@@ -346,6 +352,9 @@ class _Scheduler:
             body=tuple(body),
             epilogue=tuple(epilogue),
         )
+
+    def _uses_products(self) -> bool:
+        return any(self.g.nodes[n].op == "matmul" for n in self.live)
 
     # --- storage ---------------------------------------------------------------------------
 
@@ -547,7 +556,7 @@ class _Scheduler:
             product = self.g.nodes[node.args[0]]
             a, b = (self.operands[x] for x in product.args)
             lines = (f"sg_matmul_batch_sum(nt, {a.rows}, {b.cols}, {a.cols}, {a.strides_text()}, "
-                     f"{b.strides_text()}, {out.text}, {b.cols}, 1);",)
+                     f"{b.strides_text()}, {out.text}, {b.cols}, 1, scratch);",)
             return Statement(self._comment(nid), lines)
         args = [self.operands[a] for a in node.args]
         if op.kind == "elementwise":

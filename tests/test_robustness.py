@@ -218,8 +218,8 @@ def test_generated_c_has_no_mutable_static_state_and_uses_64_bit_indices(compile
         code_only = re.sub(r"/\*.*?\*/", "", sources[name], flags=re.S)
         for line in code_only.splitlines():
             code = line
-            if re.search(r"\bstatic\b", code):
-                assert re.search(r"\bstatic (inline|const)\b", code), line
+            if re.search(r"\bstatic\b", code) and "(" not in code:  # a static variable, not a function
+                assert re.search(r"\bstatic const\b", code), line
             assert not re.search(r"for \(int ", code), line
 
 

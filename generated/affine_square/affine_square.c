@@ -13,7 +13,7 @@
 #include "symgrad_runtime.h"
 
 /* forward: the outputs and the loss of every example of the batch. */
-int affine_square_forward(int64_t n, double p_a, double p_b, const double *restrict in_x, double *restrict out_loss, double *restrict work)
+SG_KERNEL int affine_square_forward(int64_t n, double p_a, double p_b, const double *restrict in_x, double *restrict out_loss, double *restrict work)
 {
     (void) work;
     for (int64_t t0 = 0; t0 < n; t0 += 256) {
@@ -42,7 +42,7 @@ struct affine_square_forward_values affine_square_forward_point(double p_a, doub
 }
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. */
-int affine_square_value_and_grad(int64_t n, double p_a, double p_b, const double *restrict in_x, double *restrict out_loss, double *restrict grad_x, double *restrict grad_a, double *restrict grad_b, double *restrict work)
+SG_KERNEL int affine_square_value_and_grad(int64_t n, double p_a, double p_b, const double *restrict in_x, double *restrict out_loss, double *restrict grad_x, double *restrict grad_a, double *restrict grad_b, double *restrict work)
 {
     (void) work;
     for (int64_t t0 = 0; t0 < n; t0 += 256) {

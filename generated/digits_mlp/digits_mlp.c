@@ -13,16 +13,17 @@
 #include "symgrad_runtime.h"
 
 /* forward: the outputs and the loss of every example of the batch. */
-int digits_mlp_forward(int64_t n, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, const double *restrict p_b2, const double *restrict in_x, const double *restrict in_target, double *restrict out_logits, double *restrict out_loss, double *restrict work)
+SG_KERNEL int digits_mlp_forward(int64_t n, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, const double *restrict p_b2, const double *restrict in_x, const double *restrict in_target, double *restrict out_logits, double *restrict out_loss, double *restrict work)
 {
     /* scratch memory */
-    double *const v6 = work + 0;  /* v6, 128 examples */
-    double *const v8 = work + 16384;  /* v8 (h), 128 examples */
-    double *const v9 = work + 32768;  /* v9, 128 examples */
-    double *const v10 = work + 34816;  /* v10 (logits), 128 examples */
-    double *const v11 = work + 32768;  /* v11, 128 examples */
-    double *const v12 = work + 34816;  /* v12, 128 examples */
-    double *const v13 = work + 36864;  /* v13, 128 examples */
+    double *const scratch = work + 0;  /* packing space for matrix products */
+    double *const v6 = work + 132096;  /* v6, 128 examples */
+    double *const v8 = work + 148480;  /* v8 (h), 128 examples */
+    double *const v9 = work + 164864;  /* v9, 128 examples */
+    double *const v10 = work + 166912;  /* v10 (logits), 128 examples */
+    double *const v11 = work + 164864;  /* v11, 128 examples */
+    double *const v12 = work + 166912;  /* v12, 128 examples */
+    double *const v13 = work + 168960;  /* v13, 128 examples */
     /* v16: batch sum starts at zero */
     sg_acc v16 = 0;
 
@@ -35,7 +36,7 @@ int digits_mlp_forward(int64_t n, const double *restrict p_W1, const double *res
         const double *restrict x_target = in_target + t0 * 10;
         double *restrict o_out_logits = out_logits + t0 * 10;
         /* v6 = W1*x */
-        sg_matmul(nt, 128, 1, 64, p_W1, 0, 64, 1, x_x, 64, 1, 0, v6, 128, 1, 1);
+        sg_matmul(nt, 128, 1, 64, p_W1, 0, 64, 1, x_x, 64, 1, 0, v6, 128, 1, 1, scratch);
 
         /* per element of 128x1: v7 .. v8 */
         for (int64_t e = 0; e < nt; ++e)
@@ -45,7 +46,7 @@ int digits_mlp_forward(int64_t n, const double *restrict p_W1, const double *res
                 v8[e * 128 + i] = tanh(v7);  /* v8 (h) = tanh(v7) */
             }
         /* v9 = W2*h */
-        sg_matmul(nt, 10, 1, 128, p_W2, 0, 128, 1, v8, 128, 1, 0, v9, 10, 1, 1);
+        sg_matmul(nt, 10, 1, 128, p_W2, 0, 128, 1, v8, 128, 1, 0, v9, 10, 1, 1, scratch);
 
         /* per element of 10x1: v10 */
         for (int64_t e = 0; e < nt; ++e)
@@ -82,23 +83,24 @@ int digits_mlp_forward(int64_t n, const double *restrict p_W1, const double *res
 }
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. */
-int digits_mlp_value_and_grad(int64_t n, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, const double *restrict p_b2, const double *restrict in_x, const double *restrict in_target, double *restrict out_loss, double *restrict grad_W1, double *restrict grad_b1, double *restrict grad_W2, double *restrict grad_b2, double *restrict work)
+SG_KERNEL int digits_mlp_value_and_grad(int64_t n, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, const double *restrict p_b2, const double *restrict in_x, const double *restrict in_target, double *restrict out_loss, double *restrict grad_W1, double *restrict grad_b1, double *restrict grad_W2, double *restrict grad_b2, double *restrict work)
 {
     /* scratch memory */
-    double *const v6 = work + 20256;  /* v6, 64 examples */
-    double *const v8 = work + 28448;  /* v8 (h), 64 examples */
-    double *const v9 = work + 44832;  /* v9, 64 examples */
-    double *const v10 = work + 45856;  /* v10 (logits), 64 examples */
-    double *const v11 = work + 44832;  /* v11, 64 examples */
-    double *const v12 = work + 45856;  /* v12, 64 examples */
-    double *const v13 = work + 47904;  /* v13, 64 examples */
-    double *const v23 = work + 19232;  /* v23 (v11_bar), 64 examples */
-    double *const v24 = work + 46880;  /* v24, 64 examples */
-    double *const v25 = work + 47904;  /* v25, 64 examples */
-    double *const v28 = work + 44832;  /* v28 (logits_bar), 64 examples */
-    double *const v32 = work + 20256;  /* v32 (h_bar), 64 examples */
-    double *const v35 = work + 36640;  /* v35, 64 examples */
-    double *const v36 = work + 48416;  /* v36 (v7_bar), 64 examples */
+    double *const scratch = work + 19232;  /* packing space for matrix products */
+    double *const v6 = work + 152352;  /* v6, 64 examples */
+    double *const v8 = work + 160544;  /* v8 (h), 64 examples */
+    double *const v9 = work + 176928;  /* v9, 64 examples */
+    double *const v10 = work + 177952;  /* v10 (logits), 64 examples */
+    double *const v11 = work + 176928;  /* v11, 64 examples */
+    double *const v12 = work + 177952;  /* v12, 64 examples */
+    double *const v13 = work + 180000;  /* v13, 64 examples */
+    double *const v23 = work + 151328;  /* v23 (v11_bar), 64 examples */
+    double *const v24 = work + 178976;  /* v24, 64 examples */
+    double *const v25 = work + 180000;  /* v25, 64 examples */
+    double *const v28 = work + 176928;  /* v28 (logits_bar), 64 examples */
+    double *const v32 = work + 152352;  /* v32 (h_bar), 64 examples */
+    double *const v35 = work + 168736;  /* v35, 64 examples */
+    double *const v36 = work + 180512;  /* v36 (v7_bar), 64 examples */
     double *const v41 = work + 0;  /* v41 (b2_bar) */
     double *const v42 = work + 16;  /* v42 (W2_bar) */
     double *const v43 = work + 1296;  /* v43 (b1_bar) */
@@ -141,7 +143,7 @@ int digits_mlp_value_and_grad(int64_t n, const double *restrict p_W1, const doub
             v23[k] = -x_target[k];  /* v23 (v11_bar) = -target */
         }
         /* v6 = W1*x */
-        sg_matmul(nt, 128, 1, 64, p_W1, 0, 64, 1, x_x, 64, 1, 0, v6, 128, 1, 1);
+        sg_matmul(nt, 128, 1, 64, p_W1, 0, 64, 1, x_x, 64, 1, 0, v6, 128, 1, 1, scratch);
 
         /* per element of 128x1: v7 .. v35 */
         for (int64_t e = 0; e < nt; ++e)
@@ -154,7 +156,7 @@ int digits_mlp_value_and_grad(int64_t n, const double *restrict p_W1, const doub
                 v35[e * 128 + i] = 1.0 + v34;  /* v35 = v34 + 1 */
             }
         /* v9 = W2*h */
-        sg_matmul(nt, 10, 1, 128, p_W2, 0, 128, 1, v8, 128, 1, 0, v9, 10, 1, 1);
+        sg_matmul(nt, 10, 1, 128, p_W2, 0, 128, 1, v8, 128, 1, 0, v9, 10, 1, 1, scratch);
 
         /* per element of 10x1: v10 */
         for (int64_t e = 0; e < nt; ++e)
@@ -192,7 +194,7 @@ int digits_mlp_value_and_grad(int64_t n, const double *restrict p_W1, const doub
                 v28[e * 10 + i] = v23[e * 10 + i] + v27;  /* v28 (logits_bar) = v11_bar + v27 */
             }
         /* v32 (h_bar) = W2.T*logits_bar */
-        sg_matmul(nt, 128, 1, 10, p_W2, 0, 1, 128, v28, 10, 1, 0, v32, 128, 1, 1);
+        sg_matmul(nt, 128, 1, 10, p_W2, 0, 1, 128, v28, 10, 1, 0, v32, 128, 1, 1, scratch);
 
         /* per element of 128x1: v36 */
         #pragma omp simd
@@ -203,13 +205,13 @@ int digits_mlp_value_and_grad(int64_t n, const double *restrict p_W1, const doub
         sg_reduce_batch(nt, 10, 1, v28, 10, 1, 0, v41);
 
         /* v42 (W2_bar) = batch_sum(logits_bar*h.T) */
-        sg_matmul_batch_sum(nt, 10, 128, 1, v28, 10, 1, 0, v8, 128, 0, 1, v42, 128, 1);
+        sg_matmul_batch_sum(nt, 10, 128, 1, v28, 10, 1, 0, v8, 128, 0, 1, v42, 128, 1, scratch);
 
         /* v43 (b1_bar) = batch_sum(v7_bar) */
         sg_reduce_batch(nt, 128, 1, v36, 128, 1, 0, v43);
 
         /* v44 (W1_bar) = batch_sum(v7_bar*x.T) */
-        sg_matmul_batch_sum(nt, 128, 64, 1, v36, 128, 1, 0, x_x, 64, 0, 1, v44, 64, 1);
+        sg_matmul_batch_sum(nt, 128, 64, 1, v36, 128, 1, 0, x_x, 64, 0, 1, v44, 64, 1, scratch);
 
     }
     /* v19 = v16*v18 */

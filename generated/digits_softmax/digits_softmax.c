@@ -13,14 +13,15 @@
 #include "symgrad_runtime.h"
 
 /* forward: the outputs and the loss of every example of the batch. */
-int digits_softmax_forward(int64_t n, const double *restrict p_W, const double *restrict p_b, const double *restrict in_x, const double *restrict in_c, double *restrict out_probabilities, double *restrict out_loss, double *restrict work)
+SG_KERNEL int digits_softmax_forward(int64_t n, const double *restrict p_W, const double *restrict p_b, const double *restrict in_x, const double *restrict in_c, double *restrict out_probabilities, double *restrict out_loss, double *restrict work)
 {
     /* scratch memory */
-    double *const v4 = work + 0;  /* v4, 256 examples */
-    double *const v5 = work + 4096;  /* v5 (logits), 256 examples */
-    double *const v6 = work + 0;  /* v6, 256 examples */
-    double *const v7 = work + 8192;  /* v7, 256 examples */
-    double *const v8 = work + 12288;  /* v8, 256 examples */
+    double *const scratch = work + 0;  /* packing space for matrix products */
+    double *const v4 = work + 132096;  /* v4, 256 examples */
+    double *const v5 = work + 136192;  /* v5 (logits), 256 examples */
+    double *const v6 = work + 132096;  /* v6, 256 examples */
+    double *const v7 = work + 140288;  /* v7, 256 examples */
+    double *const v8 = work + 144384;  /* v8, 256 examples */
     /* v11: batch sum starts at zero */
     sg_acc v11 = 0;
 
@@ -33,7 +34,7 @@ int digits_softmax_forward(int64_t n, const double *restrict p_W, const double *
         const double *restrict x_c = in_c + t0 * 1;
         double *restrict o_out_probabilities = out_probabilities + t0 * 10;
         /* v4 = W*x */
-        sg_matmul(nt, 10, 1, 64, p_W, 0, 64, 1, x_x, 64, 1, 0, v4, 10, 1, 1);
+        sg_matmul(nt, 10, 1, 64, p_W, 0, 64, 1, x_x, 64, 1, 0, v4, 10, 1, 1, scratch);
 
         /* per element of 10x1: v5 */
         for (int64_t e = 0; e < nt; ++e)
@@ -71,18 +72,19 @@ int digits_softmax_forward(int64_t n, const double *restrict p_W, const double *
 }
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. */
-int digits_softmax_value_and_grad(int64_t n, const double *restrict p_W, const double *restrict p_b, const double *restrict in_x, const double *restrict in_c, double *restrict out_loss, double *restrict grad_W, double *restrict grad_b, double *restrict work)
+SG_KERNEL int digits_softmax_value_and_grad(int64_t n, const double *restrict p_W, const double *restrict p_b, const double *restrict in_x, const double *restrict in_c, double *restrict out_loss, double *restrict grad_W, double *restrict grad_b, double *restrict work)
 {
     /* scratch memory */
-    double *const v4 = work + 1312;  /* v4, 256 examples */
-    double *const v5 = work + 5408;  /* v5 (logits), 256 examples */
-    double *const v7 = work + 1312;  /* v7, 256 examples */
-    double *const v8 = work + 9504;  /* v8, 256 examples */
-    double *const v16 = work + 1312;  /* v16, 256 examples */
-    double *const v17 = work + 11552;  /* v17 (v7_bar), 256 examples */
-    double *const v18 = work + 5408;  /* v18, 256 examples */
-    double *const v19 = work + 9504;  /* v19, 256 examples */
-    double *const v22 = work + 1312;  /* v22 (logits_bar), 256 examples */
+    double *const scratch = work + 1312;  /* packing space for matrix products */
+    double *const v4 = work + 133408;  /* v4, 256 examples */
+    double *const v5 = work + 137504;  /* v5 (logits), 256 examples */
+    double *const v7 = work + 133408;  /* v7, 256 examples */
+    double *const v8 = work + 141600;  /* v8, 256 examples */
+    double *const v16 = work + 133408;  /* v16, 256 examples */
+    double *const v17 = work + 143648;  /* v17 (v7_bar), 256 examples */
+    double *const v18 = work + 137504;  /* v18, 256 examples */
+    double *const v19 = work + 141600;  /* v19, 256 examples */
+    double *const v22 = work + 133408;  /* v22 (logits_bar), 256 examples */
     double *const v27 = work + 0;  /* v27 (b_bar) */
     double *const v28 = work + 16;  /* v28 (W_bar) */
     double *const v29 = work + 656;  /* v29 */
@@ -107,7 +109,7 @@ int digits_softmax_value_and_grad(int64_t n, const double *restrict p_W, const d
         const double *restrict x_x = in_x + t0 * 64;
         const double *restrict x_c = in_c + t0 * 1;
         /* v4 = W*x */
-        sg_matmul(nt, 10, 1, 64, p_W, 0, 64, 1, x_x, 64, 1, 0, v4, 10, 1, 1);
+        sg_matmul(nt, 10, 1, 64, p_W, 0, 64, 1, x_x, 64, 1, 0, v4, 10, 1, 1, scratch);
 
         /* per element of 10x1: v5 */
         for (int64_t e = 0; e < nt; ++e)
@@ -157,7 +159,7 @@ int digits_softmax_value_and_grad(int64_t n, const double *restrict p_W, const d
         sg_reduce_batch(nt, 10, 1, v22, 10, 1, 0, v27);
 
         /* v28 (W_bar) = batch_sum(logits_bar*x.T) */
-        sg_matmul_batch_sum(nt, 10, 64, 1, v22, 10, 1, 0, x_x, 64, 0, 1, v28, 64, 1);
+        sg_matmul_batch_sum(nt, 10, 64, 1, v22, 10, 1, 0, x_x, 64, 0, 1, v28, 64, 1, scratch);
 
     }
     /* v14 = v11*v13 */

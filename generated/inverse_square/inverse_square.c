@@ -13,7 +13,7 @@
 #include "symgrad_runtime.h"
 
 /* forward: the outputs and the loss of every example of the batch. */
-int inverse_square_forward(int64_t n, const double *restrict in_x, double *restrict out_loss, double *restrict work)
+SG_KERNEL int inverse_square_forward(int64_t n, const double *restrict in_x, double *restrict out_loss, double *restrict work)
 {
     (void) work;
     for (int64_t t0 = 0; t0 < n; t0 += 256) {
@@ -41,7 +41,7 @@ struct inverse_square_forward_values inverse_square_forward_point(double in_x)
 }
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. */
-int inverse_square_value_and_grad(int64_t n, const double *restrict in_x, double *restrict out_loss, double *restrict grad_x, double *restrict work)
+SG_KERNEL int inverse_square_value_and_grad(int64_t n, const double *restrict in_x, double *restrict out_loss, double *restrict grad_x, double *restrict work)
 {
     (void) work;
     for (int64_t t0 = 0; t0 < n; t0 += 256) {

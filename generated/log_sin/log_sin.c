@@ -13,7 +13,7 @@
 #include "symgrad_runtime.h"
 
 /* forward: the outputs and the loss of every example of the batch. */
-int log_sin_forward(int64_t n, const double *restrict in_x1, const double *restrict in_x2, double *restrict out_loss, double *restrict work)
+SG_KERNEL int log_sin_forward(int64_t n, const double *restrict in_x1, const double *restrict in_x2, double *restrict out_loss, double *restrict work)
 {
     (void) work;
     for (int64_t t0 = 0; t0 < n; t0 += 256) {
@@ -45,7 +45,7 @@ struct log_sin_forward_values log_sin_forward_point(double in_x1, double in_x2)
 }
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. */
-int log_sin_value_and_grad(int64_t n, const double *restrict in_x1, const double *restrict in_x2, double *restrict out_loss, double *restrict grad_x1, double *restrict grad_x2, double *restrict work)
+SG_KERNEL int log_sin_value_and_grad(int64_t n, const double *restrict in_x1, const double *restrict in_x2, double *restrict out_loss, double *restrict grad_x1, double *restrict grad_x2, double *restrict work)
 {
     (void) work;
     for (int64_t t0 = 0; t0 < n; t0 += 256) {

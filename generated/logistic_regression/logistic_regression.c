@@ -13,7 +13,7 @@
 #include "symgrad_runtime.h"
 
 /* forward: the outputs and the loss of every example of the batch. */
-int logistic_regression_forward(int64_t n, double p_w1, double p_w2, double p_b, const double *restrict in_x1, const double *restrict in_x2, const double *restrict in_y, double *restrict out_p, double *restrict out_loss, double *restrict work)
+SG_KERNEL int logistic_regression_forward(int64_t n, double p_w1, double p_w2, double p_b, const double *restrict in_x1, const double *restrict in_x2, const double *restrict in_y, double *restrict out_p, double *restrict out_loss, double *restrict work)
 {
     (void) work;
     /* v24: batch sum starts at zero */
@@ -68,7 +68,7 @@ struct logistic_regression_forward_values logistic_regression_forward_point(doub
 }
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. */
-int logistic_regression_value_and_grad(int64_t n, double p_w1, double p_w2, double p_b, const double *restrict in_x1, const double *restrict in_x2, const double *restrict in_y, double *restrict out_loss, double *restrict grad_w1, double *restrict grad_w2, double *restrict grad_b, double *restrict work)
+SG_KERNEL int logistic_regression_value_and_grad(int64_t n, double p_w1, double p_w2, double p_b, const double *restrict in_x1, const double *restrict in_x2, const double *restrict in_y, double *restrict out_loss, double *restrict grad_w1, double *restrict grad_w2, double *restrict grad_b, double *restrict work)
 {
     (void) work;
     /* v24: batch sum starts at zero */

@@ -13,20 +13,21 @@
 #include "symgrad_runtime.h"
 
 /* forward: the outputs and the loss of every example of the batch. */
-int quadratic_form_forward(int64_t n, const double *restrict p_A, const double *restrict in_x, double *restrict out_loss, double *restrict work)
+SG_KERNEL int quadratic_form_forward(int64_t n, const double *restrict p_A, const double *restrict in_x, double *restrict out_loss, double *restrict work)
 {
     /* scratch memory */
-    double *const v3 = work + 0;  /* v3, 256 examples */
-    double *const v4 = work + 2048;  /* v4, 256 examples */
+    double *const scratch = work + 0;  /* packing space for matrix products */
+    double *const v3 = work + 132096;  /* v3, 256 examples */
+    double *const v4 = work + 134144;  /* v4, 256 examples */
     for (int64_t t0 = 0; t0 < n; t0 += 256) {
         const int64_t nt = n - t0 < 256 ? n - t0 : 256;
         const double *restrict x_x = in_x + t0 * 4;
         double *restrict o_out_loss = out_loss + t0 * 1;
         /* v3 = x.T*A */
-        sg_matmul(nt, 1, 4, 4, x_x, 4, 0, 1, p_A, 0, 4, 1, v3, 4, 4, 1);
+        sg_matmul(nt, 1, 4, 4, x_x, 4, 0, 1, p_A, 0, 4, 1, v3, 4, 4, 1, scratch);
 
         /* v4 = v3*x */
-        sg_matmul(nt, 1, 1, 4, v3, 4, 0, 1, x_x, 4, 1, 0, v4, 1, 1, 1);
+        sg_matmul(nt, 1, 1, 4, v3, 4, 0, 1, x_x, 4, 1, 0, v4, 1, 1, 1, scratch);
 
         /* result: loss */
         for (int64_t k = 0; k < nt; ++k)
@@ -37,16 +38,17 @@ int quadratic_form_forward(int64_t n, const double *restrict p_A, const double *
 }
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. */
-int quadratic_form_value_and_grad(int64_t n, const double *restrict p_A, const double *restrict in_x, double *restrict out_loss, double *restrict grad_x, double *restrict grad_A, double *restrict work)
+SG_KERNEL int quadratic_form_value_and_grad(int64_t n, const double *restrict p_A, const double *restrict in_x, double *restrict out_loss, double *restrict grad_x, double *restrict grad_A, double *restrict work)
 {
     /* scratch memory */
-    double *const v3 = work + 8;  /* v3, 256 examples */
-    double *const v4 = work + 2056;  /* v4, 256 examples */
+    double *const scratch = work + 8;  /* packing space for matrix products */
+    double *const v3 = work + 132104;  /* v3, 256 examples */
+    double *const v4 = work + 134152;  /* v4, 256 examples */
     double *const v7 = work + 0;  /* v7 (v4_bar) */
-    double *const v8 = work + 4104;  /* v8 (v3_bar), 256 examples */
-    double *const v10 = work + 6152;  /* v10, 256 examples */
-    double *const v12 = work + 8;  /* v12 (v2_bar), 256 examples */
-    double *const v13 = work + 8200;  /* v13 (A_bar), 256 examples */
+    double *const v8 = work + 136200;  /* v8 (v3_bar), 256 examples */
+    double *const v10 = work + 138248;  /* v10, 256 examples */
+    double *const v12 = work + 132104;  /* v12 (v2_bar), 256 examples */
+    double *const v13 = work + 140296;  /* v13 (A_bar), 256 examples */
     /* v7 (v4_bar) = Matrix([[1]]) */
     v7[0] = 0.0;
     v7[0] += 1.0;
@@ -58,19 +60,19 @@ int quadratic_form_value_and_grad(int64_t n, const double *restrict p_A, const d
         double *restrict o_grad_x = grad_x + t0 * 4;
         double *restrict o_grad_A = grad_A + t0 * 16;
         /* v3 = x.T*A */
-        sg_matmul(nt, 1, 4, 4, x_x, 4, 0, 1, p_A, 0, 4, 1, v3, 4, 4, 1);
+        sg_matmul(nt, 1, 4, 4, x_x, 4, 0, 1, p_A, 0, 4, 1, v3, 4, 4, 1, scratch);
 
         /* v4 = v3*x */
-        sg_matmul(nt, 1, 1, 4, v3, 4, 0, 1, x_x, 4, 1, 0, v4, 1, 1, 1);
+        sg_matmul(nt, 1, 1, 4, v3, 4, 0, 1, x_x, 4, 1, 0, v4, 1, 1, 1, scratch);
 
         /* v8 (v3_bar) = v4_bar*x.T */
-        sg_matmul(nt, 1, 4, 1, v7, 0, 0, 0, x_x, 4, 0, 1, v8, 4, 4, 1);
+        sg_matmul(nt, 1, 4, 1, v7, 0, 0, 0, x_x, 4, 0, 1, v8, 4, 4, 1, scratch);
 
         /* v10 = v3.T*v4_bar */
-        sg_matmul(nt, 4, 1, 1, v3, 4, 1, 0, v7, 0, 0, 0, v10, 4, 1, 1);
+        sg_matmul(nt, 4, 1, 1, v3, 4, 1, 0, v7, 0, 0, 0, v10, 4, 1, 1, scratch);
 
         /* v12 (v2_bar) = v3_bar*A.T */
-        sg_matmul(nt, 1, 4, 4, v8, 4, 0, 1, p_A, 0, 1, 4, v12, 4, 4, 1);
+        sg_matmul(nt, 1, 4, 4, v8, 4, 0, 1, p_A, 0, 1, 4, v12, 4, 4, 1, scratch);
 
         /* per element of 4x1: v15 */
         #pragma omp simd
@@ -79,7 +81,7 @@ int quadratic_form_value_and_grad(int64_t n, const double *restrict p_A, const d
             o_grad_x[k] = v15;  /* result: gradient with respect to x */
         }
         /* v13 (A_bar) = x*v3_bar */
-        sg_matmul(nt, 4, 4, 1, x_x, 4, 1, 0, v8, 4, 0, 1, v13, 16, 4, 1);
+        sg_matmul(nt, 4, 4, 1, x_x, 4, 1, 0, v8, 4, 0, 1, v13, 16, 4, 1, scratch);
 
         /* result: loss */
         for (int64_t k = 0; k < nt; ++k)

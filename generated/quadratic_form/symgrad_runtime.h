@@ -16,6 +16,33 @@
 #include <stdint.h>
 #include <string.h>
 
+/* With -DSG_VECTOR_MATH (glibc 2.35+ on x86-64, linked with -lmvec), the
+   elementary functions are declared to have SIMD variants, so the SIMD loops
+   of the kernels call glibc's vector math library (accurate to 4 ulp). */
+#if defined(SG_VECTOR_MATH) && defined(__x86_64__) && defined(__GLIBC__)
+#define SG_SIMD_VARIANT __attribute__((simd("notinbranch")))
+SG_SIMD_VARIANT double exp(double);
+SG_SIMD_VARIANT double log(double);
+SG_SIMD_VARIANT double log1p(double);
+SG_SIMD_VARIANT double expm1(double);
+SG_SIMD_VARIANT double sin(double);
+SG_SIMD_VARIANT double cos(double);
+SG_SIMD_VARIANT double tan(double);
+SG_SIMD_VARIANT double sinh(double);
+SG_SIMD_VARIANT double cosh(double);
+SG_SIMD_VARIANT double tanh(double);
+SG_SIMD_VARIANT double asin(double);
+SG_SIMD_VARIANT double acos(double);
+SG_SIMD_VARIANT double atan(double);
+SG_SIMD_VARIANT double asinh(double);
+SG_SIMD_VARIANT double acosh(double);
+SG_SIMD_VARIANT double atanh(double);
+SG_SIMD_VARIANT double erf(double);
+SG_SIMD_VARIANT double erfc(double);
+SG_SIMD_VARIANT double pow(double, double);
+SG_SIMD_VARIANT double atan2(double, double);
+#endif
+
 typedef double sg_real;
 /* Sums over many terms (batch reductions, softmax denominators) use double. */
 typedef double sg_acc;
@@ -71,31 +98,103 @@ static inline sg_real sg_min(sg_real a, sg_real b)
 
 /* ---- matrix products ------------------------------------------------------ */
 
-/* C = A B (accumulate = 0) or C += A B, for an m x k A and a k x n B. */
-static inline void sg_gemm(int64_t m, int64_t n, int64_t k,
-                           const sg_real *a, int64_t a_rs, int64_t a_cs,
-                           const sg_real *b, int64_t b_rs, int64_t b_cs,
-                           sg_real *c, int64_t c_rs, int64_t c_cs, int accumulate)
+/* Functions marked SG_DISPATCH are compiled for several x86-64 levels
+   (AVX-512, AVX2+FMA, baseline) and the best one the CPU supports is picked
+   when the module loads. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__ELF__)
+#define SG_DISPATCH __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SG_DISPATCH
+#endif
+
+/* Kernels get the same treatment when the build defines SG_DISPATCH_KERNELS. */
+#ifdef SG_DISPATCH_KERNELS
+#define SG_KERNEL SG_DISPATCH
+#else
+#define SG_KERNEL
+#endif
+
+/* The packed product works on SG_MR x SG_NR blocks of C, SG_KC deep, with
+   at most SG_NC columns of B packed at a time. */
+#define SG_MR 4
+#define SG_NR 8
+#define SG_KC 256
+#define SG_NC 512
+/* Scratch elements one product needs for packing (reserved in each kernel's workspace). */
+#define SG_GEMM_SCRATCH (SG_KC * SG_NC + SG_MR * SG_KC)
+
+/* C[0:mr, 0:nr] += the product of a packed SG_MR x kc sliver of A and a packed
+   kc x SG_NR panel of B; the fixed-size accumulator block stays in registers. */
+static inline void sg_gemm_block(int64_t kc, const sg_real *restrict ap, const sg_real *restrict bp,
+                                 sg_real *c, int64_t c_rs, int64_t c_cs, int64_t mr, int64_t nr)
 {
-    if (c_cs != 1 && c_rs == 1 && n > 1) {
-        /* Column-major C: compute C^T = B^T A^T, which is row-major. */
-        sg_gemm(n, m, k, b, b_cs, b_rs, a, a_cs, a_rs, c, c_cs, c_rs, accumulate);
+    sg_real acc[SG_MR][SG_NR];
+    for (int r = 0; r < SG_MR; ++r)
+        for (int q = 0; q < SG_NR; ++q)
+            acc[r][q] = 0;
+    for (int64_t l = 0; l < kc; ++l)
+        for (int r = 0; r < SG_MR; ++r) {
+            const sg_real a = ap[l * SG_MR + r];
+            for (int q = 0; q < SG_NR; ++q)
+                acc[r][q] += a * bp[l * SG_NR + q];
+        }
+    if (c_cs == 1 && mr == SG_MR && nr == SG_NR) {
+        for (int r = 0; r < SG_MR; ++r)
+            for (int q = 0; q < SG_NR; ++q)
+                c[r * c_rs + q] += acc[r][q];
         return;
     }
-    for (int64_t i = 0; i < m; ++i) {
-        sg_real *ci = c + i * c_rs;
-        if (!accumulate)
+    for (int64_t r = 0; r < mr; ++r)
+        for (int64_t q = 0; q < nr; ++q)
+            c[r * c_rs + q * c_cs] += acc[r][q];
+}
+
+/* C = A B (accumulate = 0) or C += A B, for an m x k A and a k x n B with any
+   strides. Large products are packed into blocks (scratch: SG_GEMM_SCRATCH
+   elements); small ones run as plain loops. */
+SG_DISPATCH static void sg_gemm(int64_t m, int64_t n, int64_t k,
+                                const sg_real *a, int64_t a_rs, int64_t a_cs,
+                                const sg_real *b, int64_t b_rs, int64_t b_cs,
+                                sg_real *c, int64_t c_rs, int64_t c_cs, int accumulate,
+                                sg_real *restrict scratch)
+{
+    if (!accumulate)
+        for (int64_t i = 0; i < m; ++i)
             for (int64_t j = 0; j < n; ++j)
-                ci[j * c_cs] = 0;
-        for (int64_t l = 0; l < k; ++l) {
-            const sg_real ail = a[i * a_rs + l * a_cs];
-            const sg_real *bl = b + l * b_rs;
-            if (b_cs == 1 && c_cs == 1)
+                c[i * c_rs + j * c_cs] = 0;
+    if (m * n * k < 4 * SG_MR * SG_NR * 8 || scratch == NULL) {
+        for (int64_t i = 0; i < m; ++i)
+            for (int64_t l = 0; l < k; ++l) {
+                const sg_real ail = a[i * a_rs + l * a_cs];
                 for (int64_t j = 0; j < n; ++j)
-                    ci[j] += ail * bl[j];
-            else
-                for (int64_t j = 0; j < n; ++j)
-                    ci[j * c_cs] += ail * bl[j * b_cs];
+                    c[i * c_rs + j * c_cs] += ail * b[l * b_rs + j * b_cs];
+            }
+        return;
+    }
+    sg_real *restrict bp = scratch;
+    sg_real *restrict ap = scratch + SG_KC * SG_NC;
+    for (int64_t jc = 0; jc < n; jc += SG_NC) {
+        const int64_t nc = n - jc < SG_NC ? n - jc : SG_NC;
+        for (int64_t pc = 0; pc < k; pc += SG_KC) {
+            const int64_t kc = k - pc < SG_KC ? k - pc : SG_KC;
+            /* pack B[pc:pc+kc, jc:jc+nc] as panels of SG_NR columns, zero-padded */
+            for (int64_t q0 = 0; q0 < nc; q0 += SG_NR) {
+                sg_real *panel = bp + q0 * kc;
+                for (int64_t l = 0; l < kc; ++l)
+                    for (int q = 0; q < SG_NR; ++q)
+                        panel[l * SG_NR + q] = q0 + q < nc ? b[(pc + l) * b_rs + (jc + q0 + q) * b_cs] : 0;
+            }
+            for (int64_t i0 = 0; i0 < m; i0 += SG_MR) {
+                const int64_t mr = m - i0 < SG_MR ? m - i0 : SG_MR;
+                /* pack A[i0:i0+mr, pc:pc+kc] as one sliver of SG_MR rows, zero-padded */
+                for (int64_t l = 0; l < kc; ++l)
+                    for (int r = 0; r < SG_MR; ++r)
+                        ap[l * SG_MR + r] = r < mr ? a[(i0 + r) * a_rs + (pc + l) * a_cs] : 0;
+                for (int64_t q0 = 0; q0 < nc; q0 += SG_NR) {
+                    const int64_t nr = nc - q0 < SG_NR ? nc - q0 : SG_NR;
+                    sg_gemm_block(kc, ap, bp + q0 * kc, c + i0 * c_rs + (jc + q0) * c_cs, c_rs, c_cs, mr, nr);
+                }
+            }
         }
     }
 }
@@ -105,21 +204,21 @@ static inline void sg_gemm(int64_t m, int64_t n, int64_t k,
 static inline void sg_matmul(int64_t nb, int64_t m, int64_t n, int64_t k,
                              const sg_real *a, int64_t a_es, int64_t a_rs, int64_t a_cs,
                              const sg_real *b, int64_t b_es, int64_t b_rs, int64_t b_cs,
-                             sg_real *c, int64_t c_es, int64_t c_rs, int64_t c_cs)
+                             sg_real *c, int64_t c_es, int64_t c_rs, int64_t c_cs, sg_real *scratch)
 {
     if (nb > 1 && a_es == 0 && n == 1) {
         /* [C[0] .. C[nb-1]] (m x nb) = A (m x k) [B[0] .. B[nb-1]] (k x nb) */
-        sg_gemm(m, nb, k, a, a_rs, a_cs, b, b_rs, b_es, c, c_rs, c_es, 0);
+        sg_gemm(m, nb, k, a, a_rs, a_cs, b, b_rs, b_es, c, c_rs, c_es, 0, scratch);
         return;
     }
     if (nb > 1 && b_es == 0 && m == 1) {
         /* rows C[e] (nb x n) = rows A[e] (nb x k) B (k x n) */
-        sg_gemm(nb, n, k, a, a_es, a_cs, b, b_rs, b_cs, c, c_es, c_cs, 0);
+        sg_gemm(nb, n, k, a, a_es, a_cs, b, b_rs, b_cs, c, c_es, c_cs, 0, scratch);
         return;
     }
     for (int64_t e = 0; e < nb; ++e)
         sg_gemm(m, n, k, a + e * a_es, a_rs, a_cs, b + e * b_es, b_rs, b_cs,
-                c + e * c_es, c_rs, c_cs, 0);
+                c + e * c_es, c_rs, c_cs, 0, scratch);
 }
 
 /* C += sum over the nb examples of A[e] B[e]: a batch sum fused with the product.
@@ -127,15 +226,15 @@ static inline void sg_matmul(int64_t nb, int64_t m, int64_t n, int64_t k,
 static inline void sg_matmul_batch_sum(int64_t nb, int64_t m, int64_t n, int64_t k,
                                        const sg_real *a, int64_t a_es, int64_t a_rs, int64_t a_cs,
                                        const sg_real *b, int64_t b_es, int64_t b_rs, int64_t b_cs,
-                                       sg_real *c, int64_t c_rs, int64_t c_cs)
+                                       sg_real *c, int64_t c_rs, int64_t c_cs, sg_real *scratch)
 {
     if (k == 1 && a_es != 0 && b_es != 0) {
         /* sum_e A[e] B[e] = [A[0] .. A[nb-1]] (m x nb) [B[0]; ..; B[nb-1]] (nb x n) */
-        sg_gemm(m, n, nb, a, a_rs, a_es, b, b_es, b_cs, c, c_rs, c_cs, 1);
+        sg_gemm(m, n, nb, a, a_rs, a_es, b, b_es, b_cs, c, c_rs, c_cs, 1, scratch);
         return;
     }
     for (int64_t e = 0; e < nb; ++e)
-        sg_gemm(m, n, k, a + e * a_es, a_rs, a_cs, b + e * b_es, b_rs, b_cs, c, c_rs, c_cs, 1);
+        sg_gemm(m, n, k, a + e * a_es, a_rs, a_cs, b + e * b_es, b_rs, b_cs, c, c_rs, c_cs, 1, scratch);
 }
 
 /* ---- reductions ------------------------------------------------------------------ */

@@ -13,12 +13,13 @@
 #include "symgrad_runtime.h"
 
 /* forward: the outputs and the loss of every example of the batch. */
-int xor_forward(int64_t n, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, double p_b2, const double *restrict in_x, const double *restrict in_t, double *restrict out_y, double *restrict out_loss, double *restrict work)
+SG_KERNEL int xor_forward(int64_t n, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, double p_b2, const double *restrict in_x, const double *restrict in_t, double *restrict out_y, double *restrict out_loss, double *restrict work)
 {
     /* scratch memory */
-    double *const v6 = work + 0;  /* v6, 256 examples */
-    double *const v8 = work + 2048;  /* v8 (h), 256 examples */
-    double *const v9 = work + 0;  /* v9, 256 examples */
+    double *const scratch = work + 0;  /* packing space for matrix products */
+    double *const v6 = work + 132096;  /* v6, 256 examples */
+    double *const v8 = work + 134144;  /* v8 (h), 256 examples */
+    double *const v9 = work + 132096;  /* v9, 256 examples */
     /* v18: batch sum starts at zero */
     sg_acc v18 = 0;
 
@@ -31,7 +32,7 @@ int xor_forward(int64_t n, const double *restrict p_W1, const double *restrict p
         const double *restrict x_t = in_t + t0 * 1;
         double *restrict o_out_y = out_y + t0 * 1;
         /* v6 = x*W1 */
-        sg_matmul(nt, 1, 2, 2, x_x, 2, 0, 1, p_W1, 0, 2, 1, v6, 2, 2, 1);
+        sg_matmul(nt, 1, 2, 2, x_x, 2, 0, 1, p_W1, 0, 2, 1, v6, 2, 2, 1, scratch);
 
         /* per element of 1x2: v7 .. v8 */
         for (int64_t e = 0; e < nt; ++e)
@@ -41,7 +42,7 @@ int xor_forward(int64_t n, const double *restrict p_W1, const double *restrict p
                 v8[e * 2 + j] = sg_sigmoid(v7);  /* v8 (h) = sigmoid(v7) */
             }
         /* v9 = h*W2 */
-        sg_matmul(nt, 1, 1, 2, v8, 2, 0, 1, p_W2, 0, 1, 0, v9, 1, 1, 1);
+        sg_matmul(nt, 1, 1, 2, v8, 2, 0, 1, p_W2, 0, 1, 0, v9, 1, 1, 1, scratch);
 
         /* per example: v11 .. v18 */
         #pragma omp simd reduction(+: v18)
@@ -65,17 +66,18 @@ int xor_forward(int64_t n, const double *restrict p_W1, const double *restrict p
 }
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. */
-int xor_value_and_grad(int64_t n, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, double p_b2, const double *restrict in_x, const double *restrict in_t, double *restrict out_loss, double *restrict grad_W1, double *restrict grad_b1, double *restrict grad_W2, double *restrict grad_b2, double *restrict work)
+SG_KERNEL int xor_value_and_grad(int64_t n, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, double p_b2, const double *restrict in_x, const double *restrict in_t, double *restrict out_loss, double *restrict grad_W1, double *restrict grad_b1, double *restrict grad_W2, double *restrict grad_b2, double *restrict work)
 {
     /* scratch memory */
-    double *const v6 = work + 32;  /* v6, 256 examples */
-    double *const v8 = work + 2080;  /* v8 (h), 256 examples */
-    double *const v9 = work + 32;  /* v9, 256 examples */
-    double *const v29 = work + 6176;  /* v29 (v11_bar), 256 examples */
-    double *const v30 = work + 32;  /* v30 (v9_bar), 256 examples */
-    double *const v32 = work + 6176;  /* v32 (h_bar), 256 examples */
-    double *const v37 = work + 4128;  /* v37, 256 examples */
-    double *const v38 = work + 8224;  /* v38 (v7_bar), 256 examples */
+    double *const scratch = work + 32;  /* packing space for matrix products */
+    double *const v6 = work + 132128;  /* v6, 256 examples */
+    double *const v8 = work + 134176;  /* v8 (h), 256 examples */
+    double *const v9 = work + 132128;  /* v9, 256 examples */
+    double *const v29 = work + 138272;  /* v29 (v11_bar), 256 examples */
+    double *const v30 = work + 132128;  /* v30 (v9_bar), 256 examples */
+    double *const v32 = work + 138272;  /* v32 (h_bar), 256 examples */
+    double *const v37 = work + 136224;  /* v37, 256 examples */
+    double *const v38 = work + 140320;  /* v38 (v7_bar), 256 examples */
     double *const v44 = work + 0;  /* v44 (W2_bar) */
     double *const v45 = work + 8;  /* v45 (b1_bar) */
     double *const v46 = work + 16;  /* v46 (W1_bar) */
@@ -109,7 +111,7 @@ int xor_value_and_grad(int64_t n, const double *restrict p_W1, const double *res
         const double *restrict x_x = in_x + t0 * 2;
         const double *restrict x_t = in_t + t0 * 1;
         /* v6 = x*W1 */
-        sg_matmul(nt, 1, 2, 2, x_x, 2, 0, 1, p_W1, 0, 2, 1, v6, 2, 2, 1);
+        sg_matmul(nt, 1, 2, 2, x_x, 2, 0, 1, p_W1, 0, 2, 1, v6, 2, 2, 1, scratch);
 
         /* per element of 1x2: v7 .. v37 */
         for (int64_t e = 0; e < nt; ++e)
@@ -122,7 +124,7 @@ int xor_value_and_grad(int64_t n, const double *restrict p_W1, const double *res
                 v37[e * 2 + j] = v8[e * 2 + j] * v36;  /* v37 = HadamardProduct(h, v36) */
             }
         /* v9 = h*W2 */
-        sg_matmul(nt, 1, 1, 2, v8, 2, 0, 1, p_W2, 0, 1, 0, v9, 1, 1, 1);
+        sg_matmul(nt, 1, 1, 2, v8, 2, 0, 1, p_W2, 0, 1, 0, v9, 1, 1, 1, scratch);
 
         /* per example: v11 .. v43 */
         #pragma omp simd reduction(+: v18, v43)
@@ -145,7 +147,7 @@ int xor_value_and_grad(int64_t n, const double *restrict p_W1, const double *res
         for (int64_t e = 0; e < nt; ++e) v30[e] += v29[e];
 
         /* v32 (h_bar) = v9_bar*W2.T */
-        sg_matmul(nt, 1, 2, 1, v30, 1, 0, 0, p_W2, 0, 0, 1, v32, 2, 2, 1);
+        sg_matmul(nt, 1, 2, 1, v30, 1, 0, 0, p_W2, 0, 0, 1, v32, 2, 2, 1, scratch);
 
         /* per element of 1x2: v38 */
         #pragma omp simd
@@ -153,13 +155,13 @@ int xor_value_and_grad(int64_t n, const double *restrict p_W1, const double *res
             v38[k] = v32[k] * v37[k];  /* v38 (v7_bar) = HadamardProduct(h_bar, v37) */
         }
         /* v44 (W2_bar) = batch_sum(h.T*v9_bar) */
-        sg_matmul_batch_sum(nt, 2, 1, 1, v8, 2, 1, 0, v30, 1, 0, 0, v44, 1, 1);
+        sg_matmul_batch_sum(nt, 2, 1, 1, v8, 2, 1, 0, v30, 1, 0, 0, v44, 1, 1, scratch);
 
         /* v45 (b1_bar) = batch_sum(v7_bar) */
         sg_reduce_batch(nt, 1, 2, v38, 2, 0, 1, v45);
 
         /* v46 (W1_bar) = batch_sum(x.T*v7_bar) */
-        sg_matmul_batch_sum(nt, 2, 2, 1, x_x, 2, 1, 0, v38, 2, 0, 1, v46, 2, 1);
+        sg_matmul_batch_sum(nt, 2, 2, 1, x_x, 2, 1, 0, v38, 2, 0, 1, v46, 2, 1, scratch);
 
     }
     /* v21 = v18*v20 */

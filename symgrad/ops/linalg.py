@@ -55,7 +55,7 @@ def _emit_matmul(p, out, args, attrs):
     n = b.cols
     return [
         f"sg_matmul({_nb(out)}, {m}, {n}, {k}, {a.strides_text()}, {b.strides_text()}, "
-        f"{out.text}, {out.example_stride if out.varying else 0}, {n}, 1);"
+        f"{out.text}, {out.example_stride if out.varying else 0}, {n}, 1, scratch);"
     ]
 
 

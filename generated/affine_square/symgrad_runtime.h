@@ -129,18 +129,18 @@ static inline void sg_gemm_block(int64_t kc, const sg_real *restrict ap, const s
                                  sg_real *c, int64_t c_rs, int64_t c_cs, int64_t mr, int64_t nr)
 {
     sg_real acc[SG_MR][SG_NR];
-    for (int r = 0; r < SG_MR; ++r)
-        for (int q = 0; q < SG_NR; ++q)
+    for (int64_t r = 0; r < SG_MR; ++r)
+        for (int64_t q = 0; q < SG_NR; ++q)
             acc[r][q] = 0;
     for (int64_t l = 0; l < kc; ++l)
-        for (int r = 0; r < SG_MR; ++r) {
+        for (int64_t r = 0; r < SG_MR; ++r) {
             const sg_real a = ap[l * SG_MR + r];
-            for (int q = 0; q < SG_NR; ++q)
+            for (int64_t q = 0; q < SG_NR; ++q)
                 acc[r][q] += a * bp[l * SG_NR + q];
         }
     if (c_cs == 1 && mr == SG_MR && nr == SG_NR) {
-        for (int r = 0; r < SG_MR; ++r)
-            for (int q = 0; q < SG_NR; ++q)
+        for (int64_t r = 0; r < SG_MR; ++r)
+            for (int64_t q = 0; q < SG_NR; ++q)
                 c[r * c_rs + q] += acc[r][q];
         return;
     }
@@ -181,14 +181,14 @@ SG_DISPATCH static void sg_gemm(int64_t m, int64_t n, int64_t k,
             for (int64_t q0 = 0; q0 < nc; q0 += SG_NR) {
                 sg_real *panel = bp + q0 * kc;
                 for (int64_t l = 0; l < kc; ++l)
-                    for (int q = 0; q < SG_NR; ++q)
+                    for (int64_t q = 0; q < SG_NR; ++q)
                         panel[l * SG_NR + q] = q0 + q < nc ? b[(pc + l) * b_rs + (jc + q0 + q) * b_cs] : 0;
             }
             for (int64_t i0 = 0; i0 < m; i0 += SG_MR) {
                 const int64_t mr = m - i0 < SG_MR ? m - i0 : SG_MR;
                 /* pack A[i0:i0+mr, pc:pc+kc] as one sliver of SG_MR rows, zero-padded */
                 for (int64_t l = 0; l < kc; ++l)
-                    for (int r = 0; r < SG_MR; ++r)
+                    for (int64_t r = 0; r < SG_MR; ++r)
                         ap[l * SG_MR + r] = r < mr ? a[(i0 + r) * a_rs + (pc + l) * a_cs] : 0;
                 for (int64_t q0 = 0; q0 < nc; q0 += SG_NR) {
                     const int64_t nr = nc - q0 < SG_NR ? nc - q0 : SG_NR;

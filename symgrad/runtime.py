@@ -104,8 +104,12 @@ class Kernel:
 
     # --- the call -----------------------------------------------------------------
 
-    def __call__(self, arrays: dict) -> list:
-        """Run the kernel on keyword ``arrays``; returns ``[(result name, value), ...]``."""
+    def __call__(self, arrays: dict, out=None) -> list:
+        """Run the kernel on keyword ``arrays``; returns ``[(result name, value), ...]``.
+
+        ``out``, if given, holds one array (or None) per result, in result
+        order: results are written into them instead of new arrays.
+        """
         try:
             raw = [arrays[a.name] for a in self._symbols]
         except KeyError:
@@ -113,7 +117,7 @@ class Kernel:
             raise
         if len(arrays) != len(raw):
             self._check_names(arrays)
-        exact = self._exact(raw)
+        exact = self._exact(raw, out)
         if exact is not None:
             return exact
         values = []
@@ -152,11 +156,8 @@ class Kernel:
         from_buffer = self._ffi.from_buffer
         pointer = self._pointer
         call = [n] + [from_buffer(pointer, v) if type(v) is np.ndarray else v for v in values]
-        outputs = []
-        for arg in self._outputs:
-            out = np.empty((n,) + arg.shape if arg.per_example else arg.shape, dtype=self.dtype)
-            outputs.append(out)
-            call.append(from_buffer(pointer, out))
+        outputs = self._result_arrays(n, out)
+        call += [from_buffer(pointer, o) for o in outputs]
         call.append(self._workspace())
         status = self._function(*call)
         if status != 0:
@@ -164,7 +165,52 @@ class Kernel:
         given = {a.name: s for a, s in zip(self._symbols, shapes)}
         return self._results(outputs, batch is not None, given, batched)
 
-    def _exact(self, raw):
+    def out_arrays(self, out, form: str):
+        """A call's ``out=`` as one array (or None) per result, in result order.
+
+        ``out`` is what an earlier call returned: for ``form="dict"`` a dict
+        of results by name; for ``"loss_and_dict"`` a ``(loss, gradients)``
+        pair; for ``"dict_after_loss"`` a dict of every result but the first.
+        """
+        if out is None:
+            return None
+        names = [a.name for a in self._outputs]
+        try:
+            if form == "loss_and_dict":
+                loss, rest = out
+                return [loss] + [rest.get(name) for name in names[1:]]
+            if form == "dict_after_loss":
+                return [None] + [out.get(name) for name in names[1:]]
+            return [out.get(name) for name in names]
+        except (TypeError, ValueError, AttributeError):
+            raise ArgumentError(
+                "out must be what an earlier call of the same function returned "
+                "(a dict of arrays, or a (loss, dict) pair for value_and_grad)"
+            ) from None
+
+    def _result_arrays(self, n, out) -> list:
+        """Arrays the kernel writes its results into: the caller's ``out`` arrays, or new ones."""
+        dtype = self.dtype
+        if out is None:
+            return [np.empty((n,) + a.shape if a.per_example else a.shape, dtype=dtype) for a in self._outputs]
+        arrays = []
+        for arg, given in zip(self._outputs, out):
+            shape = (n,) + arg.shape if arg.per_example else arg.shape
+            if given is None or type(given) is float:
+                arrays.append(np.empty(shape, dtype=dtype))
+                continue
+            if (type(given) is not np.ndarray or given.dtype != dtype or given.size != int(np.prod(shape))
+                    or not given.flags.c_contiguous or not given.flags.writeable):
+                raise ArgumentError(
+                    f"out: the array for {arg.name!r} must be a writable, C-contiguous {dtype} array with "
+                    f"{int(np.prod(shape))} elements (shape {shape}); got "
+                    f"{getattr(given, 'shape', type(given).__name__)}"
+                    f"{' of ' + str(given.dtype) if hasattr(given, 'dtype') else ''}"
+                )
+            arrays.append(given.reshape(shape))
+        return arrays
+
+    def _exact(self, raw, out=None):
         """The results when every argument already has a layout the kernel reads as it is, else None.
 
         That is: C-contiguous arrays of the kernel's dtype; params of their
@@ -210,11 +256,8 @@ class Kernel:
             return None
         if n <= 0:  # no batched input, or an empty batch: the flexible path handles these
             return None
-        outputs = []
-        for arg in self._outputs:
-            out = np.empty((n,) + arg.shape if arg.per_example else arg.shape, dtype=dtype)
-            outputs.append(out)
-            call.append(from_buffer(pointer, out))
+        outputs = self._result_arrays(n, out)
+        call += [from_buffer(pointer, o) for o in outputs]
         call.append(self._workspace())
         call[0] = n
         status = self._function(*call)

@@ -178,3 +178,32 @@ def test_generated_module_imports_without_sympy(fit, build_dir):
 def test_module_docstring_states_the_formulas(fit):
     assert "loss = (a*x + b - t)**2" in fit.__doc__
     assert "d loss / d a" in fit.value_and_grad.__doc__
+
+
+def test_out_reuses_the_result_arrays(fit, rng):
+    xv, tv = rng.normal(size=50), rng.normal(size=50)
+    loss, g = fit.value_and_grad(a=0.5, b=0.1, x=xv, t=tv)
+    memory = {k: v.__array_interface__["data"][0] for k, v in g.items() if isinstance(v, np.ndarray)}
+    loss2, g2 = fit.value_and_grad(a=1.5, b=0.2, x=xv, t=tv, out=(loss, g))
+    for name, address in memory.items():
+        assert g2[name].__array_interface__["data"][0] == address  # written in place
+    r = 1.5 * xv + 0.2 - tv
+    np.testing.assert_allclose(g2["x"], 2 * r * 1.5 / 50)
+    assert loss2 == pytest.approx(np.mean(r**2))
+    out = fit.forward(a=1.0, b=0.0, x=xv, t=tv)
+    again = fit.forward(a=2.0, b=0.0, x=xv, t=tv, out=out)
+    assert again["y"] is not None and again["y"].__array_interface__["data"][0] == \
+        out["y"].__array_interface__["data"][0]
+    np.testing.assert_allclose(again["y"], 2 * xv)
+    with pytest.raises(ArgumentError, match="out: the array for 'x'"):
+        fit.value_and_grad(a=1.0, b=0.0, x=xv, t=tv, out=(None, {"x": np.zeros(3)}))
+    with pytest.raises(ArgumentError, match="earlier call"):
+        fit.value_and_grad(a=1.0, b=0.0, x=xv, t=tv, out=42)
+
+
+def test_a_symbol_named_out_is_an_argument(compile_model):
+    out_symbol = sp.Symbol("out")
+    module = compile_model(sg.Model("named_out", loss=out_symbol**2, inputs=[out_symbol], wrt=[out_symbol]))
+    loss, g = module.value_and_grad(out=np.array([1.0, 3.0]))
+    assert loss == pytest.approx(5.0)
+    np.testing.assert_allclose(g["out"], [1.0, 3.0])

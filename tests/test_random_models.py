@@ -322,7 +322,7 @@ class Generator:
         if node.shape == ():
             expr = scale * node.expr + offset
         else:
-            expr = scale * node.expr + offset * sp.OneMatrix(*node.shape)
+            expr = sp.MatAdd(sp.MatMul(scale, node.expr), sp.MatMul(offset, sp.OneMatrix(*node.shape)))
         iv = iv_add(iv_scale(float(scale), node.iv), (float(offset), float(offset)))
         return Node(expr, node.shape, iv, node.depth + 1)
 
@@ -401,7 +401,7 @@ class Generator:
         matrix is rebuilt from its element.
         """
         if node.shape == (1, 1):
-            return sp.ImmutableMatrix([[f(node.expr[0, 0])]])
+            return sp.ImmutableMatrix([[f(element(node, 0, 0))]])
         t = sp.Dummy("t")
         lam = sp.Lambda(t, f(t))
         return node.expr.applyfunc(lam) if self.ch.chance(0.5) else sg.elementwise(lam, node.expr)
@@ -515,10 +515,11 @@ class Generator:
         terms = [self.fit(t, *GENERIC) for t in terms]
         shape = _full_shape(terms)
         coefficients = [self.ch.choice((1, 1, -1, 2, sp.Rational(1, 2), -3)) for _ in terms]
-        parts = [c * self.widen(t, shape) for c, t in zip(coefficients, terms)]
+        parts = [c * t.expr if shape == () else sp.MatMul(c, self.widen(t, shape)) if c != 1 else self.widen(t, shape)
+                 for c, t in zip(coefficients, terms)]
         iv = iv_add(*[iv_scale(float(c), t.iv) for c, t in zip(coefficients, terms)])
         self.used.add("add")
-        return Node(sp.Add(*parts) if shape == () else sp.MatAdd(*parts).doit(), shape, iv,
+        return Node(sp.Add(*parts) if shape == () else sp.MatAdd(*parts), shape, iv,
                     max(t.depth for t in terms) + 1)
 
     def widen(self, node, shape):
@@ -528,15 +529,15 @@ class Generator:
         self.used.add("broadcast")
         rows, cols = shape
         if node.shape == ():
-            return node.expr * sp.OneMatrix(rows, cols)
+            return sp.MatMul(node.expr, sp.OneMatrix(rows, cols))
         form = self.ch.choice(("broadcast_to", "ones"))
         if form == "broadcast_to":
             return sg.broadcast_to(node.expr, shape)
         expr = node.expr
         if node.shape[0] == 1 and rows != 1:
-            expr = sp.OneMatrix(rows, 1) * expr
+            expr = sp.MatMul(sp.OneMatrix(rows, 1), expr)
         if node.shape[1] == 1 and cols != 1:
-            expr = expr * sp.OneMatrix(1, cols)
+            expr = sp.MatMul(expr, sp.OneMatrix(1, cols))
         return expr
 
     def rule_mul(self):
@@ -549,8 +550,10 @@ class Generator:
         a, b = self.fit(first, *GENERIC), self.fit(other, *GENERIC)
         shape = _full_shape([a, b])
         self.used.add("mul")
-        if a.shape == () or b.shape == ():
+        if a.shape == () and b.shape == ():
             expr = a.expr * b.expr
+        elif a.shape == () or b.shape == ():
+            expr = sp.MatMul(a.expr, b.expr)
         else:
             expr = HadamardProduct(self.widen(a, shape), self.widen(b, shape))
         return Node(expr, shape, iv_mul(a.iv, b.iv), max(a.depth, b.depth) + 1)
@@ -624,10 +627,10 @@ class Generator:
         if b is None or self.ch.chance(0.15):
             # a Gram matrix: the same matrix on both sides
             if self.ch.chance(0.5):
-                expr, k = a.expr.T * a.expr, rows
+                expr, k = sp.MatMul(a.expr.T, a.expr), rows
                 shape = (inner, inner)
             else:
-                expr, k = a.expr * a.expr.T, inner
+                expr, k = sp.MatMul(a.expr, a.expr.T), inner
                 shape = (rows, rows)
             self.used.add("transpose")
             return Node(expr, shape, iv_scale(k, iv_mul(a.iv, a.iv)), a.depth + 1)
@@ -636,12 +639,12 @@ class Generator:
         if b.shape[0] != inner:
             self.used.add("transpose")
         cols = bexpr.shape[1]
-        expr = a.expr * bexpr
+        expr = sp.MatMul(a.expr, bexpr)
         if self.ch.chance(0.2):  # a scalar factor inside the product
             s = self.scalar()
             if s is not None:
                 s = self.fit(s, -2.0, 2.0)
-                return Node(a.expr * s.expr * bexpr, (rows, cols),
+                return Node(sp.MatMul(a.expr, s.expr, bexpr), (rows, cols),
                             iv_scale(inner, iv_mul(iv_mul(a.iv, s.iv), b.iv)), max(a.depth, b.depth, s.depth) + 1)
         return Node(expr, (rows, cols), iv_scale(inner, iv_mul(a.iv, b.iv)), max(a.depth, b.depth) + 1)
 
@@ -654,7 +657,7 @@ class Generator:
         k, m = a.shape[0], iv_max_abs(a.iv)
         bound = k ** (n - 1) * m**n
         self.used.add("matmul")
-        return Node(a.expr**n, a.shape, (-bound, bound), a.depth + 1)
+        return Node(sp.MatPow(a.expr, n), a.shape, (-bound, bound), a.depth + 1)
 
     def rule_transpose(self):
         a = self.matrix()
@@ -671,7 +674,7 @@ class Generator:
         if a.shape == (1, 1) and self.ch.chance(0.5):
             return Node(sg.scalar(a.expr), (), a.iv, a.depth + 1)
         i, j = self.ch.integer(0, a.shape[0] - 1), self.ch.integer(0, a.shape[1] - 1)
-        return Node(a.expr[i, j], (), a.iv, a.depth + 1)
+        return Node(element(a, i, j), (), a.iv, a.depth + 1)
 
     def rule_inner_product(self):
         """sg.scalar(u.T * v): a 1x1 product kept at matrix level."""
@@ -681,7 +684,7 @@ class Generator:
         v = self.matrix(lambda n: n.shape == u.shape) or u
         u, v = self.fit(u, *GENERIC), self.fit(v, *GENERIC)
         self.used.update(("matmul", "transpose", "index"))
-        return Node(sg.scalar(u.expr.T * v.expr), (), iv_scale(u.shape[0], iv_mul(u.iv, v.iv)),
+        return Node(sg.scalar(sp.MatMul(u.expr.T, v.expr)), (), iv_scale(u.shape[0], iv_mul(u.iv, v.iv)),
                     max(u.depth, v.depth) + 1)
 
     def rule_assemble(self):
@@ -717,12 +720,12 @@ class Generator:
         self.used.add("matrix_const")
         if how == "left":
             self.used.add("matmul")
-            return Node(c * a.expr, a.shape, iv_scale(rows, iv_mul((-m, m), a.iv)), a.depth + 1)
+            return Node(sp.MatMul(c, a.expr), a.shape, iv_scale(rows, iv_mul((-m, m), a.iv)), a.depth + 1)
         if how == "hadamard":
             self.used.add("mul")
             return Node(HadamardProduct(c, a.expr), a.shape, iv_mul((-m, m), a.iv), a.depth + 1)
         self.used.add("add")
-        return Node(c + a.expr, a.shape, iv_add((-m, m), a.iv), a.depth + 1)
+        return Node(sp.MatAdd(c, a.expr), a.shape, iv_add((-m, m), a.iv), a.depth + 1)
 
     def rule_identity(self):
         a = self.matrix(lambda n: n.shape[0] == n.shape[1])
@@ -734,7 +737,7 @@ class Generator:
         if self.ch.chance(0.5):
             c = self.ch.choice((1, 2, -1))
             self.used.add("add")
-            return Node(a.expr + c * sp.Identity(n), a.shape, iv_add(a.iv, (min(0, c), max(0, c))), a.depth + 1)
+            return Node(sp.MatAdd(a.expr, sp.MatMul(c, sp.Identity(n))), a.shape, iv_add(a.iv, (min(0, c), max(0, c))), a.depth + 1)
         self.used.add("mul")
         return Node(HadamardProduct(a.expr, sp.Identity(n)), a.shape, iv_union(a.iv, (0.0, 0.0)), a.depth + 1)
 
@@ -785,7 +788,9 @@ class Generator:
         if kind == "log_softmax":
             return Node(sg.log_softmax(a.expr), a.shape, iv, a.depth + 1)
         self.used.add("softmax")  # log(softmax(z)) is read as log_softmax(z)
-        return Node(sg.softmax(a.expr).applyfunc(sp.log), a.shape, iv, a.depth + 1)
+        soft = Node(sg.softmax(a.expr), a.shape, (0.0, 1.0), a.depth)
+        expr = soft.expr.applyfunc(sp.log) if a.shape != (1, 1) else self.map_elements(soft, sp.log)
+        return Node(expr, a.shape, iv, a.depth + 1)
 
     def rule_stable_log(self):
         """log(sigmoid(u)), log(1 - sigmoid(u)), log(1 + exp(u)), log(exp(u)) over a wide range."""
@@ -909,7 +914,7 @@ class Generator:
         kind = ch.choice(kinds)
         if kind == "element":
             self.used.add("index")
-            return node.expr[ch.integer(0, node.shape[0] - 1), ch.integer(0, node.shape[1] - 1)], node.iv
+            return element(node, ch.integer(0, node.shape[0] - 1), ch.integer(0, node.shape[1] - 1)), node.iv
         if kind == "scalar":
             self.used.add("index")
             return sg.scalar(node.expr), node.iv
@@ -966,6 +971,15 @@ class Generator:
                      if l.shape != () and 1 in l.shape and (l.role == "param" or batched) and ch.chance(0.25))
         seed = ch.integer(0, 2**31 - 1)
         return Spec(self.leaves, loss, outputs, reduce, wrt, batch, batched, flat, seed, ops_used=set(self.used))
+
+
+def element(node, i, j):
+    """Element (i, j) of a matrix node. ``M[i, j]`` makes SymPy write products and element-wise
+    functions out element by element, which is slow on deep expressions: those get an
+    unevaluated element instead."""
+    if node.depth <= 2:
+        return node.expr[i, j]
+    return MatrixElement(node.expr, i, j)
 
 
 def _broadcastable(small, full):

@@ -109,6 +109,8 @@ def random_point(model: Model, rng, low: float, high: float, batch: int) -> dict
             values[name] = rng.integers(0, classes[name], size=full).astype(float)
         else:
             values[name] = rng.uniform(*domains.get(name, (low, high)), size=full)
+        if full == ():
+            values[name] = float(values[name])
     return values
 
 

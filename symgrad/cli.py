@@ -87,6 +87,19 @@ def cmd_check(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import bench_model, machine_line
+    from .build import load
+    from .pipeline import build_model
+
+    print(f"machine: {machine_line()}")
+    for model in _models(args.model_file, args.model):
+        _, result = build_model(model, args.output, native=args.native)
+        report = bench_model(model, load(result.path), batch=args.batch)
+        print("\n".join(report.lines()))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="symgrad",
@@ -129,6 +142,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--tolerance", type=float, default=1e-6, help="largest relative error accepted")
     c.set_defaults(run=cmd_check)
+
+    n = sub.add_parser("bench", help="time forward and value_and_grad of each model on a random batch")
+    n.add_argument("model_file", metavar="MODEL_FILE")
+    n.add_argument("-o", "--output", default="generated", metavar="DIR")
+    n.add_argument("--model", metavar="NAME", help="only the model with this name")
+    n.add_argument("--batch", type=int, default=10_000, help="examples per call (default: 10000)")
+    n.add_argument("--native", action="store_true", help="time a build for this machine's CPU")
+    n.set_defaults(run=cmd_bench)
     return p
 
 

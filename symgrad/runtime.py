@@ -318,6 +318,8 @@ class Kernel:
         return np.ascontiguousarray(array, dtype=self.dtype)
 
     def _param_scalar(self, arg, raw) -> float:
+        if type(raw) is np.ndarray and raw.ndim == 0 and raw.dtype.kind in "biuf":
+            return float(raw)
         array = self._as_array(arg, raw)
         if array.size != 1 or array.ndim > 1:
             raise ArgumentShapeError(

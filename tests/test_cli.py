@@ -1,5 +1,6 @@
 """The symgrad command end to end, in a temporary folder."""
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -95,3 +96,23 @@ def test_check_reports_a_mismatch(tmp_path, monkeypatch):
     model.write_text("import sympy as sp, symgrad as sg\nx = sp.Symbol('x')\nsg.Model('wrong', loss=sp.sin(x), inputs=[x], wrt=[x])\n")
     assert cli.main(["check", str(model), "-o", str(tmp_path / "out")]) == 1
     assert elementwise  # the registry module stays imported
+
+
+def test_bench_times_a_model(tmp_path):
+    done = run("bench", str(EXAMPLES / "log_sin.py"), "-o", "out", "--batch", "2000", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "machine:" in done.stdout and "log_sin: batch of 2,000" in done.stdout
+    ratio = float(re.search(r"\((\d+\.\d+)x forward\)", done.stdout).group(1))
+    assert 0 < ratio < 50
+    assert "us per value_and_grad call" in done.stdout
+
+
+def test_build_options_enter_the_cache_key(tmp_path):
+    model = str(EXAMPLES / "fan_out.py")
+    first = run("build", model, "-o", "out", cwd=tmp_path)
+    native = run("build", model, "-o", "out", "--native", cwd=tmp_path)
+    assert "built in" in first.stdout and "built in" in native.stdout  # a different key: rebuilt
+    again = run("build", model, "-o", "out", "--native", cwd=tmp_path)
+    assert "cache hit" in again.stdout
+    single = run("build", model, "-o", "out32", "--dtype", "float32", cwd=tmp_path)
+    assert single.returncode == 0 and "float" in (tmp_path / "out32" / "fan_out" / "fan_out.c").read_text()

@@ -1,0 +1,94 @@
+"""Timing a model's compiled kernels: ``symgrad bench``.
+
+Times ``forward`` and ``value_and_grad`` on a random batch drawn from the
+model's domain (as ``symgrad check`` draws its points), reusing the result
+arrays between calls as a training loop would, and a one-example call. It
+reports medians and the gradient/forward cost ratio. This measures; it
+asserts nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .check import random_point
+from .model import Model
+
+
+@dataclass
+class BenchReport:
+    model: str
+    batch: int
+    forward_ns: float  # per example, median
+    value_and_grad_ns: float
+    single_call_us: float  # value_and_grad of one example, median
+
+    @property
+    def ratio(self) -> float:
+        return self.value_and_grad_ns / self.forward_ns
+
+    def lines(self) -> list:
+        return [
+            f"{self.model}: batch of {self.batch:,}",
+            f"  forward         {self.forward_ns:10.2f} ns per example",
+            f"  value_and_grad  {self.value_and_grad_ns:10.2f} ns per example "
+            f"({self.ratio:.2f}x forward)",
+            f"  one example     {self.single_call_us:10.2f} us per value_and_grad call",
+        ]
+
+
+def _median_seconds(call, budget: float = 0.5, repeats: int = 7) -> float:
+    """Median time of one call, each sample long enough to measure (about budget / repeats)."""
+    call()
+    start = time.perf_counter()
+    call()
+    once = max(time.perf_counter() - start, 1e-7)
+    number = max(1, int(budget / repeats / once))
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(number):
+            call()
+        samples.append((time.perf_counter() - start) / number)
+    return statistics.median(samples)
+
+
+def bench_model(model: Model, module, *, batch: int = 10_000, seed: int = 0) -> BenchReport:
+    """Time ``module`` (the compiled ``model``) on ``batch`` random examples."""
+    rng = np.random.default_rng(seed)
+    values = random_point(model, rng, 0.3, 0.9, batch)
+    single = random_point(model, rng, 0.3, 0.9, 1)
+    inputs = {str(s.name) for s in model.inputs}
+    single = {k: (v[0] if k in inputs else v) for k, v in single.items()}
+    if not inputs:
+        batch = 1
+    if model.loss is None:
+        forward_out = module.forward(**values)
+        forward = _median_seconds(lambda: module.forward(**values, out=forward_out))
+        gradient = float("nan")
+        one = _median_seconds(lambda: module.forward(**single), budget=0.2)
+    else:
+        forward_out = module.forward(**values)
+        gradient_out = module.value_and_grad(**values)
+        forward = _median_seconds(lambda: module.forward(**values, out=forward_out))
+        gradient = _median_seconds(lambda: module.value_and_grad(**values, out=gradient_out))
+        one = _median_seconds(lambda: module.value_and_grad(**single), budget=0.2)
+    return BenchReport(model.name, batch, forward / batch * 1e9, gradient / batch * 1e9, one * 1e6)
+
+
+def machine_line() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return f"{cpu}, {os.cpu_count()} cores, load {load}"

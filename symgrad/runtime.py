@@ -53,6 +53,13 @@ SCALAR_TYPES = frozenset(
     + [getattr(np, f"{kind}{bits}") for kind in ("int", "uint") for bits in (8, 16, 32, 64)]
 )
 
+#: Batches larger than CHUNK are run as at most MAX_CHUNKS calls over slices
+#: whose boundaries depend only on the batch size, and their batch sums are
+#: added in slice order: the result is the same whether the slices run one
+#: after the other or on several threads (threads=).
+CHUNK = 16384
+MAX_CHUNKS = 16
+
 KERNEL_ERRORS = {
     1: "a class index is not a whole number between 0 and the number of classes - 1",
 }
@@ -67,6 +74,29 @@ def _vector_length(shape):
     if len(shape) == 2 and (shape[0] == 1 or shape[1] == 1):
         return shape[0] * shape[1]
     return None
+
+
+def chunks(n: int) -> list:
+    """The (start, end) slices a batch of n examples is run in."""
+    if n <= CHUNK:
+        return [(0, n)]
+    size = max(CHUNK, -(-n // MAX_CHUNKS))
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+_pools: dict = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(threads: int):
+    """A shared pool of worker threads (kernels release the GIL while they run)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _pools_lock:
+        pool = _pools.get(threads)
+        if pool is None:
+            pool = _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="symgrad")
+        return pool
 
 
 class Argument:
@@ -104,12 +134,15 @@ class Kernel:
 
     # --- the call -----------------------------------------------------------------
 
-    def __call__(self, arrays: dict, out=None) -> list:
+    def __call__(self, arrays: dict, out=None, threads: int = 1) -> list:
         """Run the kernel on keyword ``arrays``; returns ``[(result name, value), ...]``.
 
         ``out``, if given, holds one array (or None) per result, in result
         order: results are written into them instead of new arrays.
+        ``threads`` > 1 runs the chunks of a large batch on that many threads.
         """
+        if type(threads) is not int or threads < 1:
+            raise ArgumentError(f"threads must be a whole number >= 1, got {threads!r}")
         try:
             raw = [arrays[a.name] for a in self._symbols]
         except KeyError:
@@ -117,7 +150,7 @@ class Kernel:
             raise
         if len(arrays) != len(raw):
             self._check_names(arrays)
-        exact = self._exact(raw, out)
+        exact = self._exact(raw, out, threads)
         if exact is not None:
             return exact
         values = []
@@ -153,15 +186,8 @@ class Kernel:
             raise ArgumentShapeError(
                 "the batch has 0 examples: the mean over no examples is undefined; pass at least one example"
             )
-        from_buffer = self._ffi.from_buffer
-        pointer = self._pointer
-        call = [n] + [from_buffer(pointer, v) if type(v) is np.ndarray else v for v in values]
         outputs = self._result_arrays(n, out)
-        call += [from_buffer(pointer, o) for o in outputs]
-        call.append(self._workspace())
-        status = self._function(*call)
-        if status != 0:
-            raise KernelError(f"the kernel failed: {KERNEL_ERRORS.get(status, f'error code {status}')}")
+        self._launch(n, values, outputs, threads)
         given = {a.name: s for a, s in zip(self._symbols, shapes)}
         return self._results(outputs, batch is not None, given, batched)
 
@@ -210,7 +236,7 @@ class Kernel:
             arrays.append(given.reshape(shape))
         return arrays
 
-    def _exact(self, raw, out=None):
+    def _exact(self, raw, out=None, threads=1):
         """The results when every argument already has a layout the kernel reads as it is, else None.
 
         That is: C-contiguous arrays of the kernel's dtype; params of their
@@ -218,51 +244,38 @@ class Kernel:
         (a vector may be (N, length)). Most calls in a training loop look like
         this, and they skip the flexible path's conversions.
         """
-        from_buffer = self._ffi.from_buffer
-        pointer = self._pointer
         dtype = self.dtype
-        call = [0]
         n = -1
         reshaped = None  # symbol name -> the shape its gradient must take
-        try:
-            for arg, value in zip(self._symbols, raw):
-                if arg.by_value:
-                    if type(value) not in SCALAR_TYPES:
-                        return None
-                    call.append(value)
-                    continue
-                if type(value) is not np.ndarray or value.dtype is not dtype:
+        for arg, value in zip(self._symbols, raw):
+            if arg.by_value:
+                if type(value) not in SCALAR_TYPES:
                     return None
-                shape = value.shape
-                if arg.role == "param":
-                    if shape != arg.shape:
-                        if shape != arg.flat:
-                            return None
-                        reshaped = reshaped or {}
-                        reshaped[arg.name] = shape
-                else:
-                    rest = shape[1:]
-                    if (rest != arg.shape and rest != arg.flat) or len(shape) < 2 and arg.shape:
+                continue
+            if type(value) is not np.ndarray or value.dtype is not dtype or not value.flags.c_contiguous:
+                return None
+            shape = value.shape
+            if arg.role == "param":
+                if shape != arg.shape:
+                    if shape != arg.flat:
                         return None
-                    if n < 0:
-                        n = shape[0]
-                    elif shape[0] != n:
-                        return None
-                    if rest != arg.shape:
-                        reshaped = reshaped or {}
-                        reshaped[arg.name] = shape
-                call.append(from_buffer(pointer, value))
-        except (ValueError, TypeError, BufferError):  # not contiguous, not a buffer
-            return None
+                    reshaped = reshaped or {}
+                    reshaped[arg.name] = shape
+            else:
+                rest = shape[1:]
+                if (rest != arg.shape and rest != arg.flat) or len(shape) < 2 and arg.shape:
+                    return None
+                if n < 0:
+                    n = shape[0]
+                elif shape[0] != n:
+                    return None
+                if rest != arg.shape:
+                    reshaped = reshaped or {}
+                    reshaped[arg.name] = shape
         if n <= 0:  # no batched input, or an empty batch: the flexible path handles these
             return None
         outputs = self._result_arrays(n, out)
-        call += [from_buffer(pointer, o) for o in outputs]
-        call.append(self._workspace())
-        call[0] = n
-        status = self._function(*call)
-        if status != 0:
-            raise KernelError(f"the kernel failed: {KERNEL_ERRORS.get(status, f'error code {status}')}")
+        self._launch(n, raw, outputs, threads)
         results = []
         for arg, out in zip(self._outputs, outputs):
             if reshaped is not None and arg.kind == "gradient" and arg.name in reshaped:
@@ -271,6 +284,51 @@ class Kernel:
                                   else (n,) + given)
             results.append((arg.name, float(out) if out.ndim == 0 else out))
         return results
+
+    def _launch(self, n, values, outputs, threads) -> None:
+        """Run the kernel on n examples: ``values`` per symbol (C-ordered arrays
+        with the batch axis first for inputs, or numbers), into ``outputs``."""
+        from_buffer = self._ffi.from_buffer
+        pointer = self._pointer
+        slices = chunks(n)
+        if len(slices) == 1:
+            call = [n, n] + [from_buffer(pointer, v) if type(v) is np.ndarray else v for v in values]
+            call += [from_buffer(pointer, o) for o in outputs]
+            call.append(self._workspace())
+            self._check(self._function(*call))
+            return
+        shared = [from_buffer(pointer, v) if type(v) is np.ndarray and a.role == "param" else v
+                  for a, v in zip(self._symbols, values)]
+        per_call = [k for k, a in enumerate(self._outputs) if not a.per_example]
+        parts = [[np.empty(self._outputs[k].shape, dtype=self.dtype) for k in per_call] for _ in slices]
+
+        def run(index):
+            start, end = slices[index]
+            call = [end - start, n]
+            for arg, value, fixed in zip(self._symbols, values, shared):
+                call.append(from_buffer(pointer, value[start:end]) if arg.role == "input" else fixed)
+            partial = iter(parts[index])
+            for arg, o in zip(self._outputs, outputs):
+                call.append(from_buffer(pointer, o[start:end] if arg.per_example else next(partial)))
+            call.append(self._workspace())
+            return self._function(*call)
+
+        if threads > 1:
+            statuses = list(_pool(threads).map(run, range(len(slices))))
+        else:
+            statuses = [run(index) for index in range(len(slices))]
+        for status in statuses:
+            self._check(status)
+        for position, k in enumerate(per_call):  # batch sums, added in slice order
+            total = parts[0][position]
+            for part in parts[1:]:
+                total += part[position]
+            outputs[k][...] = total
+
+    @staticmethod
+    def _check(status) -> None:
+        if status != 0:
+            raise KernelError(f"the kernel failed: {KERNEL_ERRORS.get(status, f'error code {status}')}")
 
     def _workspace(self):
         """Scratch memory for this thread, allocated on its first call and kept."""

@@ -277,7 +277,8 @@ class _Scheduler:
         g, p = self.g, self.p
         self._assign_roles()
         items = self._plan_body()
-        arguments = [Argument("n", "int64_t", "count", "n", (), False, by_value=True)]
+        arguments = [Argument("n", "int64_t", "count", "n", (), False, by_value=True),
+                     Argument("batch", "int64_t", "count", "batch", (), False, by_value=True)]
         used = set(self.live)
         for name, nid in g.symbols.items():
             if nid in used:
@@ -512,7 +513,7 @@ class _Scheduler:
     def _literal(self, nid) -> Operand:
         node = self.g.nodes[nid]
         if node.op == "batch_size":
-            return Operand(f"(({self.p.real}) n)", (), "literal", False)
+            return Operand(f"(({self.p.real}) batch)", (), "literal", False)
         value = float(node.attrs[0])
         return Operand(self.p.literal(value), (), "literal", False, const=value)
 

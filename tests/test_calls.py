@@ -207,3 +207,27 @@ def test_a_symbol_named_out_is_an_argument(compile_model):
     loss, g = module.value_and_grad(out=np.array([1.0, 3.0]))
     assert loss == pytest.approx(5.0)
     np.testing.assert_allclose(g["out"], [1.0, 3.0])
+
+
+def test_threads_give_the_same_results_bit_for_bit(compile_model, rng):
+    from symgrad.runtime import CHUNK
+
+    model = sg.Model("chunked", loss=(sp.tanh(a * x) + b - t) ** 2, params=[a, b], inputs=[x, t],
+                     outputs={"y": sp.tanh(a * x)}, wrt=[a, b, x])
+    module = compile_model(model)
+    n = 5 * CHUNK + 123  # several chunks and a short last one
+    xv, tv = rng.normal(size=n), rng.normal(size=n)
+    one = module.value_and_grad(a=0.7, b=0.1, x=xv, t=tv)
+    for threads in (2, 3, 8):
+        many = module.value_and_grad(a=0.7, b=0.1, x=xv, t=tv, threads=threads)
+        assert many[0] == one[0]
+        for name in one[1]:
+            np.testing.assert_array_equal(many[1][name], one[1][name])
+    r = np.tanh(0.7 * xv) + 0.1 - tv
+    assert one[0] == pytest.approx(np.mean(r**2), rel=1e-12)
+    assert one[1]["a"] == pytest.approx(np.mean(2 * r * (1 - np.tanh(0.7 * xv) ** 2) * xv), rel=1e-10)
+    np.testing.assert_allclose(one[1]["x"], 2 * r * (1 - np.tanh(0.7 * xv) ** 2) * 0.7 / n, rtol=1e-12)
+    np.testing.assert_allclose(module.forward(a=0.7, b=0.1, x=xv, t=tv, threads=2)["y"], np.tanh(0.7 * xv),
+                               rtol=1e-14)
+    with pytest.raises(ArgumentError, match="threads must be"):
+        module.value_and_grad(a=0.7, b=0.1, x=xv, t=tv, threads=0)

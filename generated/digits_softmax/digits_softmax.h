@@ -8,11 +8,13 @@
 #include <stdint.h>
 
 /* forward: the outputs and the loss of every example of the batch. Returns 0, or an error code from symgrad_runtime.h.
+   n: examples in this call; batch: examples in the whole batch (the N of means).
    work: 146432 elements of scratch memory. */
-int digits_softmax_forward(int64_t n, const double *restrict p_W, const double *restrict p_b, const double *restrict in_x, const double *restrict in_c, double *restrict out_probabilities, double *restrict out_loss, double *restrict work);
+int digits_softmax_forward(int64_t n, int64_t batch, const double *restrict p_W, const double *restrict p_b, const double *restrict in_x, const double *restrict in_c, double *restrict out_probabilities, double *restrict out_loss, double *restrict work);
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. Returns 0, or an error code from symgrad_runtime.h.
+   n: examples in this call; batch: examples in the whole batch (the N of means).
    work: 147744 elements of scratch memory. */
-int digits_softmax_value_and_grad(int64_t n, const double *restrict p_W, const double *restrict p_b, const double *restrict in_x, const double *restrict in_c, double *restrict out_loss, double *restrict grad_W, double *restrict grad_b, double *restrict work);
+int digits_softmax_value_and_grad(int64_t n, int64_t batch, const double *restrict p_W, const double *restrict p_b, const double *restrict in_x, const double *restrict in_c, double *restrict out_loss, double *restrict grad_W, double *restrict grad_b, double *restrict work);
 
 #endif /* SYMGRAD_DIGITS_SOFTMAX_H */

@@ -8,16 +8,18 @@
 #include <stdint.h>
 
 /* forward: the outputs and the loss of every example of the batch. Returns 0, or an error code from symgrad_runtime.h.
+   n: examples in this call; batch: examples in the whole batch (the N of means).
    work: 0 elements of scratch memory. */
-int fan_out_forward(int64_t n, const double *restrict in_x, double *restrict out_loss, double *restrict work);
+int fan_out_forward(int64_t n, int64_t batch, const double *restrict in_x, double *restrict out_loss, double *restrict work);
 
 /* forward of one example whose values are all scalars: the results in order. */
 struct fan_out_forward_values { double v[1]; };
 struct fan_out_forward_values fan_out_forward_point(double in_x);
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. Returns 0, or an error code from symgrad_runtime.h.
+   n: examples in this call; batch: examples in the whole batch (the N of means).
    work: 0 elements of scratch memory. */
-int fan_out_value_and_grad(int64_t n, const double *restrict in_x, double *restrict out_loss, double *restrict grad_x, double *restrict work);
+int fan_out_value_and_grad(int64_t n, int64_t batch, const double *restrict in_x, double *restrict out_loss, double *restrict grad_x, double *restrict work);
 
 /* value_and_grad of one example whose values are all scalars: the results in order. */
 struct fan_out_value_and_grad_values { double v[2]; };

@@ -8,16 +8,18 @@
 #include <stdint.h>
 
 /* forward: the outputs and the loss of every example of the batch. Returns 0, or an error code from symgrad_runtime.h.
+   n: examples in this call; batch: examples in the whole batch (the N of means).
    work: 0 elements of scratch memory. */
-int logistic_regression_forward(int64_t n, double p_w1, double p_w2, double p_b, const double *restrict in_x1, const double *restrict in_x2, const double *restrict in_y, double *restrict out_p, double *restrict out_loss, double *restrict work);
+int logistic_regression_forward(int64_t n, int64_t batch, double p_w1, double p_w2, double p_b, const double *restrict in_x1, const double *restrict in_x2, const double *restrict in_y, double *restrict out_p, double *restrict out_loss, double *restrict work);
 
 /* forward of one example whose values are all scalars: the results in order. */
 struct logistic_regression_forward_values { double v[2]; };
 struct logistic_regression_forward_values logistic_regression_forward_point(double p_w1, double p_w2, double p_b, double in_x1, double in_x2, double in_y);
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. Returns 0, or an error code from symgrad_runtime.h.
+   n: examples in this call; batch: examples in the whole batch (the N of means).
    work: 0 elements of scratch memory. */
-int logistic_regression_value_and_grad(int64_t n, double p_w1, double p_w2, double p_b, const double *restrict in_x1, const double *restrict in_x2, const double *restrict in_y, double *restrict out_loss, double *restrict grad_w1, double *restrict grad_w2, double *restrict grad_b, double *restrict work);
+int logistic_regression_value_and_grad(int64_t n, int64_t batch, double p_w1, double p_w2, double p_b, const double *restrict in_x1, const double *restrict in_x2, const double *restrict in_y, double *restrict out_loss, double *restrict grad_w1, double *restrict grad_w2, double *restrict grad_b, double *restrict work);
 
 /* value_and_grad of one example whose values are all scalars: the results in order. */
 struct logistic_regression_value_and_grad_values { double v[4]; };

@@ -8,11 +8,13 @@
 #include <stdint.h>
 
 /* forward: the outputs and the loss of every example of the batch. Returns 0, or an error code from symgrad_runtime.h.
+   n: examples in this call; batch: examples in the whole batch (the N of means).
    work: 136192 elements of scratch memory. */
-int quadratic_form_forward(int64_t n, const double *restrict p_A, const double *restrict in_x, double *restrict out_loss, double *restrict work);
+int quadratic_form_forward(int64_t n, int64_t batch, const double *restrict p_A, const double *restrict in_x, double *restrict out_loss, double *restrict work);
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. Returns 0, or an error code from symgrad_runtime.h.
+   n: examples in this call; batch: examples in the whole batch (the N of means).
    work: 144392 elements of scratch memory. */
-int quadratic_form_value_and_grad(int64_t n, const double *restrict p_A, const double *restrict in_x, double *restrict out_loss, double *restrict grad_x, double *restrict grad_A, double *restrict work);
+int quadratic_form_value_and_grad(int64_t n, int64_t batch, const double *restrict p_A, const double *restrict in_x, double *restrict out_loss, double *restrict grad_x, double *restrict grad_A, double *restrict work);
 
 #endif /* SYMGRAD_QUADRATIC_FORM_H */

@@ -8,11 +8,13 @@
 #include <stdint.h>
 
 /* forward: the outputs and the loss of every example of the batch. Returns 0, or an error code from symgrad_runtime.h.
+   n: examples in this call; batch: examples in the whole batch (the N of means).
    work: 136192 elements of scratch memory. */
-int xor_forward(int64_t n, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, double p_b2, const double *restrict in_x, const double *restrict in_t, double *restrict out_y, double *restrict out_loss, double *restrict work);
+int xor_forward(int64_t n, int64_t batch, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, double p_b2, const double *restrict in_x, const double *restrict in_t, double *restrict out_y, double *restrict out_loss, double *restrict work);
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. Returns 0, or an error code from symgrad_runtime.h.
+   n: examples in this call; batch: examples in the whole batch (the N of means).
    work: 142368 elements of scratch memory. */
-int xor_value_and_grad(int64_t n, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, double p_b2, const double *restrict in_x, const double *restrict in_t, double *restrict out_loss, double *restrict grad_W1, double *restrict grad_b1, double *restrict grad_W2, double *restrict grad_b2, double *restrict work);
+int xor_value_and_grad(int64_t n, int64_t batch, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, double p_b2, const double *restrict in_x, const double *restrict in_t, double *restrict out_loss, double *restrict grad_W1, double *restrict grad_b1, double *restrict grad_W2, double *restrict grad_b2, double *restrict work);
 
 #endif /* SYMGRAD_XOR_H */

@@ -129,8 +129,10 @@ class _Renderer:
         if latex:
             self.names = {k: _latex_name(v) for k, v in self.names.items()}
             self._print = sp.latex
+            self._placeholders = {n: self.name(n) for n in range(len(graph.nodes))}
         else:
             self._print = sp.sstr
+            self._placeholders = self.names
 
     def name(self, node_id: int) -> str:
         name = name_of(self.names, node_id)
@@ -143,9 +145,7 @@ class _Renderer:
         return self.text(formula(self.graph, node_id, self._placeholder_names()))
 
     def _placeholder_names(self) -> dict:
-        if not self.latex:
-            return self.names
-        return {n: self.name(n) for n in range(len(self.graph.nodes))}
+        return self._placeholders
 
     def inline(self, node_id: int, named: set) -> str:
         """A node's formula with unnamed intermediate nodes written out in place."""

@@ -116,3 +116,16 @@ def test_build_options_enter_the_cache_key(tmp_path):
     assert "cache hit" in again.stdout
     single = run("build", model, "-o", "out32", "--dtype", "float32", cwd=tmp_path)
     assert single.returncode == 0 and "float" in (tmp_path / "out32" / "fan_out" / "fan_out.c").read_text()
+
+
+def test_show_draws_an_svg_with_graphviz(tmp_path):
+    import shutil
+
+    if shutil.which("dot") is None:
+        done = run("show", str(EXAMPLES / "xor.py"), "--format", "dot", "-o", "g.svg", cwd=tmp_path)
+        assert done.returncode == 1 and "needs Graphviz" in done.stderr
+        return
+    done = run("show", str(EXAMPLES / "xor.py"), "--format", "dot", "-o", "g.svg", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    svg = (tmp_path / "g.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "W2_bar" in svg

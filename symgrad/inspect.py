@@ -38,10 +38,15 @@ def expression(graph: Graph, node_id: int, memo: dict | None = None):
 
 def tree_size(graph: Graph, node_id: int, cap: int = 10**9) -> int:
     """The number of nodes of a node's expression written out as a tree (capped)."""
+    return tree_sizes(graph, [node_id], cap)[node_id]
+
+
+def tree_sizes(graph: Graph, roots, cap: int = 10**9) -> dict:
+    """Node id -> tree size (capped at cap + 1) for ``roots`` and all they depend on, in one pass."""
     sizes: dict = {}
-    for nid in graph.ancestors([node_id]):
+    for nid in graph.ancestors(roots):
         sizes[nid] = min(cap + 1, 1 + sum(sizes[a] for a in graph.nodes[nid].args))
-    return sizes[node_id]
+    return sizes
 
 
 def simplify_for_display(expr):
@@ -84,13 +89,18 @@ def gradient_expressions(model) -> dict:
     return result
 
 
-def gradient_formulas(model, limit: int = FORMULA_LIMIT, latex: bool = False) -> dict:
-    """Name -> the gradient formula as text, or a note when it is too large to write out."""
+def gradient_formulas(model, limit: int = FORMULA_LIMIT, latex: bool = False, most: int | None = None) -> dict:
+    """Name -> the gradient formula as text, or a note when it is too large to write out.
+
+    ``most`` limits how many gradients are given (the first ones of ``wrt``).
+    """
     graph = per_example_gradients(model)
+    results = graph.results["gradients"][:most]
+    sizes = tree_sizes(graph, [r.node for r in results], limit)
     memo: dict = {}
     texts = {}
-    for r in graph.results["gradients"]:
-        size = tree_size(graph, r.node, limit)
+    for r in results:
+        size = sizes[r.node]
         if size > limit:
             texts[r.name] = (rf"\text{{(more than {limit} terms written out; see the backward pass)}}"
                              if latex else f"(more than {limit} terms written out; see the backward pass)")

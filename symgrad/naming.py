@@ -68,6 +68,69 @@ def formula(graph: Graph, node_id: int, names: dict):
     return ops.get(node.op).to_sympy(args, node.attrs)
 
 
+def _number_text(value) -> str:
+    if getattr(value, "is_Rational", False) and not value.is_Integer:
+        return f"{value.p}/{value.q}"
+    if getattr(value, "is_Float", False):
+        return repr(float(value))
+    return str(value)
+
+
+def _operand_text(graph: Graph, node_id: int, names: dict) -> str:
+    node = graph.nodes[node_id]
+    if node.op == "const":
+        return _number_text(node.attrs[0])
+    if node.op == "symbol":
+        return node.attrs[0]
+    if node.op == "batch_size":
+        return "N"
+    if node.op == "transpose" and node_id not in names:
+        return f"{_operand_text(graph, node.args[0], names)}.T"
+    if node.op == "index" and node_id not in names:
+        return f"{_operand_text(graph, node.args[0], names)}[{node.attrs[0]}, {node.attrs[1]}]"
+    return name_of(names, node_id)
+
+
+def formula_text(graph: Graph, node_id: int, names: dict) -> str:
+    """A node's operation as one line of text, for comments: ``b + v4``, ``-2*v15``.
+
+    The same notation as :func:`formula` prints, written directly: printing
+    through SymPy costs far too much per node for the C of a large model.
+    """
+    node = graph.nodes[node_id]
+    args = [_operand_text(graph, a, names) for a in node.args]
+    op = node.op
+    if op == "add":
+        text = args[0]
+        for term in args[1:]:
+            text += f" - {term[1:]}" if term.startswith("-") else f" + {term}"
+        return text
+    if op == "mul":
+        constants = [a for a, n in zip(args, node.args) if graph.nodes[n].op == "const"]
+        others = [a for a, n in zip(args, node.args) if graph.nodes[n].op != "const"]
+        matrices = sum(1 for n in node.args if graph.nodes[n].shape != ())
+        times = ".*" if matrices > 1 else "*"  # element by element, not a matrix product
+        if constants == ["-1"] and others:
+            return "-" + times.join(others)
+        return "*".join(constants + [times.join(others)] if others else constants)
+    if op == "pow" and graph.nodes[node.args[1]].op == "const":
+        exponent = graph.nodes[node.args[1]].attrs[0]
+        if exponent == -1:
+            return f"1/{args[0]}"
+        if exponent == sp.Rational(1, 2):
+            return f"sqrt({args[0]})"
+        return f"{args[0]}**{args[1]}" if not args[1].startswith("-") else f"{args[0]}**({args[1]})"
+    if op == "matmul":
+        return "*".join(args)
+    if op == "reduce_batch":
+        return f"batch_sum({args[0]})"
+    if ops.get(op).kind == "elementwise" and len(args) == 1 and op not in ("broadcast", "not"):
+        return f"{op}({args[0]})"
+    if op in ("sum", "softmax", "log_softmax", "logsumexp", "trace", "max", "min", "atan2"):
+        return f"{op}({', '.join(args)})"
+    return str(formula(graph, node_id, names))
+
+
 def c_identifiers(names) -> dict:
     """Distinct C identifier fragments for arbitrary strings, in order.
 

@@ -137,9 +137,12 @@ def _gradient_doc(model: Model) -> str:
         return ""
     from .inspect import gradient_formulas
 
+    shown = 20
     lines = ["    Gradients of one example's loss:"]
-    for name, text in gradient_formulas(model, limit=200).items():
+    for name, text in gradient_formulas(model, limit=200, most=shown).items():
         lines.append(f"        d loss / d {name} = {text}")
+    if len(model.wrt) > shown:
+        lines.append(f"        ... and {len(model.wrt) - shown} more (symgrad show prints them all)")
     scale = {"mean": "averaged over the batch", "sum": "summed over the batch",
              None: "one per example"}[model.reduce]
     lines.append(f"    Parameter gradients are {scale}; input gradients are per example.")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from . import ops
 from .graph import Graph
-from .naming import c_identifiers, display_names, formula, name_of, node_var
+from .naming import c_identifiers, display_names, formula_text, name_of, node_var
 from .optimize import live_nodes
 from .printer import CArg, CPrinter, Operand, comment_text
 
@@ -530,9 +530,9 @@ class _Scheduler:
         label = f"{node_var(nid)} ({name_of(self.names, nid)})" if nid in self.names else node_var(nid)
         try:
             if node.op == "reduce_batch" and self.role.get(node.args[0]) == FUSED:
-                text = f"{label} = batch_sum({formula(self.g, node.args[0], self.names)})"
+                text = f"{label} = batch_sum({formula_text(self.g, node.args[0], self.names)})"
             else:
-                text = f"{label} = {formula(self.g, nid, self.names)}"
+                text = f"{label} = {formula_text(self.g, nid, self.names)}"
         except Exception:  # display only: an op without a readable form still compiles
             text = f"{label} = {self.g.nodes[nid].op}(...)"
         if len(text) > _COMMENT_LIMIT:

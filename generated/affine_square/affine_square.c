@@ -63,7 +63,7 @@ SG_KERNEL int affine_square_value_and_grad(int64_t n, int64_t batch, double p_a,
             o_out_loss[e] = v6;  /* result: loss */
             const double v8 = v4 * 2.0;  /* v8 (u_bar) = 2*u */
             o_grad_b[e] = v8;  /* result: gradient with respect to b */
-            const double v9 = x_x[e] * v8;  /* v9 (a_bar) = u_bar*x */
+            const double v9 = x_x[e] * v8;  /* v9 (a_bar) = x*u_bar */
             o_grad_a[e] = v9;  /* result: gradient with respect to a */
             const double v10 = p_a * v8;  /* v10 (x_bar) = a*u_bar */
             o_grad_x[e] = v10;  /* result: gradient with respect to x */

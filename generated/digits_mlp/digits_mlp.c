@@ -63,7 +63,7 @@ SG_KERNEL int digits_mlp_forward(int64_t n, int64_t batch, const double *restric
         /* per element of 10x1: v12 */
         #pragma omp simd
         for (int64_t k = 0; k < nt * 10; ++k) {
-            v12[k] = x_target[k] * v11[k];  /* v12 = HadamardProduct(target, v11) */
+            v12[k] = x_target[k] * v11[k];  /* v12 = target.*v11 */
         }
         /* v13 = sum(v12) */
         sg_sum(nt, 10, 1, v12, 10, 1, 0, v13, 1);
@@ -153,9 +153,9 @@ SG_KERNEL int digits_mlp_value_and_grad(int64_t n, int64_t batch, const double *
             for (int64_t i = 0; i < 128; ++i) {
                 const double v7 = p_b1[i] + v6[e * 128 + i];  /* v7 = b1 + v6 */
                 v8[e * 128 + i] = tanh(v7);  /* v8 (h) = tanh(v7) */
-                const double v33 = v8[e * 128 + i] * v8[e * 128 + i];  /* v33 = HadamardProduct(h, h) */
+                const double v33 = v8[e * 128 + i] * v8[e * 128 + i];  /* v33 = h.*h */
                 const double v34 = -v33;  /* v34 = -v33 */
-                v35[e * 128 + i] = 1.0 + v34;  /* v35 = v34 + 1 */
+                v35[e * 128 + i] = 1.0 + v34;  /* v35 = 1 + v34 */
             }
         /* v9 = W2*h */
         sg_matmul(nt, 10, 1, 128, p_W2, 0, 128, 1, v8, 128, 1, 0, v9, 10, 1, 1, scratch);
@@ -172,7 +172,7 @@ SG_KERNEL int digits_mlp_value_and_grad(int64_t n, int64_t batch, const double *
         /* per element of 10x1: v12 .. v24 */
         #pragma omp simd
         for (int64_t k = 0; k < nt * 10; ++k) {
-            v12[k] = x_target[k] * v11[k];  /* v12 = HadamardProduct(target, v11) */
+            v12[k] = x_target[k] * v11[k];  /* v12 = target.*v11 */
             v24[k] = exp(v11[k]);  /* v24 = exp(v11) */
         }
         /* v13 = sum(v12) */
@@ -191,7 +191,7 @@ SG_KERNEL int digits_mlp_value_and_grad(int64_t n, int64_t batch, const double *
         for (int64_t e = 0; e < nt; ++e)
             #pragma omp simd
             for (int64_t i = 0; i < 10; ++i) {
-                const double v26 = v24[e * 10 + i] * v25[e];  /* v26 = v25*v24 */
+                const double v26 = v24[e * 10 + i] * v25[e];  /* v26 = v24*v25 */
                 const double v27 = -v26;  /* v27 = -v26 */
                 v28[e * 10 + i] = v23[e * 10 + i] + v27;  /* v28 (logits_bar) = v11_bar + v27 */
             }
@@ -201,7 +201,7 @@ SG_KERNEL int digits_mlp_value_and_grad(int64_t n, int64_t batch, const double *
         /* per element of 128x1: v36 */
         #pragma omp simd
         for (int64_t k = 0; k < nt * 128; ++k) {
-            v36[k] = v32[k] * v35[k];  /* v36 (v7_bar) = HadamardProduct(h_bar, v35) */
+            v36[k] = v32[k] * v35[k];  /* v36 (v7_bar) = h_bar.*v35 */
         }
         /* v41 (b2_bar) = batch_sum(logits_bar) */
         sg_reduce_batch(nt, 10, 1, v28, 10, 1, 0, v41);

@@ -153,9 +153,9 @@ SG_KERNEL int digits_softmax_value_and_grad(int64_t n, int64_t batch, const doub
         for (int64_t e = 0; e < nt; ++e)
             #pragma omp simd
             for (int64_t i = 0; i < 10; ++i) {
-                const double v20 = v18[e * 10 + i] * v19[e];  /* v20 = v19*v18 */
+                const double v20 = v18[e * 10 + i] * v19[e];  /* v20 = v18*v19 */
                 const double v21 = -v20;  /* v21 = -v20 */
-                v22[e * 10 + i] = v17[e * 10 + i] + v21;  /* v22 (logits_bar) = v21 + v7_bar */
+                v22[e * 10 + i] = v17[e * 10 + i] + v21;  /* v22 (logits_bar) = v7_bar + v21 */
             }
         /* v27 (b_bar) = batch_sum(logits_bar) */
         sg_reduce_batch(nt, 10, 1, v22, 10, 1, 0, v27);

@@ -62,7 +62,7 @@ SG_KERNEL int fan_out_value_and_grad(int64_t n, int64_t batch, const double *res
             const double v7 = v2 * 3.0;  /* v7 = 3*square */
             const double v9 = x_x[e] * 2.0;  /* v9 = 2*x */
             const double v10 = v4 * v9;  /* v10 = triple*v9 */
-            const double v11 = v7 + v10;  /* v11 (x_bar) = v10 + v7 */
+            const double v11 = v7 + v10;  /* v11 (x_bar) = v7 + v10 */
             o_grad_x[e] = v11;  /* result: gradient with respect to x */
         }
     }

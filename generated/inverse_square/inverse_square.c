@@ -57,7 +57,7 @@ SG_KERNEL int inverse_square_value_and_grad(int64_t n, int64_t batch, const doub
             const double v2 = x_x[e] * x_x[e];  /* v2 (u) = x**2 */
             const double v4 = 1.0 / (v2);  /* v4 (y) = 1/u */
             o_out_loss[e] = v4;  /* result: loss */
-            const double v6 = v4 * v4;  /* v6 = y**2 */
+            const double v6 = v4 * v4;  /* v6 = y*y */
             const double v7 = -v6;  /* v7 (u_bar) = -v6 */
             const double v8 = x_x[e] * 2.0;  /* v8 = 2*x */
             const double v9 = v7 * v8;  /* v9 (x_bar) = u_bar*v8 */

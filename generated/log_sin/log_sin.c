@@ -69,9 +69,9 @@ SG_KERNEL int log_sin_value_and_grad(int64_t n, int64_t batch, const double *res
             const double v9 = 1.0 / (x_x1[e]);  /* v9 = 1/x1 */
             const double v10 = cos(x_x2[e]);  /* v10 = cos(x2) */
             const double v11 = -v10;  /* v11 = -v10 */
-            const double v12 = x_x1[e] + v11;  /* v12 (x2_bar) = v11 + x1 */
+            const double v12 = x_x1[e] + v11;  /* v12 (x2_bar) = x1 + v11 */
             o_grad_x2[e] = v12;  /* result: gradient with respect to x2 */
-            const double v13 = x_x2[e] + v9;  /* v13 (x1_bar) = v9 + x2 */
+            const double v13 = x_x2[e] + v9;  /* v13 (x1_bar) = x2 + v9 */
             o_grad_x1[e] = v13;  /* result: gradient with respect to x1 */
         }
     }

@@ -41,9 +41,9 @@ SG_KERNEL int logistic_regression_forward(int64_t n, int64_t batch, double p_w1,
             const double v11 = -v8;  /* v11 = -z */
             const double v12 = sg_softplus(v11);  /* v12 = softplus(v11) */
             const double v13 = -v12;  /* v13 = -v12 */
-            const double v14 = x_y[e] * (-1.0) * v13;  /* v14 = -v13*y */
+            const double v14 = x_y[e] * (-1.0) * v13;  /* v14 = -y*v13 */
             const double v16 = -x_y[e];  /* v16 (v13_bar) = -y */
-            const double v17 = 1.0 + v16;  /* v17 (v20_bar) = v13_bar + 1 */
+            const double v17 = 1.0 + v16;  /* v17 (v20_bar) = 1 + v13_bar */
             const double v20 = sg_softplus(v8);  /* v20 = softplus(z) */
             const double v21 = -v20;  /* v21 = -v20 */
             const double v22 = (-1.0) * v17 * v21;  /* v22 = -v20_bar*v21 */
@@ -103,9 +103,9 @@ SG_KERNEL int logistic_regression_value_and_grad(int64_t n, int64_t batch, doubl
             const double v11 = -v8;  /* v11 = -z */
             const double v12 = sg_softplus(v11);  /* v12 = softplus(v11) */
             const double v13 = -v12;  /* v13 = -v12 */
-            const double v14 = x_y[e] * (-1.0) * v13;  /* v14 = -v13*y */
+            const double v14 = x_y[e] * (-1.0) * v13;  /* v14 = -y*v13 */
             const double v16 = -x_y[e];  /* v16 (v13_bar) = -y */
-            const double v17 = 1.0 + v16;  /* v17 (v20_bar) = v13_bar + 1 */
+            const double v17 = 1.0 + v16;  /* v17 (v20_bar) = 1 + v13_bar */
             const double v20 = sg_softplus(v8);  /* v20 = softplus(z) */
             const double v21 = -v20;  /* v21 = -v20 */
             const double v22 = (-1.0) * v17 * v21;  /* v22 = -v20_bar*v21 */
@@ -113,7 +113,7 @@ SG_KERNEL int logistic_regression_value_and_grad(int64_t n, int64_t batch, doubl
             v24 += v23;  /* v24 = batch_sum(loss) */
             const double v31 = v9 * v17;  /* v31 = p*v20_bar */
             const double v34 = sg_sigmoid(v11);  /* v34 = sigmoid(v11) */
-            const double v35 = x_y[e] * v34;  /* v35 (v11_bar) = v34*y */
+            const double v35 = x_y[e] * v34;  /* v35 (v11_bar) = y*v34 */
             const double v36 = -v35;  /* v36 = -v11_bar */
             const double v38 = v31 + v36;  /* v38 (z_bar) = v31 + v36 */
             const double v39 = x_x2[e] * v38;  /* v39 = x2*z_bar */
@@ -132,7 +132,7 @@ SG_KERNEL int logistic_regression_value_and_grad(int64_t n, int64_t batch, doubl
     /* v47 = v26*w2_bar */
     const double v47 = v26 * v44;
 
-    /* v48 = b_bar*v26 */
+    /* v48 = v26*b_bar */
     const double v48 = v26 * v43;
 
     /* result: loss */

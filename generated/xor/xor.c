@@ -122,8 +122,8 @@ SG_KERNEL int xor_value_and_grad(int64_t n, int64_t batch, const double *restric
                 const double v7 = p_b1[j] + v6[e * 2 + j];  /* v7 = b1 + v6 */
                 v8[e * 2 + j] = sg_sigmoid(v7);  /* v8 (h) = sigmoid(v7) */
                 const double v35 = -v8[e * 2 + j];  /* v35 = -h */
-                const double v36 = 1.0 + v35;  /* v36 = v35 + 1 */
-                v37[e * 2 + j] = v8[e * 2 + j] * v36;  /* v37 = HadamardProduct(h, v36) */
+                const double v36 = 1.0 + v35;  /* v36 = 1 + v35 */
+                v37[e * 2 + j] = v8[e * 2 + j] * v36;  /* v37 = h.*v36 */
             }
         /* v9 = h*W2 */
         sg_matmul(nt, 1, 1, 2, v8, 2, 0, 1, p_W2, 0, 1, 0, v9, 1, 1, 1, scratch);
@@ -139,8 +139,8 @@ SG_KERNEL int xor_value_and_grad(int64_t n, int64_t batch, const double *restric
             v18 += v17;  /* v18 = batch_sum(cost) */
             const double v25 = v15 * (-2.0);  /* v25 (y_bar) = -2*v15 */
             const double v27 = v14 + 1.0;  /* v27 = v14 + 1 */
-            const double v28 = v12 * v27;  /* v28 = v27*y */
-            v29[e] = v25 * v28;  /* v29 (v11_bar) = v28*y_bar */
+            const double v28 = v12 * v27;  /* v28 = y*v27 */
+            v29[e] = v25 * v28;  /* v29 (v11_bar) = y_bar*v28 */
             v43 += v29[e];  /* v43 (b2_bar) = batch_sum(v11_bar) */
         }
         /* v30 (v9_bar) = Matrix([[v11_bar]]) */
@@ -154,7 +154,7 @@ SG_KERNEL int xor_value_and_grad(int64_t n, int64_t batch, const double *restric
         /* per element of 1x2: v38 */
         #pragma omp simd
         for (int64_t k = 0; k < nt * 2; ++k) {
-            v38[k] = v32[k] * v37[k];  /* v38 (v7_bar) = HadamardProduct(h_bar, v37) */
+            v38[k] = v32[k] * v37[k];  /* v38 (v7_bar) = h_bar.*v37 */
         }
         /* v44 (W2_bar) = batch_sum(h.T*v9_bar) */
         sg_matmul_batch_sum(nt, 2, 1, 1, v8, 2, 1, 0, v30, 1, 0, 0, v44, 1, 1, scratch);
@@ -181,7 +181,7 @@ SG_KERNEL int xor_value_and_grad(int64_t n, int64_t batch, const double *restric
     for (int64_t k = 0; k < 2; ++k)
         v49[k] = v20 * v44[k];
 
-    /* v50 = b2_bar*v20 */
+    /* v50 = v20*b2_bar */
     const double v50 = v20 * v43;
 
     /* result: loss */

@@ -78,7 +78,7 @@ def _codegen_symgrad(family, size, name, out_dir) -> dict:
     frontend = time.perf_counter() - start
     generated, _ = build_model(model, out_dir, force=True)
     t = generated.timings
-    source = generated.package.files[f"{name}.c"]
+    source = "".join(generated.package.files[f] for f in generated.package.c_sources)
     return {
         "derive": frontend + t.get("differentiate", 0.0),
         "generate": t.get("schedule", 0.0) + t.get("render", 0.0),

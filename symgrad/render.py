@@ -129,18 +129,21 @@ def render(spec: PackageSpec) -> RenderedPackage:
         kernels=spec.kernels,
         docs=KERNEL_DOCS,
         header_name=f"{spec.name}.h",
-        source_name=f"{spec.name}.c",
         guard=f"SYMGRAD_{c_identifiers([spec.name])[spec.name].upper()}_H",
     )
+    kernel_files = {}
+    for k in spec.kernels:  # one C file per kernel: they compile in parallel
+        name = f"{spec.name}_{k.kind}.c"
+        kernel_files[name] = env.get_template("kernels.c.j2").render(**{**common, "kernels": (k,), "source_name": name})
     files = {
-        f"{spec.name}.c": env.get_template("kernels.c.j2").render(**common),
+        **kernel_files,
         f"{spec.name}.h": env.get_template("kernels.h.j2").render(**common),
         "symgrad_runtime.h": env.get_template("symgrad_runtime.h.j2").render(
             version=__version__, real=real, f=suffix, gemm=GEMM_BLOCKS, vector_functions=VECTOR_FUNCTIONS),
         "_runtime.py": (resources.files("symgrad") / "runtime.py").read_text(),
     }
     cdef = env.get_template("cdef.h.j2").render(kernels=spec.kernels, point=common["point"])
-    return RenderedPackage(spec.name, files, cdef, (f"{spec.name}.c",), spec)
+    return RenderedPackage(spec.name, files, cdef, tuple(kernel_files), spec)
 
 
 def finish(rendered: RenderedPackage, *, key: str, extension: str) -> str:

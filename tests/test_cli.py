@@ -43,7 +43,7 @@ def test_build_then_cache_hit_then_import(tmp_path):
 def test_default_output_folder_is_generated(tmp_path):
     done = run("build", str(EXAMPLES / "fan_out.py"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "generated" / "fan_out" / "fan_out.c").is_file()
+    assert (tmp_path / "generated" / "fan_out" / "fan_out_value_and_grad.c").is_file()
     assert (tmp_path / "generated" / "fan_out" / "__init__.py").is_file()
 
 
@@ -115,7 +115,7 @@ def test_build_options_enter_the_cache_key(tmp_path):
     again = run("build", model, "-o", "out", "--native", cwd=tmp_path)
     assert "cache hit" in again.stdout
     single = run("build", model, "-o", "out32", "--dtype", "float32", cwd=tmp_path)
-    assert single.returncode == 0 and "float" in (tmp_path / "out32" / "fan_out" / "fan_out.c").read_text()
+    assert single.returncode == 0 and "float" in (tmp_path / "out32" / "fan_out" / "fan_out_forward.c").read_text()
 
 
 def test_show_draws_an_svg_with_graphviz(tmp_path):

@@ -142,7 +142,9 @@ class HypothesisChooser:
         self.data = data
 
     def integer(self, lo, hi):
-        return self.data.draw(st.integers(lo, hi))
+        # Hypothesis favours small numbers and bounds, which here would mean small models over and
+        # over: a wide draw reduced modulo the range is close to uniform and still shrinks to lo.
+        return lo + self.data.draw(st.integers(0, 2**16 - 1)) % (hi - lo + 1)
 
     def choice(self, seq):
         return seq[self.integer(0, len(seq) - 1)]
@@ -184,7 +186,7 @@ def domain(name, k=0):
 
 #: Generator rules and their weights.
 RULES = {
-    "unary": 8, "add": 4, "mul": 4, "divide": 2, "pow": 3, "minmax": 2, "piecewise": 2,
+    "unary": 8, "add": 4, "mul": 4, "divide": 2, "pow": 3, "minmax": 2, "piecewise": 3,
     "heaviside": 1, "atan2": 1, "matmul": 4, "matpow": 1, "transpose": 1, "index": 3,
     "inner_product": 1, "assemble": 1, "const_matrix": 1, "identity": 1, "sum": 2, "trace": 1,
     "broadcast": 1, "softmax": 2, "stable_log": 1, "cross_entropy": 1, "mse": 1, "lambda": 3,
@@ -231,6 +233,7 @@ class Spec:
     flat_vectors: tuple  # names of vector symbols passed 1-D (params) or as (N, k) (inputs)
     seed: int
     model: object = None
+    symbolic: bool = True  # compare with model.gradients()
     ops_used: set = field(default_factory=set)
 
     @property
@@ -246,14 +249,24 @@ def _num(x, digits=3):
 
 
 class Generator:
-    def __init__(self, ch, max_depth=MAX_DEPTH, max_steps=14):
+    def __init__(self, ch, max_depth=MAX_DEPTH, max_steps=14, known_bugs=frozenset()):
         self.ch = ch
+        self.known_bugs = known_bugs
         self.max_depth = max_depth
         self.max_steps = max_steps
         self.leaves: list = []
         self.pool: list = []
         self.used: set = set()  # generator rules applied (registry op names and constructs)
         self.sympy_failures = 0
+        self.numeric_matrices = 0
+        self.in_lambda = False
+
+    def numeric_matrix_allowed(self):
+        """Whether another matrix of numbers may be written (see test_two_constant_matrices)."""
+        if "two_const_matrices" in self.known_bugs and self.numeric_matrices >= 1:
+            return False
+        self.numeric_matrices += 1
+        return True
 
     # --- leaves ------------------------------------------------------------------------
 
@@ -388,7 +401,8 @@ class Generator:
         """head applied to a scalar, or to every element of a matrix in one of the spellings."""
         if node.shape == ():
             return head(node.expr)
-        if node.shape == (1, 1) and head not in SAFE_ON_1X1:
+        if node.shape == (1, 1) and (head not in SAFE_ON_1X1 or "sigmoid_of_1x1" in self.known_bugs
+                                     and head in (sgf.sigmoid, sgf.relu, sgf.softplus)):
             return self.map_elements(node, head)
         forms = ["applyfunc", "elementwise", "lambda"]
         if head in (sgf.sigmoid, sgf.relu, sgf.softplus):
@@ -410,6 +424,8 @@ class Generator:
         matrix is rebuilt from its element.
         """
         if node.shape == (1, 1):
+            if "exp_of_1x1" in self.known_bugs:  # no explicit 1x1 matrix (test_exp_of_a_1x1_explicit_matrix)
+                return sp.MatMul(f(sg.scalar(node.expr)), sp.Identity(1))
             return sp.ImmutableMatrix([[f(sg.scalar(node.expr))]])
         t = sp.Dummy("t", real=True)
         lam = sp.Lambda(t, f(t))
@@ -475,16 +491,19 @@ class Generator:
         other = b.expr if self.ch.chance(0.7) else _num(self.ch.choice((0, 0.5, -0.3)))
         cond = rel(a.expr, other)
         depth = max(a.depth, b.depth)
-        combine = self.ch.choice((None, None, "and", "or", "not"))
-        if combine == "not":
-            cond = sp.Not(cond)
+        combine = self.ch.choice((None, None, "and", "or", "not", "not_and", "not_or"))
+        if combine == "not":  # (SymPy would rewrite not(x > y) as x <= y)
+            cond = sp.Not(cond, evaluate=False)
         elif combine is not None:
             c = self.scalar()
             second = sp.StrictGreaterThan(c.expr, _num(self.ch.choice((0, 0.2, -0.5))))
-            cond = (sp.And if combine == "and" else sp.Or)(cond, second)
+            cond = (sp.And if combine.endswith("and") else sp.Or)(cond, second)
             depth = max(depth, c.depth)
-        if combine is not None:
-            self.used.add(combine)
+            if combine.startswith("not_"):
+                cond = sp.Not(cond)
+        for word in ("and", "or", "not"):
+            if combine is not None and word in combine.split("_"):
+                self.used.add(word)
         if not _plain_condition(cond):
             # SymPy turns a comparison of a Piecewise into ITE(...), which symgrad does not
             # read (test_piecewise_compared_in_a_condition): compare a leaf instead.
@@ -716,9 +735,9 @@ class Generator:
             return None
         shape = self.ch.choice(((2, 1), (1, 2), (2, 2), (3, 1), (2, 3)))
         entries, ivs, depth = [], [], 0
-        for _ in range(shape[0] * shape[1]):
+        for k in range(shape[0] * shape[1]):
             kind = self.ch.choice(("node", "node", "number"))
-            if kind == "node":
+            if kind == "node" or k == 0 and "two_const_matrices" in self.known_bugs:
                 n = self.fit(self.scalar(), *GENERIC)
                 entries.append(n.expr)
                 ivs.append(n.iv)
@@ -736,6 +755,8 @@ class Generator:
             return None
         a = self.fit(a, *GENERIC)
         rows, cols = a.shape
+        if not self.numeric_matrix_allowed():
+            return None
         how = self.ch.choice(("left", "hadamard", "add"))
         values = [self.ch.choice((1, -1, 2, 0.5, 0, 3)) for _ in range(rows * (rows if how == "left" else cols))]
         c = sp.ImmutableMatrix(rows, rows if how == "left" else cols, [_num(v) for v in values])
@@ -843,13 +864,13 @@ class Generator:
         kind = self.ch.choice(("softmax", "one_hot", "index", "class_input", "node"))
         self.used.add("log_softmax")
         depth = logits.depth
-        if kind == "index":
+        if kind in ("index", "one_hot"):  # (one_hot when no more matrices of numbers are allowed)
             target, tiv = self.ch.integer(0, n - 1), (1.0, 1.0)
             self.used.add("index")
         elif kind == "class_input" and (symbol := self.class_input(n)) is not None:
             target, tiv = symbol, (1.0, 1.0)
             self.used.update(("take", "one_hot"))
-        elif kind == "one_hot":
+        elif kind == "one_hot" and self.numeric_matrix_allowed():
             hot = self.ch.integer(0, n - 1)
             target = sp.ImmutableMatrix(*logits.shape, [1 if k == hot else 0 for k in range(n)])
             tiv = (0.0, 1.0)
@@ -889,8 +910,9 @@ class Generator:
         t = sp.Dummy("t", real=True)
         var = Node(t, (), a.iv, a.depth)
         outer = [n for n in self.pool if n.shape == () and n.depth < self.max_depth]
-        sub = Generator(self.ch, self.max_depth, 0)
+        sub = Generator(self.ch, self.max_depth, 0, self.known_bugs)
         sub.leaves = self.leaves
+        sub.in_lambda = True
         sub.pool = ([self.ch.choice(outer)] if outer and self.ch.chance(0.4) else []) + [var]
         for _ in range(self.ch.integer(1, 3)):
             made = sub.step(scalar_only=True)
@@ -924,6 +946,8 @@ class Generator:
     def step(self, scalar_only=False):
         for _ in range(5):
             rule = self.ch.choice(WEIGHTED_SCALAR_RULES if scalar_only else WEIGHTED_RULES)
+            if rule == "piecewise" and self.in_lambda and "piecewise_on_matrix" in self.known_bugs:
+                continue
             if scalar_only:
                 saved = self.pool
                 self.pool = [n for n in self.pool if n.shape == ()]
@@ -1015,10 +1039,11 @@ class Generator:
 
 
 def _plain_condition(cond):
+    """Comparisons combined by and, or, not (no ITE and such)."""
     if isinstance(cond, (sp.core.relational.Relational, sp.logic.boolalg.BooleanAtom)):
         return True
     if isinstance(cond, (sp.And, sp.Or, sp.Not)):
-        return all(isinstance(a, (sp.core.relational.Relational, sp.logic.boolalg.BooleanAtom)) for a in cond.args)
+        return all(_plain_condition(a) for a in cond.args)
     return False
 
 
@@ -1196,7 +1221,8 @@ class Evaluator:
         if isinstance(e, sp.OneMatrix):
             return np.ones((int(e.rows), int(e.cols)))
         if isinstance(e, sp.MatrixBase):
-            return np.array([[ev(e[i, j]) for j in range(e.cols)] for i in range(e.rows)], dtype=float)
+            # An entry may come out as a 1x1 matrix (SymPy writes Identity(1) as a factor of 1x1 entries).
+            return np.array([[_as_scalar(ev(e[i, j])) for j in range(e.cols)] for i in range(e.rows)], dtype=float)
         if isinstance(e, sgf.broadcast_to):
             return np.broadcast_to(ev(e.args[0]), (int(e.args[1]), int(e.args[2]))).copy()
         if isinstance(e, sp.Piecewise):
@@ -1237,6 +1263,12 @@ class Evaluator:
             out = head(*[ev(a) for a in e.args])
             return float(out) if np.ndim(out) == 0 else np.asarray(out, float)
         raise Unevaluable(f"no numeric rule for {type(e).__name__} ({sp.sstr(e)[:200]})")
+
+
+def _as_scalar(v):
+    v = np.asarray(v, float)
+    assert v.size == 1, v.shape
+    return float(v.reshape(()))
 
 
 def _reduce_broadcast(f, values):
@@ -1303,13 +1335,24 @@ def canonical_gradient(spec: Spec, name: str, grad):
 def expected_gradient(spec: Spec, name: str, per_example: list):
     """The reduced gradient from per-example symbolic gradients, as value_and_grad should return it."""
     leaf = next(l for l in spec.leaves if str(l.symbol.name) == name)
-    g = np.array([np.broadcast_to(np.asarray(v, float), leaf.shape) for v in per_example])  # (N, *shape)
+    g = np.array([_to_shape(v, leaf.shape) for v in per_example])  # (N, *shape)
     n = spec.batch
     if leaf.role == "input" or spec.reduce is None:
         if leaf.role == "input" and spec.reduce == "mean":
             g = g / n
         return g if spec.batched else g[0]
     return g.mean(axis=0) if spec.reduce == "mean" else g.sum(axis=0)
+
+
+def _to_shape(v, shape):
+    """A value evaluated from a gradient expression, in the shape of its symbol: a scalar
+    is repeated (a constant gradient), a value with one element per element is reshaped."""
+    v = np.asarray(v, float)
+    if v.size == int(np.prod(shape)) and v.size > 1 or v.shape == shape:
+        return v.reshape(shape)
+    if v.size == 1:
+        return np.full(shape, float(v.reshape(())))
+    raise AssertionError(f"a gradient of shape {v.shape} for a symbol of shape {shape}")
 
 
 def describe(spec: Spec) -> str:
@@ -1323,6 +1366,8 @@ def describe(spec: Spec) -> str:
 
 #: Tolerances. Compiled vs the evaluated SymPy expressions: the same formulas in another order.
 SYMBOLIC_RTOL = 1e-9
+#: model.gradients() of a random model (a few hundred nodes) must not take longer.
+GRADIENTS_SECONDS = 30
 #: Compiled gradients vs finite differences of the compiled loss.
 FD_RTOL = 1e-5
 FD_LOSS_FLOOR = 1e-8  # times (1 + |loss|)
@@ -1342,6 +1387,8 @@ def verify(spec: Spec, module, *, values=None):
     assume(all(np.all(np.isfinite(v)) and np.all(np.abs(v) < 1e6) for v in loss_values))
     np.testing.assert_allclose(forward["loss"], loss, rtol=1e-13, atol=1e-13, err_msg="forward vs value_and_grad loss")
     assert set(grads) == set(spec.wrt_names), (sorted(grads), spec.wrt_names)
+    for name, g in module.grad(**args).items():
+        np.testing.assert_array_equal(g, grads[name], err_msg=f"grad vs value_and_grad for {name}")
 
     n = spec.batch
     envs = [example_env(spec, values, e) for e in range(n)]
@@ -1358,16 +1405,21 @@ def verify(spec: Spec, module, *, values=None):
         per = [np.asarray(evaluate(expr, env), float) for env in envs]
         got = np.asarray(forward[name], float)
         want = np.array(per) if spec.batched else per[0]
-        assert got.shape == want.shape or got.size == want.size, (name, got.shape, want.shape)
-        want = want.reshape(got.shape)
+        assert got.shape == want.shape, f"output {name} has shape {got.shape}, expected {want.shape}"
         np.testing.assert_allclose(got, want, rtol=SYMBOLIC_RTOL, atol=SYMBOLIC_RTOL * (1 + np.max(np.abs(want))),
                                    err_msg=f"output {name}")
 
     # --- compiled gradients against model.gradients() ----------------------------------------
-    symbolic = {str(getattr(s, "name", s)): g for s, g in model.gradients().items()}
-    assert set(symbolic) == set(spec.wrt_names), (sorted(symbolic), spec.wrt_names)
     compiled = {name: canonical_gradient(spec, name, g) for name, g in grads.items()}
-    for name in spec.wrt_names:
+    symbolic = {}
+    if spec.symbolic:
+        try:
+            with time_budget(GRADIENTS_SECONDS):
+                symbolic = {str(getattr(s, "name", s)): g for s, g in model.gradients().items()}
+        except GenerationTimeout:
+            raise AssertionError(f"model.gradients() took more than {GRADIENTS_SECONDS} s") from None
+    assert set(symbolic) == (set(spec.wrt_names) if spec.symbolic else set()), (sorted(symbolic), spec.wrt_names)
+    for name in symbolic:
         expected = expected_gradient(spec, name, [evaluate(symbolic[name], env) for env in envs])
         assume(np.all(np.isfinite(expected)))
         got = compiled[name]
@@ -1443,15 +1495,85 @@ def time_budget(seconds):
         signal.signal(signal.SIGALRM, previous)
 
 
-def build_spec(ch, budget=5.0):
-    """A random model, or None when SymPy took too long to build its expressions."""
+def build_spec(ch, known_bugs=frozenset(), budget=5.0):
+    """A random model, or None when SymPy took too long to build its expressions.
+
+    ``known_bugs`` names symgrad bugs (see the regression tests) that are still present: the
+    generated model steers clear of them.
+    """
     try:
         with time_budget(budget):
-            spec = Generator(ch).build()
+            spec = Generator(ch, known_bugs=known_bugs).build()
     except GenerationTimeout:
         return None
     spec.model = make_model(spec)
+    if "unused_wrt_param" in known_bugs:
+        graph = spec.model.graph
+        used = graph.ancestors([graph.results["example_loss"][0].node])
+        wrt = [name for name in spec.wrt_names if graph.symbols[name] in used]
+        if wrt != spec.wrt_names:
+            spec.wrt = wrt
+            spec.model = make_model(spec)
+    if "class_index_gradients" in known_bugs and any(l.classes for l in spec.leaves):
+        spec.symbolic = False
+    if "input_free_loss" in known_bugs and any(l.role == "input" for l in spec.leaves):
+        graph = spec.model.graph
+        used = graph.ancestors([graph.results["example_loss"][0].node])
+        if not any(graph.symbols[str(l.symbol.name)] in used for l in spec.leaves if l.role == "input"):
+            spec.leaves = [l for l in spec.leaves if l.role == "param"]
+            spec.outputs = {}
+            spec.wrt = [name for name in spec.wrt_names if name in {str(l.symbol.name) for l in spec.leaves}]
+            spec.batch, spec.batched = 1, False
+            spec.flat_vectors = tuple(n for n in spec.flat_vectors if n in spec.wrt_names + [
+                str(l.symbol.name) for l in spec.leaves])
+            spec.model = make_model(spec)
     return spec
+
+
+KNOWN_BUG_NAMES = ("sigmoid_of_1x1", "unused_wrt_param", "class_index_gradients", "input_free_loss",
+                   "display_1x1_matadd", "two_const_matrices", "piecewise_on_matrix", "exp_of_1x1")
+
+
+def known_failure(exc, known_bugs):
+    """Whether an exception is the signature of a known bug that is still present."""
+    files = [f"{f.filename}:{f.name}" for f in traceback.extract_tb(exc.__traceback__)]
+    if "display_1x1_matadd" in known_bugs and isinstance(exc, TypeError):
+        return any("simplify_for_display" in f for f in files)
+    if ({"piecewise_on_matrix", "class_index_gradients"} & known_bugs and isinstance(exc, NotImplementedError)
+            and "noncommutative scalars" in str(exc)):
+        return any(f.endswith("inspect.py:expression") for f in files)
+    if "two_const_matrices" in known_bugs and isinstance(exc, sg.errors.CompileError):
+        # SymPy writes the transpose of a matrix of numbers out as another one.
+        return "redefinition of" in str(exc) and "values" in str(exc)
+    return False
+
+
+@pytest.fixture(scope="session")
+def known_bugs(compile_model):
+    """The bugs of KNOWN_BUG_NAMES that are still present, found by running their reproducers."""
+    present = set()
+    for name in KNOWN_BUG_NAMES:
+        try:
+            reproduce(name, compile_model)
+        except Exception:
+            present.add(name)
+    return frozenset(present)
+
+
+_REPRODUCED: dict = {}
+
+
+def reproduce(name, compile_model):
+    """Run ``reproduce_<name>`` once per session (the known_bugs fixture and the regression test
+    both ask); raises what it raised."""
+    if name not in _REPRODUCED:
+        try:
+            globals()[f"reproduce_{name}"](compile_model)
+            _REPRODUCED[name] = None
+        except Exception as exc:  # noqa: BLE001 - any failure means the bug is there
+            _REPRODUCED[name] = exc
+    if _REPRODUCED[name] is not None:
+        raise _REPRODUCED[name]
 
 
 def test_generator_covers_the_op_registry():
@@ -1459,7 +1581,7 @@ def test_generator_covers_the_op_registry():
     to the generator (or to DERIVED when the pipeline makes it)."""
     seen: set = set()
     rules: set = set()
-    for seed in range(400):
+    for seed in range(200):
         spec = build_spec(RandomChooser(seed))
         if spec is None:
             continue
@@ -1471,6 +1593,15 @@ def test_generator_covers_the_op_registry():
     assert set(ops.REGISTRY) - DERIVED - rules == set()
 
 
+def chooser(data):
+    """Half the examples are built from Hypothesis's draws (they shrink well but are small), half
+    from a random.Random seeded by one draw (larger, uniformly spread models; a failure keeps its
+    seed: rerun it with build_spec(RandomChooser(seed)))."""
+    if data.draw(st.booleans(), label="seeded"):
+        return RandomChooser(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    return HypothesisChooser(data)
+
+
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -1480,14 +1611,218 @@ def test_generator_covers_the_op_registry():
     print_blob=True,
 )
 @given(data=st.data())
-def test_random_model_gradients_agree(data, compile_model):
-    spec = build_spec(HypothesisChooser(data))
+def test_random_model_gradients_agree(data, compile_model, known_bugs):
+    spec = build_spec(chooser(data), known_bugs)
     assume(spec is not None)
     note(describe(spec))
-    module = compile_model(spec.model)
-    verify(spec, module)
+    try:
+        module = compile_model(spec.model)
+        verify(spec, module)
+    except Exception as exc:
+        assume(not known_failure(exc, known_bugs))
+        raise
 
 
 # ======================================================================================
 # Regression tests: failures the random test found, as explicit models
 # ======================================================================================
+
+
+def _close(got, want, rtol=1e-9, atol=1e-12):
+    np.testing.assert_allclose(np.asarray(got, float), np.asarray(want, float), rtol=rtol, atol=atol)
+
+
+# --- symgrad bugs, still present: strict xfails, so that fixing one turns its test red
+# --- until the marker is removed. Each reproduce_* is also run by the known_bugs fixture,
+# --- which keeps the random generator away from bugs that are still there.
+
+
+def reproduce_sigmoid_of_1x1(compile_model):
+    m = sp.MatrixSymbol("m", 1, 1)
+    loss = sg.sum(sg.sigmoid(m)) + sg.sum(sg.relu(m)) + sg.sum(sg.softplus(m)) + sg.sum(m.applyfunc(sgf.sigmoid))
+    model = sg.Model("bug_sigmoid_of_1x1", loss=loss, params=[m])
+    module = compile_model(model)
+    v = 0.3
+    s = 1 / (1 + math.exp(-v))
+    loss, grads = module.value_and_grad(m=np.array([[v]]))
+    _close(loss, 2 * s + v + math.log1p(math.exp(v)))
+    _close(grads["m"], [[2 * s * (1 - s) + 1 + s]])
+
+
+@pytest.mark.xfail(strict=True, raises=RecursionError,
+                   reason="sg.sigmoid/relu/softplus of a 1x1 matrix recurse forever: SymPy's "
+                          "ElementwiseApplyFunction calls f(M) for 1x1 M, and f(M) builds Elementwise(f, M) again")
+def test_sigmoid_of_a_1x1_matrix(compile_model):
+    reproduce("sigmoid_of_1x1", compile_model)
+
+
+def reproduce_unused_wrt_param(compile_model):
+    a, b = sp.symbols("a b")
+    x = sp.Symbol("x")
+    model = sg.Model("bug_unused_wrt_param", loss=a**2 * x, params=[a, b], inputs=[x])
+    module = compile_model(model)
+    for call in (dict(a=1.5, b=2.0, x=np.array([1.0, 3.0])), dict(a=1.5, b=2.0, x=2.0)):
+        loss, grads = module.value_and_grad(**call)
+        _close(loss, 2.25 * 2.0)
+        _close(grads["a"], 3.0 * 2.0)
+        _close(grads["b"], 0.0)
+
+
+@pytest.mark.xfail(strict=True, raises=KeyError,
+                   reason="value_and_grad of one example (no batched input) raises KeyError for a param "
+                          "in wrt that the loss does not use: Kernel.__call__ only records the shapes of "
+                          "the kernel's own arguments")
+def test_gradient_of_an_unused_param_for_one_example(compile_model):
+    reproduce("unused_wrt_param", compile_model)
+
+
+def reproduce_class_index_gradients(compile_model):
+    z, W = sp.MatrixSymbol("z", 3, 1), sp.MatrixSymbol("W", 3, 3)
+    k = sp.Symbol("k")
+    for power in (1, 2):
+        model = sg.Model(f"bug_class_index_gradients_{power}", loss=sg.cross_entropy(W * z, k) ** power,
+                         params=[W], inputs=[z, k], wrt=[W, z], reduce=None)
+        module = compile_model(model)
+        rng = np.random.default_rng(0)
+        env = {W: rng.uniform(-1, 1, (3, 3)), z: rng.uniform(-1, 1, (3, 1)), k: 2.0}
+        _, grads = module.value_and_grad(W=env[W], z=env[z], k=2.0)
+        for symbol, expr in model.gradients().items():
+            _close(evaluate(expr, env), grads[str(symbol.name)])
+
+
+@pytest.mark.xfail(strict=True,
+                   reason="model.gradients() with a class-index cross_entropy writes take/one_hot as "
+                          "shapeless undefined functions: the formula for cross_entropy(W*z, k) reads "
+                          "-one_hot(k) + one_hot(k)*softmax(W*z) (wrong: softmax - one_hot), and for "
+                          "cross_entropy(W*z, k)**2 gradients() raises NotImplementedError")
+def test_symbolic_gradients_of_a_class_index_cross_entropy(compile_model):
+    reproduce("class_index_gradients", compile_model)
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError,
+                   reason="sp.Abs(sg.sum(-A + B)) raises TypeError: Abs's sign simplification rewrites the "
+                          "matrix argument as the scalar-typed Mul -(A - B), which sg.sum (and scalar, "
+                          "logsumexp, cross_entropy, Elementwise) refuse")
+def test_abs_of_a_reduction_of_a_negated_sum(compile_model):
+    A, B = sp.MatrixSymbol("A", 2, 1), sp.MatrixSymbol("B", 2, 1)
+    model = sg.Model("bug_abs_of_sum", loss=sp.Abs(sg.sum(-A + B)), params=[A, B])
+    module = compile_model(model)
+    loss, grads = module.value_and_grad(A=np.array([[1.0], [2.0]]), B=np.array([[0.5], [0.0]]))
+    _close(loss, 2.5)
+    _close(grads["A"], [[1.0], [1.0]])
+    _close(grads["B"], [[-1.0], [-1.0]])
+
+
+@pytest.mark.xfail(strict=True, raises=sg.errors.UnsupportedFunctionError,
+                   reason="a comparison of a Piecewise inside a Piecewise condition becomes ITE(...), "
+                          "which symgrad does not read")
+def test_piecewise_compared_in_a_condition(compile_model):
+    x, y, z = sp.symbols("x y z", real=True)
+    loss = sp.Piecewise((x**2, sp.Piecewise((x, y > 0), (y, True)) > 0), (z, True))
+    model = sg.Model("bug_piecewise_ite", loss=loss, params=[x, y, z])
+    module = compile_model(model)
+    _, grads = module.value_and_grad(x=0.5, y=1.0, z=2.0)
+    _close([grads["x"], grads["y"], grads["z"]], [1.0, 0.0, 0.0])
+
+
+def reproduce_input_free_loss(compile_model):
+    a, x = sp.symbols("a x")
+    batch = np.array([1.0, 2.0, 3.0])
+    for reduce, want_loss, want_grad in (("sum", 6.75, 9.0), (None, [2.25] * 3, [3.0] * 3)):
+        model = sg.Model(f"bug_input_free_loss_{reduce}", loss=a**2, params=[a], inputs=[x], reduce=reduce,
+                         outputs={"o": a + 1})
+        module = compile_model(model)
+        loss, grads = module.value_and_grad(a=1.5, x=batch)
+        _close(loss, want_loss)
+        _close(grads["a"], want_grad)
+        _close(module.forward(a=1.5, x=batch)["o"], [2.5] * 3)
+
+
+@pytest.mark.xfail(strict=True,
+                   reason="when a kernel reads no input, the batch is forgotten: a loss that does not depend "
+                          "on the inputs is summed over 1 example instead of N (reduce='sum': loss and "
+                          "gradient N times too small), reduce=None returns one loss instead of N, and an "
+                          "output returns one value instead of N")
+def test_loss_that_does_not_read_the_inputs(compile_model):
+    reproduce("input_free_loss", compile_model)
+
+
+def reproduce_display_1x1_matadd(compile_model):
+    W = sp.MatrixSymbol("W", 1, 1)
+    model = sg.Model("bug_display_1x1_matadd", loss=W[0, 0] ** 2 + sg.sum(HadamardProduct(W, W)), params=[W])
+    module = compile_model(model)
+    _, grads = module.value_and_grad(W=np.array([[0.5]]))
+    _close(grads["W"], [[2.0]])
+    _close(evaluate(model.gradients()[W], {W: np.array([[0.5]])}), [[2.0]])
+    a = sp.Symbol("a")
+    model = sg.Model("bug_display_1x1_logsumexp", loss=sg.logsumexp(sp.Matrix([[a]])), params=[a])
+    compile_model(model)
+    _close(evaluate(model.gradients()[a], {a: 0.5}), 1.0)
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError,
+                   reason="inspect.simplify_for_display replaces every 1x1 Matrix([[...]]) by its element, "
+                          "also where a matrix is required: sg.compile and model.gradients() raise "
+                          "TypeError for a 1x1 matrix used by element and as a matrix (a MatAdd of a scalar "
+                          "and a matrix) and for sg.logsumexp(sp.Matrix([[a]])) (logsumexp of a scalar)")
+def test_one_by_one_matrix_used_by_element_and_as_a_matrix(compile_model):
+    reproduce("display_1x1_matadd", compile_model)
+
+
+def reproduce_two_const_matrices(compile_model):
+    A = sp.MatrixSymbol("A", 2, 2)
+    c1 = np.array([[1.0, 2.0], [3.0, 4.0]])
+    c2 = np.array([[0.0, 1.0], [1.0, 0.0]])
+    loss = sg.sum(HadamardProduct(sp.ImmutableMatrix(c1), A)) + sg.sum(HadamardProduct(sp.ImmutableMatrix(c2), A * A))
+    module = compile_model(sg.Model("bug_two_const_matrices", loss=loss, params=[A]))
+    a = np.array([[0.5, -1.0], [2.0, 0.25]])
+    _, grads = module.value_and_grad(A=a)
+    _close(grads["A"], c1 + c2 @ a.T + a.T @ c2)
+
+
+@pytest.mark.xfail(strict=True, raises=sg.errors.CompileError,
+                   reason="two different matrices of numbers in one model: the generated C declares "
+                          "'static const double values[...]' twice in one scope (redefinition of 'values')")
+def test_two_constant_matrices(compile_model):
+    reproduce("two_const_matrices", compile_model)
+
+
+def reproduce_piecewise_on_matrix(compile_model):
+    A = sp.MatrixSymbol("A", 2, 1)
+    t = sp.Dummy("t", real=True)
+    loss = sg.sum(A.applyfunc(sp.Lambda(t, sp.Piecewise((t, t > 0), (t**2, True)))))
+    model = sg.Model("bug_piecewise_on_matrix", loss=loss, params=[A])
+    module = compile_model(model)
+    a = np.array([[0.5], [-2.0]])
+    loss, grads = module.value_and_grad(A=a)
+    _close(loss, 4.5)
+    _close(grads["A"], [[1.0], [-4.0]])
+    _close(evaluate(model.gradients()[A], {A: a}), [[1.0], [-4.0]])
+
+
+@pytest.mark.xfail(strict=True, raises=NotImplementedError,
+                   reason="sg.compile and model.gradients() raise NotImplementedError ('noncommutative "
+                          "scalars in MatMul') for a Piecewise applied to every element of a matrix: "
+                          "select's to_sympy writes a select of several matrices as an undefined "
+                          "function, which SymPy cannot multiply by a matrix")
+def test_piecewise_applied_to_a_matrix(compile_model):
+    reproduce("piecewise_on_matrix", compile_model)
+
+
+def reproduce_exp_of_1x1(compile_model):
+    a, b = sp.symbols("a b")
+    entry = 1 / (1 + (sp.tanh(a) / (1 + b**2) - 3 * a * b + sp.sin(a * b)) ** 2)
+    model = sg.Model("bug_exp_of_1x1", loss=sg.logsumexp(sp.Matrix([[entry]])) + a, params=[a, b])
+    with time_budget(3.0):
+        gradients = model.gradients()
+    env = {a: 0.3, b: -0.7}
+    _close(evaluate(gradients[a], env), float(sp.diff(entry + a, a).subs(env)))
+
+
+@pytest.mark.xfail(strict=True, raises=GenerationTimeout,
+                   reason="model.gradients() takes about 15 s for logsumexp of a 1x1 explicit matrix: the "
+                          "element-wise exp of the backward pass is built as Elementwise(exp, Matrix([[...]])), "
+                          "and SymPy applies exp to a 1x1 matrix itself: a matrix exponential by Jordan form "
+                          "(the same shortcut makes sg.sigmoid of a 1x1 matrix recurse forever)")
+def test_exp_of_a_1x1_explicit_matrix(compile_model):
+    reproduce("exp_of_1x1", compile_model)

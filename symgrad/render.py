@@ -104,6 +104,18 @@ def environment() -> jinja2.Environment:
     return env
 
 
+def gemm_levels(dtype: str) -> list:
+    """The versions of the matrix product, one per CPU level: its vector width in
+    elements (a register's bytes over the element size), the columns of its
+    micro-kernel (two vectors), and the test that picks it."""
+    element = 4 if dtype == "float32" else 8
+    levels = [("avx512", "arch=x86-64-v4", 64, '__builtin_cpu_supports("avx512f")'),
+              ("avx2", "arch=x86-64-v3", 32, '__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")'),
+              ("baseline", None, 16, "1")]
+    return [{"name": name, "target": target, "width": size // element, "nr": 2 * size // element, "check": check}
+            for name, target, size, check in levels]
+
+
 def has_point_entry(k: KernelSpec) -> bool:
     """Whether a kernel gets a one-example entry point: every argument and result a scalar."""
     return all(a.shape == () for a in k.arguments) and k.work_size <= POINT_STACK_LIMIT
@@ -139,7 +151,8 @@ def render(spec: PackageSpec) -> RenderedPackage:
         **kernel_files,
         f"{spec.name}.h": env.get_template("kernels.h.j2").render(**common),
         "symgrad_runtime.h": env.get_template("symgrad_runtime.h.j2").render(
-            version=__version__, real=real, f=suffix, gemm=GEMM_BLOCKS, vector_functions=VECTOR_FUNCTIONS),
+            version=__version__, real=real, f=suffix, gemm=GEMM_BLOCKS, vector_functions=VECTOR_FUNCTIONS,
+            gemm_levels=gemm_levels(spec.dtype)),
         "_runtime.py": (resources.files("symgrad") / "runtime.py").read_text(),
     }
     cdef = env.get_template("cdef.h.j2").render(kernels=spec.kernels, point=common["point"])

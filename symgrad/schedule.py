@@ -32,7 +32,7 @@ from .printer import CArg, CPrinter, Operand, comment_text
 
 KINDS = ("forward", "value_and_grad")
 #: Block sizes of the packed matrix product in the runtime header, and the scratch it needs.
-GEMM_BLOCKS = {"mr": 4, "nr": 8, "kc": 256, "nc": 512}
+GEMM_BLOCKS = {"mr": 4, "kc": 256, "nc": 512}
 GEMM_SCRATCH = GEMM_BLOCKS["kc"] * GEMM_BLOCKS["nc"] + GEMM_BLOCKS["mr"] * GEMM_BLOCKS["kc"]
 _ALIGN = 8  # elements; buffers start on 64-byte boundaries for doubles
 _TILE_BUDGET = 65536  # elements of per-tile scratch to aim for (512 KiB of doubles)

@@ -114,55 +114,247 @@ static inline sg_real sg_min(sg_real a, sg_real b)
 #define SG_KERNEL
 #endif
 
-/* The packed product works on SG_MR x SG_NR blocks of C, SG_KC deep, with
-   at most SG_NC columns of B packed at a time. */
+/* The packed product works on SG_MR x nr blocks of C (nr sized to the vector
+   registers of each CPU level below), SG_KC deep, with at most SG_NC columns
+   of B packed at a time. x86-64 builds with GCC carry one version per level
+   and pick the widest the CPU supports when they run. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#define SG_GEMM_LEVELS 1
+#endif
 #define SG_MR 4
-#define SG_NR 8
 #define SG_KC 256
 #define SG_NC 512
 /* Scratch elements one product needs for packing (reserved in each kernel's workspace). */
 #define SG_GEMM_SCRATCH (SG_KC * SG_NC + SG_MR * SG_KC)
 
-/* C[0:mr, 0:nr] += the product of a packed SG_MR x kc sliver of A and a packed
-   kc x SG_NR panel of B; the fixed-size accumulator block stays in registers. */
-static inline void sg_gemm_block(int64_t kc, const sg_real *restrict ap, const sg_real *restrict bp,
-                                 sg_real *c, int64_t c_rs, int64_t c_cs, int64_t mr, int64_t nr)
+#ifdef SG_GEMM_LEVELS
+/* avx512: vectors of 8 elements (GCC vector extensions; may be unaligned). */
+typedef sg_real sg_vec_avx512 __attribute__((vector_size(8 * sizeof(sg_real)), aligned(sizeof(sg_real))));
+
+/* avx512: C[0:mr, 0:nc] += a packed SG_MR x kc sliver of A times a packed
+   kc x 16 panel of B. Eight vector accumulators (4 rows x 2 vectors) stay in registers. */
+__attribute__((target("arch=x86-64-v4"))) static void sg_gemm_block_avx512(
+    int64_t kc, const sg_real *restrict ap, const sg_real *restrict bp,
+    sg_real *c, int64_t c_rs, int64_t c_cs, int64_t mr, int64_t nc)
 {
-    sg_real acc[SG_MR][SG_NR];
-    for (int64_t r = 0; r < SG_MR; ++r)
-        for (int64_t q = 0; q < SG_NR; ++q)
-            acc[r][q] = 0;
-    for (int64_t l = 0; l < kc; ++l)
-        for (int64_t r = 0; r < SG_MR; ++r) {
-            const sg_real a = ap[l * SG_MR + r];
-            for (int64_t q = 0; q < SG_NR; ++q)
-                acc[r][q] += a * bp[l * SG_NR + q];
-        }
-    if (c_cs == 1 && mr == SG_MR && nr == SG_NR) {
-        for (int64_t r = 0; r < SG_MR; ++r)
-            for (int64_t q = 0; q < SG_NR; ++q)
-                c[r * c_rs + q] += acc[r][q];
+    typedef sg_vec_avx512 vec;
+    vec c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
+    for (int64_t l = 0; l < kc; ++l) {
+        const vec b0 = *(const vec *) (bp + l * 16);
+        const vec b1 = *(const vec *) (bp + l * 16 + 8);
+        const sg_real *al = ap + l * SG_MR;
+        c00 += al[0] * b0; c01 += al[0] * b1;
+        c10 += al[1] * b0; c11 += al[1] * b1;
+        c20 += al[2] * b0; c21 += al[2] * b1;
+        c30 += al[3] * b0; c31 += al[3] * b1;
+    }
+    if (c_cs == 1 && mr == SG_MR && nc == 16) {
+        *(vec *) (c) += c00; *(vec *) (c + 8) += c01;
+        *(vec *) (c + c_rs) += c10; *(vec *) (c + c_rs + 8) += c11;
+        *(vec *) (c + 2 * c_rs) += c20; *(vec *) (c + 2 * c_rs + 8) += c21;
+        *(vec *) (c + 3 * c_rs) += c30; *(vec *) (c + 3 * c_rs + 8) += c31;
         return;
     }
+    sg_real block[SG_MR][16];  /* an edge block, or a strided C: store through a local tile */
+    *(vec *) &block[0][0] = c00; *(vec *) &block[0][8] = c01;
+    *(vec *) &block[1][0] = c10; *(vec *) &block[1][8] = c11;
+    *(vec *) &block[2][0] = c20; *(vec *) &block[2][8] = c21;
+    *(vec *) &block[3][0] = c30; *(vec *) &block[3][8] = c31;
     for (int64_t r = 0; r < mr; ++r)
-        for (int64_t q = 0; q < nr; ++q)
-            c[r * c_rs + q * c_cs] += acc[r][q];
+        for (int64_t q = 0; q < nc; ++q)
+            c[r * c_rs + q * c_cs] += block[r][q];
+}
+
+/* avx512: C += A B by blocks, B packed in panels of 16 columns, A in slivers of SG_MR rows. */
+__attribute__((target("arch=x86-64-v4"))) static void sg_gemm_packed_avx512(
+    int64_t m, int64_t n, int64_t k, const sg_real *a, int64_t a_rs, int64_t a_cs,
+    const sg_real *b, int64_t b_rs, int64_t b_cs, sg_real *c, int64_t c_rs, int64_t c_cs,
+    sg_real *restrict scratch)
+{
+    sg_real *restrict bp = scratch;
+    sg_real *restrict ap = scratch + SG_KC * SG_NC;
+    for (int64_t jc = 0; jc < n; jc += SG_NC) {
+        const int64_t nc = n - jc < SG_NC ? n - jc : SG_NC;
+        for (int64_t pc = 0; pc < k; pc += SG_KC) {
+            const int64_t kc = k - pc < SG_KC ? k - pc : SG_KC;
+            for (int64_t q0 = 0; q0 < nc; q0 += 16) {  /* pack B, zero-padded */
+                sg_real *panel = bp + q0 * kc;
+                for (int64_t l = 0; l < kc; ++l)
+                    for (int64_t q = 0; q < 16; ++q)
+                        panel[l * 16 + q] = q0 + q < nc ? b[(pc + l) * b_rs + (jc + q0 + q) * b_cs] : 0;
+            }
+            for (int64_t i0 = 0; i0 < m; i0 += SG_MR) {
+                const int64_t mr = m - i0 < SG_MR ? m - i0 : SG_MR;
+                for (int64_t l = 0; l < kc; ++l)  /* pack A, zero-padded */
+                    for (int64_t r = 0; r < SG_MR; ++r)
+                        ap[l * SG_MR + r] = r < mr ? a[(i0 + r) * a_rs + (pc + l) * a_cs] : 0;
+                for (int64_t q0 = 0; q0 < nc; q0 += 16)
+                    sg_gemm_block_avx512(kc, ap, bp + q0 * kc, c + i0 * c_rs + (jc + q0) * c_cs, c_rs,
+                                                  c_cs, mr, nc - q0 < 16 ? nc - q0 : 16);
+            }
+        }
+    }
+}
+#endif
+
+#ifdef SG_GEMM_LEVELS
+/* avx2: vectors of 4 elements (GCC vector extensions; may be unaligned). */
+typedef sg_real sg_vec_avx2 __attribute__((vector_size(4 * sizeof(sg_real)), aligned(sizeof(sg_real))));
+
+/* avx2: C[0:mr, 0:nc] += a packed SG_MR x kc sliver of A times a packed
+   kc x 8 panel of B. Eight vector accumulators (4 rows x 2 vectors) stay in registers. */
+__attribute__((target("arch=x86-64-v3"))) static void sg_gemm_block_avx2(
+    int64_t kc, const sg_real *restrict ap, const sg_real *restrict bp,
+    sg_real *c, int64_t c_rs, int64_t c_cs, int64_t mr, int64_t nc)
+{
+    typedef sg_vec_avx2 vec;
+    vec c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
+    for (int64_t l = 0; l < kc; ++l) {
+        const vec b0 = *(const vec *) (bp + l * 8);
+        const vec b1 = *(const vec *) (bp + l * 8 + 4);
+        const sg_real *al = ap + l * SG_MR;
+        c00 += al[0] * b0; c01 += al[0] * b1;
+        c10 += al[1] * b0; c11 += al[1] * b1;
+        c20 += al[2] * b0; c21 += al[2] * b1;
+        c30 += al[3] * b0; c31 += al[3] * b1;
+    }
+    if (c_cs == 1 && mr == SG_MR && nc == 8) {
+        *(vec *) (c) += c00; *(vec *) (c + 4) += c01;
+        *(vec *) (c + c_rs) += c10; *(vec *) (c + c_rs + 4) += c11;
+        *(vec *) (c + 2 * c_rs) += c20; *(vec *) (c + 2 * c_rs + 4) += c21;
+        *(vec *) (c + 3 * c_rs) += c30; *(vec *) (c + 3 * c_rs + 4) += c31;
+        return;
+    }
+    sg_real block[SG_MR][8];  /* an edge block, or a strided C: store through a local tile */
+    *(vec *) &block[0][0] = c00; *(vec *) &block[0][4] = c01;
+    *(vec *) &block[1][0] = c10; *(vec *) &block[1][4] = c11;
+    *(vec *) &block[2][0] = c20; *(vec *) &block[2][4] = c21;
+    *(vec *) &block[3][0] = c30; *(vec *) &block[3][4] = c31;
+    for (int64_t r = 0; r < mr; ++r)
+        for (int64_t q = 0; q < nc; ++q)
+            c[r * c_rs + q * c_cs] += block[r][q];
+}
+
+/* avx2: C += A B by blocks, B packed in panels of 8 columns, A in slivers of SG_MR rows. */
+__attribute__((target("arch=x86-64-v3"))) static void sg_gemm_packed_avx2(
+    int64_t m, int64_t n, int64_t k, const sg_real *a, int64_t a_rs, int64_t a_cs,
+    const sg_real *b, int64_t b_rs, int64_t b_cs, sg_real *c, int64_t c_rs, int64_t c_cs,
+    sg_real *restrict scratch)
+{
+    sg_real *restrict bp = scratch;
+    sg_real *restrict ap = scratch + SG_KC * SG_NC;
+    for (int64_t jc = 0; jc < n; jc += SG_NC) {
+        const int64_t nc = n - jc < SG_NC ? n - jc : SG_NC;
+        for (int64_t pc = 0; pc < k; pc += SG_KC) {
+            const int64_t kc = k - pc < SG_KC ? k - pc : SG_KC;
+            for (int64_t q0 = 0; q0 < nc; q0 += 8) {  /* pack B, zero-padded */
+                sg_real *panel = bp + q0 * kc;
+                for (int64_t l = 0; l < kc; ++l)
+                    for (int64_t q = 0; q < 8; ++q)
+                        panel[l * 8 + q] = q0 + q < nc ? b[(pc + l) * b_rs + (jc + q0 + q) * b_cs] : 0;
+            }
+            for (int64_t i0 = 0; i0 < m; i0 += SG_MR) {
+                const int64_t mr = m - i0 < SG_MR ? m - i0 : SG_MR;
+                for (int64_t l = 0; l < kc; ++l)  /* pack A, zero-padded */
+                    for (int64_t r = 0; r < SG_MR; ++r)
+                        ap[l * SG_MR + r] = r < mr ? a[(i0 + r) * a_rs + (pc + l) * a_cs] : 0;
+                for (int64_t q0 = 0; q0 < nc; q0 += 8)
+                    sg_gemm_block_avx2(kc, ap, bp + q0 * kc, c + i0 * c_rs + (jc + q0) * c_cs, c_rs,
+                                                  c_cs, mr, nc - q0 < 8 ? nc - q0 : 8);
+            }
+        }
+    }
+}
+#endif
+
+/* baseline: vectors of 2 elements (GCC vector extensions; may be unaligned). */
+typedef sg_real sg_vec_baseline __attribute__((vector_size(2 * sizeof(sg_real)), aligned(sizeof(sg_real))));
+
+/* baseline: C[0:mr, 0:nc] += a packed SG_MR x kc sliver of A times a packed
+   kc x 4 panel of B. Eight vector accumulators (4 rows x 2 vectors) stay in registers. */
+static void sg_gemm_block_baseline(
+    int64_t kc, const sg_real *restrict ap, const sg_real *restrict bp,
+    sg_real *c, int64_t c_rs, int64_t c_cs, int64_t mr, int64_t nc)
+{
+    typedef sg_vec_baseline vec;
+    vec c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
+    for (int64_t l = 0; l < kc; ++l) {
+        const vec b0 = *(const vec *) (bp + l * 4);
+        const vec b1 = *(const vec *) (bp + l * 4 + 2);
+        const sg_real *al = ap + l * SG_MR;
+        c00 += al[0] * b0; c01 += al[0] * b1;
+        c10 += al[1] * b0; c11 += al[1] * b1;
+        c20 += al[2] * b0; c21 += al[2] * b1;
+        c30 += al[3] * b0; c31 += al[3] * b1;
+    }
+    if (c_cs == 1 && mr == SG_MR && nc == 4) {
+        *(vec *) (c) += c00; *(vec *) (c + 2) += c01;
+        *(vec *) (c + c_rs) += c10; *(vec *) (c + c_rs + 2) += c11;
+        *(vec *) (c + 2 * c_rs) += c20; *(vec *) (c + 2 * c_rs + 2) += c21;
+        *(vec *) (c + 3 * c_rs) += c30; *(vec *) (c + 3 * c_rs + 2) += c31;
+        return;
+    }
+    sg_real block[SG_MR][4];  /* an edge block, or a strided C: store through a local tile */
+    *(vec *) &block[0][0] = c00; *(vec *) &block[0][2] = c01;
+    *(vec *) &block[1][0] = c10; *(vec *) &block[1][2] = c11;
+    *(vec *) &block[2][0] = c20; *(vec *) &block[2][2] = c21;
+    *(vec *) &block[3][0] = c30; *(vec *) &block[3][2] = c31;
+    for (int64_t r = 0; r < mr; ++r)
+        for (int64_t q = 0; q < nc; ++q)
+            c[r * c_rs + q * c_cs] += block[r][q];
+}
+
+/* baseline: C += A B by blocks, B packed in panels of 4 columns, A in slivers of SG_MR rows. */
+static void sg_gemm_packed_baseline(
+    int64_t m, int64_t n, int64_t k, const sg_real *a, int64_t a_rs, int64_t a_cs,
+    const sg_real *b, int64_t b_rs, int64_t b_cs, sg_real *c, int64_t c_rs, int64_t c_cs,
+    sg_real *restrict scratch)
+{
+    sg_real *restrict bp = scratch;
+    sg_real *restrict ap = scratch + SG_KC * SG_NC;
+    for (int64_t jc = 0; jc < n; jc += SG_NC) {
+        const int64_t nc = n - jc < SG_NC ? n - jc : SG_NC;
+        for (int64_t pc = 0; pc < k; pc += SG_KC) {
+            const int64_t kc = k - pc < SG_KC ? k - pc : SG_KC;
+            for (int64_t q0 = 0; q0 < nc; q0 += 4) {  /* pack B, zero-padded */
+                sg_real *panel = bp + q0 * kc;
+                for (int64_t l = 0; l < kc; ++l)
+                    for (int64_t q = 0; q < 4; ++q)
+                        panel[l * 4 + q] = q0 + q < nc ? b[(pc + l) * b_rs + (jc + q0 + q) * b_cs] : 0;
+            }
+            for (int64_t i0 = 0; i0 < m; i0 += SG_MR) {
+                const int64_t mr = m - i0 < SG_MR ? m - i0 : SG_MR;
+                for (int64_t l = 0; l < kc; ++l)  /* pack A, zero-padded */
+                    for (int64_t r = 0; r < SG_MR; ++r)
+                        ap[l * SG_MR + r] = r < mr ? a[(i0 + r) * a_rs + (pc + l) * a_cs] : 0;
+                for (int64_t q0 = 0; q0 < nc; q0 += 4)
+                    sg_gemm_block_baseline(kc, ap, bp + q0 * kc, c + i0 * c_rs + (jc + q0) * c_cs, c_rs,
+                                                  c_cs, mr, nc - q0 < 4 ? nc - q0 : 4);
+            }
+        }
+    }
 }
 
 /* C = A B (accumulate = 0) or C += A B, for an m x k A and a k x n B with any
    strides. Large products are packed into blocks (scratch: SG_GEMM_SCRATCH
-   elements); small ones run as plain loops. */
-SG_DISPATCH static void sg_gemm(int64_t m, int64_t n, int64_t k,
-                                const sg_real *a, int64_t a_rs, int64_t a_cs,
-                                const sg_real *b, int64_t b_rs, int64_t b_cs,
-                                sg_real *c, int64_t c_rs, int64_t c_cs, int accumulate,
-                                sg_real *restrict scratch)
+   elements) and run with the widest vectors the CPU has; small ones run as
+   plain loops. */
+static void sg_gemm(int64_t m, int64_t n, int64_t k,
+                    const sg_real *a, int64_t a_rs, int64_t a_cs,
+                    const sg_real *b, int64_t b_rs, int64_t b_cs,
+                    sg_real *c, int64_t c_rs, int64_t c_cs, int accumulate,
+                    sg_real *restrict scratch)
 {
+    if (c_rs == 1 && c_cs != 1 && n > 1) {
+        /* C is stored by columns: compute C^T = B^T A^T, whose rows are contiguous. */
+        sg_gemm(n, m, k, b, b_cs, b_rs, a, a_cs, a_rs, c, c_cs, c_rs, accumulate, scratch);
+        return;
+    }
     if (!accumulate)
         for (int64_t i = 0; i < m; ++i)
             for (int64_t j = 0; j < n; ++j)
                 c[i * c_rs + j * c_cs] = 0;
-    if (m * n * k < 4 * SG_MR * SG_NR * 8 || scratch == NULL) {
+    if (m * n * k < 512 || scratch == NULL) {
         for (int64_t i = 0; i < m; ++i)
             for (int64_t l = 0; l < k; ++l) {
                 const sg_real ail = a[i * a_rs + l * a_cs];
@@ -171,32 +363,17 @@ SG_DISPATCH static void sg_gemm(int64_t m, int64_t n, int64_t k,
             }
         return;
     }
-    sg_real *restrict bp = scratch;
-    sg_real *restrict ap = scratch + SG_KC * SG_NC;
-    for (int64_t jc = 0; jc < n; jc += SG_NC) {
-        const int64_t nc = n - jc < SG_NC ? n - jc : SG_NC;
-        for (int64_t pc = 0; pc < k; pc += SG_KC) {
-            const int64_t kc = k - pc < SG_KC ? k - pc : SG_KC;
-            /* pack B[pc:pc+kc, jc:jc+nc] as panels of SG_NR columns, zero-padded */
-            for (int64_t q0 = 0; q0 < nc; q0 += SG_NR) {
-                sg_real *panel = bp + q0 * kc;
-                for (int64_t l = 0; l < kc; ++l)
-                    for (int64_t q = 0; q < SG_NR; ++q)
-                        panel[l * SG_NR + q] = q0 + q < nc ? b[(pc + l) * b_rs + (jc + q0 + q) * b_cs] : 0;
-            }
-            for (int64_t i0 = 0; i0 < m; i0 += SG_MR) {
-                const int64_t mr = m - i0 < SG_MR ? m - i0 : SG_MR;
-                /* pack A[i0:i0+mr, pc:pc+kc] as one sliver of SG_MR rows, zero-padded */
-                for (int64_t l = 0; l < kc; ++l)
-                    for (int64_t r = 0; r < SG_MR; ++r)
-                        ap[l * SG_MR + r] = r < mr ? a[(i0 + r) * a_rs + (pc + l) * a_cs] : 0;
-                for (int64_t q0 = 0; q0 < nc; q0 += SG_NR) {
-                    const int64_t nr = nc - q0 < SG_NR ? nc - q0 : SG_NR;
-                    sg_gemm_block(kc, ap, bp + q0 * kc, c + i0 * c_rs + (jc + q0) * c_cs, c_rs, c_cs, mr, nr);
-                }
-            }
-        }
+#ifdef SG_GEMM_LEVELS
+    if (__builtin_cpu_supports("avx512f")) {
+        sg_gemm_packed_avx512(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, c_rs, c_cs, scratch);
+        return;
     }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        sg_gemm_packed_avx2(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, c_rs, c_cs, scratch);
+        return;
+    }
+#endif
+    sg_gemm_packed_baseline(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, c_rs, c_cs, scratch);
 }
 
 /* C[e] = A[e] B[e] for the nb examples of a tile. When one factor is shared
@@ -283,12 +460,21 @@ static inline void sg_sum_to(int64_t nb, int64_t rows, int64_t cols,
     }
 }
 
-/* acc (dense) += A[e] for the nb examples of a tile. */
+/* acc (dense) += A[e] for the nb examples of a tile, one example after the other. */
 static inline void sg_reduce_batch(int64_t nb, int64_t rows, int64_t cols,
                                    const sg_real *a, int64_t a_es, int64_t a_rs, int64_t a_cs,
-                                   sg_real *acc)
+                                   sg_real *restrict acc)
 {
-    for (int64_t i = 0; i < rows; ++i)
+    if (sizeof(sg_real) == sizeof(sg_acc) && a_cs == 1 && (rows == 1 || a_rs == cols)) {
+        /* each example's elements are contiguous: add them example after example */
+        for (int64_t e = 0; e < nb; ++e) {
+            const sg_real *ae = a + e * a_es;
+            for (int64_t q = 0; q < rows * cols; ++q)
+                acc[q] += ae[q];
+        }
+        return;
+    }
+    for (int64_t i = 0; i < rows; ++i)  /* each element's sum over the tile in sg_acc precision */
         for (int64_t j = 0; j < cols; ++j) {
             sg_acc s = 0;
             for (int64_t e = 0; e < nb; ++e)

@@ -104,14 +104,23 @@ class DigitsWorkload(Workload):
         mod = self.symgrad_module(self.symgrad_model())
         args = self.symgrad_args
 
-        def step(params, batch):
-            value, grads = mod.value_and_grad(**args(params, batch))
-            return value, {k: params[k] - LEARNING_RATE * grads[k] for k in params}
+        def epoch():
+            # The idiomatic symgrad training loop: results written into the previous
+            # step's arrays (out=), parameters updated in place.
+            params = {k: np.array(v, copy=True) for k, v in self.params0.items()}
+            result = None
+            for batch in self.batches:
+                result = mod.value_and_grad(**args(params, batch), out=result)
+                grads = result[1]
+                for k in params:
+                    np.multiply(grads[k], LEARNING_RATE, out=grads[k])
+                    params[k] -= grads[k]
+            return result[0], params
 
         full_args = args(self.params0, self.full)
         return {"full": Case(lambda: mod.value_and_grad(**full_args), lambda out: out,
                              lambda: mod.forward(**full_args), lambda out: out["loss"]),
-                "sgd": Case(self._epoch(step), lambda out: out)}
+                "sgd": Case(epoch, lambda out: out)}
 
     def build_jax(self):
         jax, jnp = jax_modules()

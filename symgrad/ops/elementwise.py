@@ -266,34 +266,22 @@ def _truth(x):
     return f"({x} != 0)"
 
 
-register(
-    Op(
-        name="and",
-        kind="elementwise",
-        shape=elementwise_shape,
-        c=lambda p, args, attrs: "(" + " && ".join(_truth(a) for a in args) + ")",
-        numpy=lambda args, attrs: np.logical_and.reduce([a != 0 for a in args]).astype(float),
-        to_sympy=elementwise_sympy(lambda args, attrs: sp.And(*args)),
-        domain=((-1, 1), (-1, 1)),
-        cost=lambda node, shapes: (len(shapes) - 1) * size_of(node.shape),
-        differentiable=False,
-        commutative=True,
+for _name, _head, _joiner, _reduce in (("and", sp.And, " && ", np.logical_and), ("or", sp.Or, " || ", np.logical_or)):
+    register(
+        Op(
+            name=_name,
+            kind="elementwise",
+            shape=elementwise_shape,
+            c=(lambda j: lambda p, args, attrs: "(" + j.join(_truth(a) for a in args) + ")")(_joiner),
+            numpy=(lambda r: lambda args, attrs: r.reduce([a != 0 for a in args]).astype(float))(_reduce),
+            to_sympy=elementwise_sympy((lambda h: lambda args, attrs: h(*args))(_head)),
+            domain=((-1, 1), (-1, 1)),
+            cost=lambda node, shapes: (len(shapes) - 1) * size_of(node.shape),
+            differentiable=False,
+            commutative=True,
+        )
     )
-)
-register(
-    Op(
-        name="or",
-        kind="elementwise",
-        shape=elementwise_shape,
-        c=lambda p, args, attrs: "(" + " || ".join(_truth(a) for a in args) + ")",
-        numpy=lambda args, attrs: np.logical_or.reduce([a != 0 for a in args]).astype(float),
-        to_sympy=elementwise_sympy(lambda args, attrs: sp.Or(*args)),
-        domain=((-1, 1), (-1, 1)),
-        cost=lambda node, shapes: (len(shapes) - 1) * size_of(node.shape),
-        differentiable=False,
-        commutative=True,
-    )
-)
+    SYMPY_HEADS[_head] = _name
 register(
     Op(
         name="not",
@@ -308,8 +296,6 @@ register(
         differentiable=False,
     )
 )
-SYMPY_HEADS[sp.And] = "and"
-SYMPY_HEADS[sp.Or] = "or"
 SYMPY_HEADS[sp.Not] = "not"
 
 

@@ -35,7 +35,7 @@ def supported_functions() -> list:
     names = {getattr(h, "__name__", str(h)) for h in _DIRECT}
     names |= {"Add", "Mul", "Pow", "Max", "Min", "Piecewise", "Heaviside", "MatMul", "MatAdd",
               "Transpose", "HadamardProduct", "HadamardPower", "MatPow", "applyfunc",
-              "Identity", "ZeroMatrix", "OneMatrix", "Matrix", "cross_entropy", "mse", "broadcast_to", "scalar"}
+              "Identity", "ZeroMatrix", "OneMatrix", "Matrix", "cross_entropy", "mse", "broadcast_to", "scalar", "ITE"}
     return sorted(names)
 
 
@@ -161,6 +161,8 @@ class SympyReader:
         if isinstance(e, sp.Heaviside):
             h0 = e.args[1] if len(e.args) > 1 else sp.Rational(1, 2)
             return b.apply("heaviside", n(e.args[0]), attrs=(h0,))
+        if isinstance(e, sp.ITE):  # if-then-else of truth values, as SymPy rewrites some conditions
+            return b.apply("select", n(e.args[0]), n(e.args[1]), n(e.args[2]))
         if isinstance(e, sgf.cross_entropy):
             return self._cross_entropy(e)
         if isinstance(e, sgf.mse):

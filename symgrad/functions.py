@@ -57,8 +57,18 @@ def _latex_head(func) -> str:
 class Elementwise(ElementwiseApplyFunction):
     """A scalar function applied to every element of a matrix expression.
 
-    Behaves exactly like SymPy's ``M.applyfunc(f)`` but prints as ``f(M)``.
+    Behaves like SymPy's ``M.applyfunc(f)`` but prints as ``f(M)``, and never
+    takes SymPy's shortcut for 1x1 matrices (calling ``f(M)``, which for
+    ``exp`` is a matrix exponential and for symgrad's own functions builds
+    this object again).
     """
+
+    def __new__(cls, function, expr):
+        expr = sp.sympify(expr)
+        if not isinstance(function, sp.Lambda):
+            d = sp.Dummy("d")
+            function = sp.Lambda(d, function(d))
+        return MatrixExpr.__new__(cls, function, expr)
 
     def _scalar_head(self):
         lam = self.function
@@ -206,11 +216,12 @@ class broadcast_to(MatrixExpr):
 
 
 def matrix_shape(expr):
-    """The shape of a matrix expression, also of a scalar function applied to a
-    matrix (``sp.tanh(W*x)``, which symgrad reads element-wise); None for scalars."""
+    """The shape of a matrix expression, also of scalar operations that SymPy
+    leaves holding a matrix (``sp.tanh(W*x)``, ``-(A - B)``), which symgrad
+    reads element by element; None for scalars."""
     if isinstance(expr, (MatrixExpr, MatrixBase)):
         return tuple(expr.shape)
-    if isinstance(expr, sp.Function) and not isinstance(expr, _Reduction):
+    if isinstance(expr, (sp.Function, sp.Mul, sp.Add, sp.Pow)) and not isinstance(expr, _Reduction):
         for arg in expr.args:
             shape = matrix_shape(arg)
             if shape is not None:
@@ -254,11 +265,25 @@ class softmax(_VectorFunction):
 
     latex_name = r"\operatorname{softmax}"
 
+    def doit(self, **hints):
+        z = self.args[0].doit(**hints) if hints.get("deep", True) else self.args[0]
+        if isinstance(z, MatrixBase):  # entries known: write them out
+            total = sp.Add(*[sp.exp(v) for v in z])
+            return z.applyfunc(lambda v: sp.exp(v) / total)
+        return type(self)(z)
+
 
 class log_softmax(_VectorFunction):
     """z - logsumexp(z): the logarithm of softmax, computed stably."""
 
     latex_name = r"\operatorname{log\,softmax}"
+
+    def doit(self, **hints):
+        z = self.args[0].doit(**hints) if hints.get("deep", True) else self.args[0]
+        if isinstance(z, MatrixBase):
+            lse = sp.log(sp.Add(*[sp.exp(v) for v in z]))
+            return z.applyfunc(lambda v: v - lse)
+        return type(self)(z)
 
 
 class _Reduction(sp.Function):
@@ -286,6 +311,12 @@ class logsumexp(_Reduction):
     def eval(cls, z):
         _matrix_arg("logsumexp", z)
 
+    def doit(self, **hints):
+        z = self.args[0].doit(**hints) if hints.get("deep", True) else self.args[0]
+        if isinstance(z, MatrixBase):  # entries known: write it out (a model keeps the stable form)
+            return sp.log(sp.Add(*[sp.exp(v) for v in z]))
+        return type(self)(z)
+
 
 class sum(_Reduction):  # noqa: A001 - sg.sum mirrors numpy.sum
     """The sum of all elements of a matrix."""
@@ -295,7 +326,8 @@ class sum(_Reduction):  # noqa: A001 - sg.sum mirrors numpy.sum
 
     @classmethod
     def eval(cls, z):
-        _matrix_arg("sum", z)
+        if isinstance(_matrix_arg("sum", z), MatrixBase):
+            return sp.Add(*z)
 
 
 class scalar(_Reduction):
@@ -312,6 +344,8 @@ class scalar(_Reduction):
         shape = matrix_shape(_matrix_arg("scalar", matrix))
         if shape != (1, 1):
             raise sp.ShapeError(f"scalar() takes a 1x1 matrix, got shape {shape}")
+        if isinstance(matrix, MatrixBase):
+            return matrix[0, 0]
 
     def _latex(self, printer, exp=None):
         text = printer._print(self.args[0])

@@ -50,13 +50,27 @@ def tree_sizes(graph: Graph, roots, cap: int = 10**9) -> dict:
 
 
 def simplify_for_display(expr):
-    """Tidy a small matrix expression: drop 1x1 unit matrices, distribute transposes,
-    and factor shared left or right factors out of sums: A.T*x + A*x -> (A.T + A)*x."""
+    """Tidy a small matrix expression: write 1x1 matrices of numbers that multiply
+    a matrix as numbers, distribute transposes, and factor shared left or right
+    factors out of sums: A.T*x + A*x -> (A.T + A)*x."""
     if not isinstance(expr, (MatrixExpr, sp.MatrixBase)) and not expr.has(MatrixExpr):
         return expr
-    ones = {m: m[0, 0] for m in expr.atoms(sp.ImmutableMatrix) if m.shape == (1, 1)}
-    expr = expr.xreplace(ones).doit()
+    expr = expr.replace(lambda e: isinstance(e, sp.MatMul), _scalar_factors).doit()
     return expr.replace(lambda e: isinstance(e, sp.MatAdd), _factor_common)
+
+
+def _is_one_by_one(e) -> bool:
+    return isinstance(e, sp.ImmutableMatrix) and e.shape == (1, 1)
+
+
+def _scalar_factors(product):
+    """A product with its 1x1 explicit factors written as scalars, if a matrix factor remains."""
+    factors = product.args
+    if not any(_is_one_by_one(f) for f in factors):
+        return product
+    if not any(isinstance(f, (MatrixExpr, sp.MatrixBase)) and not _is_one_by_one(f) for f in factors):
+        return product
+    return sp.MatMul(*[f[0, 0] if _is_one_by_one(f) else f for f in factors])
 
 
 def _factor_common(expr):

@@ -128,6 +128,7 @@ class Kernel:
         self.work_size = work_size
         self._local = threading.local()
         self._symbols = [a for a in self.arguments if a.role in ("param", "input")]
+        self._names = frozenset(a.name for a in self._symbols)
         self._outputs = [a for a in self.arguments if a.role == "output"]
         self._pointer = "float *" if self.dtype == np.float32 else "double *"
         self._mean_results = reduce == "mean" and any(not a.per_example for a in self._outputs)
@@ -148,11 +149,14 @@ class Kernel:
         except KeyError:
             self._check_names(arrays)
             raise
+        extra = None
         if len(arrays) != len(raw):
             self._check_names(arrays)
-        exact = self._exact(raw, out, threads)
-        if exact is not None:
-            return exact
+            extra = {k: v for k, v in arrays.items() if k not in self._names}  # declared, unused here
+        else:
+            exact = self._exact(raw, out, threads)
+            if exact is not None:
+                return exact
         values = []
         shapes = []  # the shape each symbol came in
         batch = None  # (N, name of the input that set it)
@@ -177,6 +181,17 @@ class Kernel:
                     )
             values.append(array)
             shapes.append(np.shape(value) if type(value) is not np.ndarray else value.shape)
+        for name, value in (extra or {}).items():
+            role, shape = self.declared[name]
+            if role == "input":  # an input this kernel does not read still says how many examples there are
+                array, is_batch = self._input(Argument("input", name, shape, True, False, "", ""), value)
+                if is_batch:
+                    if batch is not None and batch[0] != array.shape[0]:
+                        raise ArgumentShapeError(
+                            f"batch sizes disagree: input {name!r} has {array.shape[0]} examples "
+                            f"but input {batch[1]!r} has {batch[0]}"
+                        )
+                    batch = batch or (array.shape[0], name)
         n = batch[0] if batch else 1
         if batch:  # an input given as one example next to a batch is repeated over it
             for k, arg in enumerate(self._symbols):
@@ -425,7 +440,8 @@ class Kernel:
         results = []
         for arg, value in zip(self._outputs, outputs):
             if arg.kind == "gradient":
-                value = self._gradient(arg, value, batched, given_shapes[arg.name], arg.name in batched_names)
+                given = given_shapes.get(arg.name, self.declared[arg.name][1])  # unread symbols: as declared
+                value = self._gradient(arg, value, batched, given, arg.name in batched_names)
             elif arg.per_example and not batched:
                 value = value[0]
             results.append((arg.name, float(value) if value.ndim == 0 else value))

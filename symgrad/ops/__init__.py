@@ -144,12 +144,20 @@ def elementwise_sympy(scalar_form):
         matrices = [a for a in args if _is_matrix(a)]
         if not matrices:
             return scalar_form(args, attrs)
-        if len(matrices) == 1:
+        rows = max(int(m.shape[0]) for m in matrices)
+        cols = max(int(m.shape[1]) for m in matrices)
+        if len(matrices) == 1 and not isinstance(matrices[0], sp.MatrixBase):
             (matrix,) = matrices
             d = sp.Dummy("d")
             body = scalar_form([d if a is matrix else a for a in args], attrs)
             return Elementwise(sp.Lambda(d, body), matrix)
-        return sp.Function(getattr(scalar_form, "display_name", "elementwise"))(*args)
+        # Several matrices, or numbers written out: the matrix of the op applied entry by entry.
+        def entry(a, i, j):
+            if not _is_matrix(a):
+                return a
+            return a[i if a.shape[0] > 1 else 0, j if a.shape[1] > 1 else 0]
+
+        return sp.ImmutableMatrix(rows, cols, lambda i, j: scalar_form([entry(a, i, j) for a in args], attrs))
 
     return to_sympy
 

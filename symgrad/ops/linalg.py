@@ -351,8 +351,9 @@ register(
 def _emit_matrix_const(p, out, args, attrs):
     shape, values = attrs
     literals = ", ".join(p.literal(v) for v in values)
-    return [f"static const {p.real} values[{len(values)}] = {{{literals}}};",
-            f"for (int64_t k = 0; k < {len(values)}; ++k) {out.text}[k] = values[k];"]
+    table = f"{out.text}_values"
+    return [f"static const {p.real} {table}[{len(values)}] = {{{literals}}};",
+            f"for (int64_t k = 0; k < {len(values)}; ++k) {out.text}[k] = {table}[k];"]
 
 
 # A matrix of numbers written in the model. attrs: (shape, values in row-major order).
@@ -415,7 +416,9 @@ register(
         ],
         emit=_emit_take,
         numpy=lambda args, attrs: np.asarray(args[0]).reshape(-1)[int(args[1])],
-        to_sympy=lambda args, attrs: sp.Function("take")(args[0], args[1]),
+        to_sympy=lambda args, attrs: sp.Add(*[
+            args[0][k // args[0].shape[1], k % args[0].shape[1]] * sp.KroneckerDelta(args[1], k)
+            for k in range(args[0].shape[0] * args[0].shape[1])]),
     )
 )
 
@@ -437,7 +440,8 @@ register(
         shape=lambda shapes, attrs: attrs[0],
         emit=_emit_one_hot,
         numpy=lambda args, attrs: np.eye(size_of(attrs[0]))[int(args[0])].reshape(attrs[0]),
-        to_sympy=lambda args, attrs: sp.Function("one_hot")(args[0]),
+        to_sympy=lambda args, attrs: sp.ImmutableMatrix(
+            attrs[0][0], attrs[0][1], lambda i, j: sp.KroneckerDelta(args[0], i * attrs[0][1] + j)),
         differentiable=False,
     )
 )

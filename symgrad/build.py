@@ -103,7 +103,7 @@ def vector_math_available() -> bool:
 #: Kernels whose C source is at most this long are compiled for several CPU
 #: levels (AVX-512, AVX2, baseline), picked at load time; larger ones once, so
 #: that builds stay quick. Compiling each version takes about as long as the first.
-DISPATCH_SOURCE_LIMIT = 60_000
+DISPATCH_SOURCE_LIMIT = 250_000
 
 
 def compiler_flags(*, native: bool = False, fast_math: bool = False, source_size: int = 0) -> tuple:

@@ -16,6 +16,7 @@ import contextvars
 import keyword
 import runpy
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -186,6 +187,39 @@ class Model:
         return latex_summary(self)
 
 
+#: SymPy builds and hashes expressions recursively, so a deep model (a chain of
+#: hundreds of layers) needs more than Python's default recursion limit and
+#: stack. Model files run on a thread with this much stack and recursion.
+MODEL_FILE_STACK = 512 * 1024 * 1024
+MODEL_FILE_RECURSION = 200_000
+
+
+def _with_deep_recursion(function):
+    """``function()`` run on a thread with a large stack and a high recursion limit."""
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = function()
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    old_stack = threading.stack_size()
+    old_limit = sys.getrecursionlimit()
+    try:
+        threading.stack_size(MODEL_FILE_STACK)
+        thread = threading.Thread(target=target, name="symgrad-model-file")
+        sys.setrecursionlimit(max(old_limit, MODEL_FILE_RECURSION))
+        thread.start()
+        thread.join()
+    finally:
+        sys.setrecursionlimit(old_limit)
+        threading.stack_size(old_stack)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def load_model(path) -> list:
     """Run the model file at ``path``; returns the models it made, in order.
 
@@ -195,6 +229,10 @@ def load_model(path) -> list:
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist" if not path.exists()
                              else f"model file {path} is not a file")
+    return _with_deep_recursion(lambda: _run_model_file(path))
+
+
+def _run_model_file(path: Path) -> list:
     models: list = []
     token = _collector.set(models)
     try:

@@ -70,6 +70,12 @@ class Elementwise(ElementwiseApplyFunction):
             function = sp.Lambda(d, function(d))
         return MatrixExpr.__new__(cls, function, expr)
 
+    def doit(self, **hints):
+        expr = self.expr.doit(**hints) if hints.get("deep", True) else self.expr
+        if isinstance(expr, MatrixBase):
+            return expr.applyfunc(self.function)
+        return Elementwise(self.function, expr)
+
     def _scalar_head(self):
         lam = self.function
         body = getattr(lam, "expr", None)

@@ -55,7 +55,11 @@ def simplify_for_display(expr):
     factors out of sums: A.T*x + A*x -> (A.T + A)*x."""
     if not isinstance(expr, (MatrixExpr, sp.MatrixBase)) and not expr.has(MatrixExpr):
         return expr
-    expr = expr.replace(lambda e: isinstance(e, sp.MatMul), _scalar_factors).doit()
+    expr = expr.replace(lambda e: isinstance(e, sp.MatMul), _scalar_factors)
+    expr = expr.replace(lambda e: isinstance(e, sp.MatMul), lambda e: e.doit(deep=False))  # flatten
+    # Distribute transposes only: a full doit() would multiply explicit matrices out entry by
+    # entry, and SymPy's assumption queries on the entries can take minutes.
+    expr = expr.replace(lambda e: isinstance(e, sp.Transpose), lambda e: e.doit(deep=False))
     return expr.replace(lambda e: isinstance(e, sp.MatAdd), _factor_common)
 
 
@@ -70,7 +74,7 @@ def _scalar_factors(product):
         return product
     if not any(isinstance(f, (MatrixExpr, sp.MatrixBase)) and not _is_one_by_one(f) for f in factors):
         return product
-    return sp.MatMul(*[f[0, 0] if _is_one_by_one(f) else f for f in factors])
+    return sp.MatMul(*[f[0, 0] if _is_one_by_one(f) else f for f in factors]).doit(deep=False)
 
 
 def _factor_common(expr):

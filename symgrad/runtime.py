@@ -159,6 +159,7 @@ class Kernel:
                 return exact
         values = []
         shapes = []  # the shape each symbol came in
+        shapes_of_unread = {}  # the same, for declared symbols this kernel does not read
         batch = None  # (N, name of the input that set it)
         batched = set()
         for arg, value in zip(self._symbols, raw):
@@ -183,9 +184,11 @@ class Kernel:
             shapes.append(np.shape(value) if type(value) is not np.ndarray else value.shape)
         for name, value in (extra or {}).items():
             role, shape = self.declared[name]
+            shapes_of_unread[name] = np.shape(value)
             if role == "input":  # an input this kernel does not read still says how many examples there are
                 array, is_batch = self._input(Argument("input", name, shape, True, False, "", ""), value)
                 if is_batch:
+                    batched.add(name)
                     if batch is not None and batch[0] != array.shape[0]:
                         raise ArgumentShapeError(
                             f"batch sizes disagree: input {name!r} has {array.shape[0]} examples "
@@ -204,6 +207,7 @@ class Kernel:
         outputs = self._result_arrays(n, out)
         self._launch(n, values, outputs, threads)
         given = {a.name: s for a, s in zip(self._symbols, shapes)}
+        given.update(shapes_of_unread)
         return self._results(outputs, batch is not None, given, batched)
 
     def out_arrays(self, out, form: str):
@@ -278,8 +282,8 @@ class Kernel:
                     reshaped[arg.name] = shape
             else:
                 rest = shape[1:]
-                if (rest != arg.shape and rest != arg.flat) or len(shape) < 2 and arg.shape:
-                    return None
+                if shape == arg.shape or (rest != arg.shape and rest != arg.flat) or len(shape) < 2 and arg.shape:
+                    return None  # one example (its declared shape), or a shape the flexible path sorts out
                 if n < 0:
                     n = shape[0]
                 elif shape[0] != n:

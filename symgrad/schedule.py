@@ -248,6 +248,10 @@ class _Scheduler:
         body = [n for n in self.live if self.role[n] in _IN_BODY]
         in_body = set(body)
         deps = {n: [r for r in self._reads(n) if r in in_body] for n in body}
+        # A value read through a view (an element, a transpose) is read at other indices than the
+        # loop that computes it is at: it must be complete, so it cannot come from the same loop.
+        viewed = {n: {self._base(a) for a in self.g.nodes[n].args if self.role.get(a) == VIEW} & in_body
+                  for n in body}
         fusible = {n for n in body if self.role[n] in (SEGMENT, SCALAR_ACC)}
         done: set = set()
         items = []
@@ -259,7 +263,8 @@ class _Scheduler:
                 segment, taken = [], set()
                 for n in remaining:
                     if (n in fusible and self.g.nodes[n].shape == shape
-                            and all(d in done or d in taken for d in deps[n])):
+                            and all(d in done or d in taken for d in deps[n])
+                            and not (viewed[n] & taken)):
                         segment.append(n)
                         taken.add(n)
                 items.append(("segment", segment))

@@ -32,7 +32,7 @@ def _sympy_add(args, attrs):
     matrices, (rows, cols) = _full_size(matrices)
     scalars = [a for a in args if not _is_matrix(a)]
     extra = [sp.Add(*scalars) * sp.OneMatrix(rows, cols)] if scalars else []
-    return sp.MatAdd(*(matrices + extra)).doit()
+    return sp.MatAdd(*(matrices + extra))
 
 
 def _sympy_mul(args, attrs):

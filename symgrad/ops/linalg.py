@@ -13,6 +13,8 @@ import sympy as sp
 
 from dataclasses import replace
 
+from sympy.matrices.expressions.matexpr import MatrixElement
+
 from ..errors import ModelShapeError
 from .. import functions as sgf
 from . import Op, elementwise_shape, register, size_of
@@ -140,7 +142,8 @@ register(
         shape=_index_shape,
         vjp=lambda b, n, g: [b.apply("assemble", g, attrs=(b.shape(b.node(n).args[0]), (b.node(n).attrs,)))],
         numpy=lambda args, attrs: np.asarray(args[0])[attrs],
-        to_sympy=lambda args, attrs: args[0][attrs] if hasattr(args[0], "shape") else args[0],
+        # MatrixElement, not M[i, j]: indexing makes SymPy write a matrix product out element by element.
+        to_sympy=lambda args, attrs: MatrixElement(args[0], *attrs) if hasattr(args[0], "shape") else args[0],
         domain=((-1.0, 1.0),),
         test_cases=((((3, 2),), (2, 1)), (((1, 4),), (0, 3))),
     )

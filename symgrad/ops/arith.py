@@ -47,7 +47,9 @@ def _sympy_mul(args, attrs):
 
 def _sympy_pow(args, attrs):
     base, exponent = args
-    if _is_matrix(base):
+    if _is_matrix(base) and _is_matrix(exponent):
+        (base, exponent), _ = _full_size([base, exponent])
+    if _is_matrix(base) or _is_matrix(exponent):
         return sp.HadamardPower(base, exponent)
     return sp.Pow(base, exponent)
 

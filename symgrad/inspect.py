@@ -78,14 +78,33 @@ def _scalar_factors(product):
 
 
 def _factor_common(expr):
+    """A sum with a factor shared on the right or the left pulled out, or the sum unchanged.
+
+    Only a display tidy-up: where the remainders mix matrices and scalars, or SymPy cannot
+    rebuild them (its rewriting of products of 1x1 matrices has gaps), the sum is kept.
+    """
     terms = [t.args if isinstance(t, sp.MatMul) else (t,) for t in expr.args]
     if len(terms) < 2 or any(len(t) < 2 for t in terms):
         return expr
-    if all(t[-1] == terms[0][-1] for t in terms):
-        return sp.MatMul(sp.MatAdd(*[sp.MatMul(*t[:-1]).doit() for t in terms]), terms[0][-1])
-    if all(t[0] == terms[0][0] for t in terms):
-        return sp.MatMul(terms[0][0], sp.MatAdd(*[sp.MatMul(*t[1:]).doit() for t in terms]))
+    try:
+        if all(t[-1] == terms[0][-1] for t in terms):
+            rest = _sum_of_products([t[:-1] for t in terms])
+            return expr if rest is None else sp.MatMul(rest, terms[0][-1])
+        if all(t[0] == terms[0][0] for t in terms):
+            rest = _sum_of_products([t[1:] for t in terms])
+            return expr if rest is None else sp.MatMul(terms[0][0], rest)
+    except (TypeError, ValueError, NotImplementedError):
+        pass
     return expr
+
+
+def _sum_of_products(factor_lists):
+    """The sum of the products of each factor list, if all are matrices or all scalars."""
+    parts = [sp.MatMul(*factors).doit() for factors in factor_lists]
+    matrices = [isinstance(p, (MatrixExpr, sp.MatrixBase)) for p in parts]
+    if all(matrices):
+        return sp.MatAdd(*parts)
+    return None if any(matrices) else sp.Add(*parts)
 
 
 def per_example_gradients(model) -> Graph:
@@ -123,9 +142,21 @@ def gradient_formulas(model, limit: int = FORMULA_LIMIT, latex: bool = False, mo
             texts[r.name] = (rf"\text{{(more than {limit} terms written out; see the backward pass)}}"
                              if latex else f"(more than {limit} terms written out; see the backward pass)")
             continue
-        expr = simplify_for_display(expression(graph, r.node, memo))
-        texts[r.name] = sp.latex(expr) if latex else sp.sstr(expr)
+        texts[r.name] = _formula_text(expression(graph, r.node, memo), latex)
     return texts
+
+
+def _formula_text(expr, latex: bool) -> str:
+    """The gradient as text, tidied for display where SymPy can (some products of 1x1 matrices
+    make SymPy's own printers and rewriting fail), else a note pointing to the backward pass."""
+    show = sp.latex if latex else sp.sstr
+    for tidy in (simplify_for_display, lambda e: e):
+        try:
+            return show(tidy(expr))
+        except (TypeError, ValueError, NotImplementedError, AttributeError):
+            continue
+    return (r"\text{(SymPy cannot print this formula; see the backward pass)}" if latex
+            else "(SymPy cannot print this formula; see the backward pass)")
 
 
 # --- the passes, node by node -----------------------------------------------------------

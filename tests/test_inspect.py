@@ -5,7 +5,7 @@ import pytest
 import sympy as sp
 
 import symgrad as sg
-from symgrad.inspect import format_dot, format_latex, format_stats, format_text, stats
+from symgrad.inspect import format_dot, format_latex, format_stats, format_text, simplify_for_display, stats
 
 x, y, a, b, c = sp.symbols("x y a b c", real=True)
 
@@ -109,3 +109,14 @@ def test_symgrad_functions_print_as_themselves():
     assert sg.sigmoid(M).shape == (2, 2)
     assert sp.diff(sg.sigmoid(x), x) == sg.sigmoid(x) * (1 - sg.sigmoid(x))
     assert float(sg.softplus(0).evalf()) == pytest.approx(np.log(2))
+
+
+def test_display_factors_a_shared_matrix_out_of_a_sum():
+    a, b = sp.symbols("a b")
+    X, A = sp.MatrixSymbol("X", 2, 2), sp.MatrixSymbol("A", 2, 2)
+    scalars = simplify_for_display(sp.MatAdd(sp.MatMul(a, X), sp.MatMul(b, X)))
+    assert scalars == sp.MatMul(a + b, X)
+    matrices = simplify_for_display(sp.MatAdd(sp.MatMul(A, X), sp.MatMul(A.T, X)))
+    assert matrices == sp.MatMul(sp.MatAdd(A, A.T), X)
+    mixed = sp.MatAdd(sp.MatMul(A, X), sp.MatMul(a, X))  # A + a is no sum: kept as it is
+    assert simplify_for_display(mixed) == mixed

@@ -1868,3 +1868,24 @@ def test_power_with_a_matrix_exponent(compile_model):
         module = compile_model(model)
         _close(module.grad(W=w)["W"], want)
         _close(evaluate(model.gradients()[W], {W: w}), want)
+
+
+def test_scalar_times_a_product_of_1x1_matrix_powers(compile_model):
+    """model.gradients() raised TypeError ('MatPow base should be a matrix') for this model: the
+    display form of a scalar times a matrix was built with ``*``, which runs MatMul.doit, and
+    SymPy's rewriting of powers of 1x1 matrices there fails. Printing the gradient fails inside
+    SymPy the same way; the formulas in generated code and ``symgrad show`` fall back to a note."""
+    W = sp.MatrixSymbol("W", 1, 1)
+    cube = (1.0 * W - 0.85 * sp.Identity(1)) ** 3
+    p = sp.ImmutableMatrix([[-3.84 + 7.68 / (sg.scalar(cube**3) ** 2 + 1)]])
+    y = 3.5723 * sg.sigmoid(2.0 * cube) - 1.2862 * sp.Identity(1)
+    loss = sg.cross_entropy(p, y) + sg.scalar(y)  # (the cross-entropy of one class is 0)
+    model = sg.Model("bug_scalar_times_1x1_powers", loss=loss, params=[W])
+    module = compile_model(model)
+    w, h = 1.1, 1e-6
+    grad = module.grad(W=np.array([[w]]))["W"]
+    assert abs(grad[0, 0]) > 0.1
+    f = lambda v: float(module.forward(W=np.array([[v]]))["loss"])  # noqa: E731
+    _close(grad, [[(f(w + h) - f(w - h)) / (2 * h)]], rtol=1e-6, atol=1e-9)
+    _close(evaluate(model.gradients()[W], {W: np.array([[w]])}), grad)
+    assert "W" in sg.inspect.gradient_formulas(model)  # (SymPy cannot print some of these)

@@ -42,7 +42,9 @@ def _sympy_mul(args, attrs):
         return scalars
     matrices, _ = _full_size(matrices)
     product = matrices[0] if len(matrices) == 1 else sp.HadamardProduct(*matrices)
-    return scalars * product if scalars != 1 else product
+    # An unevaluated MatMul: ``scalars * product`` would run MatMul.doit, whose rewriting of
+    # powers of 1x1 matrices can fail inside SymPy.
+    return sp.MatMul(scalars, product) if scalars != 1 else product
 
 
 def _sympy_pow(args, attrs):

@@ -136,7 +136,10 @@ def elementwise_sympy(scalar_form):
     argument the op is shown applied element by element (``tanh(W*x + b)``);
     with several, as a function of them.
     """
+    import warnings
+
     import sympy as sp
+    from sympy.utilities.exceptions import SymPyDeprecationWarning
 
     from ..functions import Elementwise
 
@@ -157,7 +160,14 @@ def elementwise_sympy(scalar_form):
                 return a
             return a[i if a.shape[0] > 1 else 0, j if a.shape[1] > 1 else 0]
 
-        return sp.ImmutableMatrix(rows, cols, lambda i, j: scalar_form([entry(a, i, j) for a in args], attrs))
+        entries = [[scalar_form([entry(a, i, j) for a in args], attrs) for j in range(cols)] for i in range(rows)]
+        if all(isinstance(e, sp.Expr) for row in entries for e in row):
+            return sp.ImmutableMatrix(entries)
+        # Truth values (a comparison or logic op of matrices): SymPy deprecates them as matrix
+        # entries, but they are read back only entry by entry, by the select that uses them.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SymPyDeprecationWarning)
+            return sp.ImmutableMatrix(entries)
 
     return to_sympy
 

@@ -90,7 +90,9 @@ def build_model(model: Model, out_dir="generated", *, dtype: str = "float64", na
     generated = generate(model, dtype=dtype)
     start = time.perf_counter()
     if flags is None:
-        flags = compiler_flags(native=native, fast_math=fast_math, source_size=generated.package.source_size())
+        package = generated.package
+        flags = compiler_flags(native=native, fast_math=fast_math, source_size=package.source_size(),
+                               vector_math=package.calls_vector_math())
     result: BuildResult = build(generated.package, out_dir, flags=flags, force=force)
     generated.timings["compile" if not result.cached else "cache check"] = time.perf_counter() - start
     return generated, result

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from dataclasses import dataclass
 from importlib import resources
 
@@ -25,6 +26,8 @@ from .schedule import GEMM_BLOCKS, KernelSpec
 #: Functions of one argument with SIMD variants in glibc 2.35's libmvec.
 VECTOR_FUNCTIONS = ("exp", "log", "log1p", "expm1", "sin", "cos", "tan", "sinh", "cosh", "tanh",
                     "asin", "acos", "atan", "asinh", "acosh", "atanh", "erf", "erfc")
+
+_VECTOR_CALL = re.compile(r"\b(?:%s)f?\(" % "|".join(VECTOR_FUNCTIONS))
 
 #: Scratch elements a one-example entry point may keep on the C stack.
 POINT_STACK_LIMIT = 16384
@@ -65,6 +68,11 @@ class RenderedPackage:
     def source_size(self) -> int:
         """Characters of compiled C source: how long the kernels take to compile."""
         return sum(len(self.files[name]) for name in self.c_sources)
+
+    def calls_vector_math(self) -> bool:
+        """Whether the kernels call a math function that has SIMD variants (tanh, exp...):
+        their loops gain the most from wide vector instructions."""
+        return any(_VECTOR_CALL.search(self.files[name]) for name in self.c_sources)
 
     def source_digest(self) -> str:
         """A digest of everything that goes into the compiled extension."""

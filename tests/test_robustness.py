@@ -239,3 +239,22 @@ def test_repeated_calls_do_not_grow_memory(compile_model):
     for _ in range(100_000):
         module.value_and_grad(a=0.5, x=data)
     assert rss_kib() - before < 2048  # KiB
+
+
+def test_cpu_level_versions_are_compiled_where_they_pay():
+    """Small kernels, and kernels calling SIMD math functions up to a limit, get versions for
+    several CPU levels; large arithmetic-only kernels and huge ones are compiled once."""
+    from symgrad.build import DISPATCH_SMALL_SOURCE, DISPATCH_SOURCE_LIMIT, compiler_flags
+
+    def dispatched(size, vector_math):
+        return "-DSG_DISPATCH_KERNELS" in compiler_flags(source_size=size, vector_math=vector_math)
+
+    assert dispatched(DISPATCH_SMALL_SOURCE, False)
+    assert not dispatched(DISPATCH_SMALL_SOURCE + 1, False)
+    assert dispatched(DISPATCH_SOURCE_LIMIT, True)
+    assert not dispatched(DISPATCH_SOURCE_LIMIT + 1, True)
+    assert "-DSG_DISPATCH_KERNELS" not in compiler_flags(native=True, source_size=100)
+    x, a = sp.symbols("x a")
+    for loss, calls in ((a * x**2, False), (sp.tanh(a * x), True), (sp.exp(a) * x, True)):
+        package = generate(sg.Model("m", loss=loss, params=[a], inputs=[x])).package
+        assert package.calls_vector_math() is calls, loss

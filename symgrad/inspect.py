@@ -142,18 +142,29 @@ def gradient_formulas(model, limit: int = FORMULA_LIMIT, latex: bool = False, mo
             texts[r.name] = (rf"\text{{(more than {limit} terms written out; see the backward pass)}}"
                              if latex else f"(more than {limit} terms written out; see the backward pass)")
             continue
-        texts[r.name] = _formula_text(expression(graph, r.node, memo), latex)
+        texts[r.name] = _formula_text(lambda: expression(graph, r.node, memo), latex)
     return texts
 
 
-def _formula_text(expr, latex: bool) -> str:
-    """The gradient as text, tidied for display where SymPy can (some products of 1x1 matrices
-    make SymPy's own printers and rewriting fail), else a note pointing to the backward pass."""
+#: What SymPy raises where its automatic rewriting has gaps (products of 1x1 matrices,
+#: comparisons it canonicalizes into an undefined value...).
+_SYMPY_GAPS = (TypeError, ValueError, NotImplementedError, AttributeError)
+
+
+def _formula_text(build, latex: bool) -> str:
+    """The gradient ``build()`` makes, as text, tidied for display where SymPy can, else a note
+    pointing to the backward pass: a formula shown for reading never stops a build."""
     show = sp.latex if latex else sp.sstr
+    try:
+        expr = build()
+    except _SYMPY_GAPS:
+        expr = None
     for tidy in (simplify_for_display, lambda e: e):
+        if expr is None:
+            break
         try:
             return show(tidy(expr))
-        except (TypeError, ValueError, NotImplementedError, AttributeError):
+        except _SYMPY_GAPS:
             continue
     return (r"\text{(SymPy cannot print this formula; see the backward pass)}" if latex
             else "(SymPy cannot print this formula; see the backward pass)")

@@ -1889,3 +1889,19 @@ def test_scalar_times_a_product_of_1x1_matrix_powers(compile_model):
     _close(grad, [[(f(w + h) - f(w - h)) / (2 * h)]], rtol=1e-6, atol=1e-9)
     _close(evaluate(model.gradients()[W], {W: np.array([[w]])}), grad)
     assert "W" in sg.inspect.gradient_formulas(model)  # (SymPy cannot print some of these)
+
+
+def test_piecewise_whose_condition_sympy_cannot_canonicalize(compile_model):
+    """sg.compile and model.gradients() raised TypeError ('Invalid comparison of non-real zoo'):
+    building the display form of the select, SymPy's Piecewise canonicalized the condition
+    atan(0.639*p2*mse(x1, x1) + 1.9159) > 0 by dividing by a coefficient that is 0."""
+    p2, x0, x1 = sp.symbols("p2 x0 x1")
+    bound = sp.atan(0.639 * p2 * sg.mse(x1, x1) + 1.9159)
+    loss = x1 / 3 + sp.Piecewise((p2**2, sp.Eq(x0, bound) | (bound > 0)), (sg.mse(x1, x1), True))
+    model = sg.Model("bug_piecewise_condition_zoo", loss=loss, params=[p2], inputs=[x0, x1], reduce=None)
+    module = compile_model(model)
+    x0s, x1s = np.array([0.1, 0.2]), np.array([0.3, -0.4])
+    loss, grads = module.value_and_grad(p2=-0.7, x0=x0s, x1=x1s)
+    _close(loss, x1s / 3 + 0.49)
+    _close(grads["p2"], [-1.4, -1.4])
+    _close(evaluate(model.gradients()[p2], {p2: -0.7, x0: 0.1, x1: 0.3}), -1.4)

@@ -334,8 +334,11 @@ def _np_select(args, attrs):
 
 
 def _sympy_select(args, attrs):
-    pairs = [(args[k + 1], args[k]) for k in range(0, len(args) - 1, 2)]
-    return sp.Piecewise(*pairs, (args[-1], True))
+    pairs = [(args[k + 1], args[k]) for k in range(0, len(args) - 1, 2)] + [(args[-1], True)]
+    try:
+        return sp.Piecewise(*pairs)
+    except TypeError:  # SymPy's simplification of the conditions can fail ("Invalid comparison")
+        return sp.Piecewise(*pairs, evaluate=False)
 
 
 register(

@@ -42,8 +42,12 @@ from .render import RenderedPackage, finish
 
 #: Flags of every kernel build: -fopenmp-simd honours the SIMD loops of the
 #: generated code (no OpenMP runtime is involved); -fno-math-errno lets math
-#: functions vectorize (errno is never read).
-BASE_FLAGS = ("-O3", "-fopenmp-simd", "-fno-math-errno")
+#: functions vectorize (errno is never read); -fno-tree-loop-distribute-patterns
+#: keeps loops that zero or copy buffers as loops: GCC 12 turns them into memset
+#: calls and then, in AVX-512 code, wrongly drops part of a memset that later
+#: vector stores only partly overwrite (wrong gradients; see
+#: test_zeroed_product_in_avx512_code). The loops are short: nothing is lost.
+BASE_FLAGS = ("-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-tree-loop-distribute-patterns")
 #: With glibc's vector math library: SIMD variants of exp, log, tanh, sin ...
 #: (within 4 ulp of the scalar ones). sin and cos stay separate calls so each
 #: can vectorize.

@@ -1905,3 +1905,22 @@ def test_piecewise_whose_condition_sympy_cannot_canonicalize(compile_model):
     _close(loss, x1s / 3 + 0.49)
     _close(grads["p2"], [-1.4, -1.4])
     _close(evaluate(model.gradients()[p2], {p2: -0.7, x0: 0.1, x1: 0.3}), -1.4)
+
+
+def test_zeroed_product_in_avx512_code(compile_model):
+    """Wrong gradients on CPUs with AVX-512 (the version of the kernel they run): GCC 12 turned
+    the loop that zeroes a small matrix product's result into a memset, then dead-store
+    elimination dropped part of it, so row 1 of v7_bar*W1.T started from stale values. Builds
+    now keep such loops as loops (-fno-tree-loop-distribute-patterns)."""
+    W1 = sp.MatrixSymbol("W1", 2, 3)
+    scale = sg.sum(sp.HadamardProduct(W1.T, W1.T)) + 1
+    model = sg.Model("bug_zeroed_product_avx512", loss=sg.sum(sp.tanh(W1.T * scale * W1)), params=[W1])
+    module = compile_model(model)
+    w = np.array([[0.2222, 0.5069, -0.8881], [-0.3467, 0.557, 0.2828]])
+    v6 = 1 + np.sum(w**2)
+    v7 = w.T @ w
+    v8_bar = 1 - np.tanh(v6 * v7) ** 2
+    v7_bar = v6 * v8_bar
+    v6_bar = np.sum(v7 * v8_bar)
+    want = w @ v7_bar + (v6_bar * 2 * w.T + v7_bar @ w.T).T  # by hand, node by node
+    _close(module.grad(W1=w)["W1"], want)

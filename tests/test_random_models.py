@@ -1924,3 +1924,23 @@ def test_zeroed_product_in_avx512_code(compile_model):
     v6_bar = np.sum(v7 * v8_bar)
     want = w @ v7_bar + (v6_bar * 2 * w.T + v7_bar @ w.T).T  # by hand, node by node
     _close(module.grad(W1=w)["W1"], want)
+
+
+def test_min_of_scalars_made_from_matrices(compile_model):
+    """model.gradients() raised AttributeError ('Mul' object has no attribute 'shape'): building
+    the display form of min(a, b), SymPy's Min factors a - b, which breaks on scalars made from
+    matrices (mse of a 3x1 input). Such a Min is now shown unevaluated."""
+    X = sp.MatrixSymbol("X", 3, 1)
+    q = sg.mse(X, 11.5085 * sg.sigmoid(4 * X) - 5.7542 * sp.OneMatrix(3, 1))
+    low = sp.Min(0.191 * q - 5.7542, 22.9939 * sg.sigmoid(q) - 17.2396, evaluate=False)
+    model = sg.Model("bug_min_of_matrix_scalars", loss=-sp.tan(1.152 - 2.304 / (low**2 + 1)) + low, inputs=[X],
+                     wrt=[X], reduce="sum")
+    module = compile_model(model)
+    x = np.array([[0.3], [-0.5], [0.8]])
+    grad = module.grad(X=x[None])["X"][0]
+    h = 1e-6
+    f = lambda v: float(module.forward(X=v[None])["loss"])  # noqa: E731
+    fd = np.array([[(f(x + h * e) - f(x - h * e)) / (2 * h)] for e in np.eye(3)[:, :, None]]).reshape(3, 1)
+    _close(grad, fd, rtol=1e-6, atol=1e-8)
+    assert np.max(np.abs(grad)) > 1e-3
+    _close(evaluate(model.gradients()[X], {X: x}), grad)

@@ -215,6 +215,19 @@ def _select_partials(first_wins):
     return partials
 
 
+def _sympy_extremum(head):
+    """``head(a, b)`` (Max or Min), unevaluated where SymPy's comparison of the arguments fails
+    (it factors their difference, which breaks on scalars made from matrices)."""
+
+    def to_sympy(args, attrs):
+        try:
+            return head(*args)
+        except (TypeError, AttributeError):
+            return head(*args, evaluate=False)
+
+    return to_sympy
+
+
 for _name, _head, _np, _first in (("max", sp.Max, np.maximum, True), ("min", sp.Min, np.minimum, False)):
     register(
         Op(
@@ -225,7 +238,7 @@ for _name, _head, _np, _first in (("max", sp.Max, np.maximum, True), ("min", sp.
             vjp=_elementwise_vjp(_select_partials(_first)),
             c=(lambda fname: lambda p, args, attrs: p.runtime(fname, args[0], args[1]))(_name),
             numpy=(lambda f: lambda args, attrs: f(args[0], args[1]))(_np),
-            to_sympy=elementwise_sympy((lambda h: lambda args, attrs: h(*args))(_head)),
+            to_sympy=elementwise_sympy(_sympy_extremum(_head)),
             domain=((-2, 2), (-2, 2)),
             cost=elementwise_cost(1),
             commutative=True,
@@ -337,7 +350,7 @@ def _sympy_select(args, attrs):
     pairs = [(args[k + 1], args[k]) for k in range(0, len(args) - 1, 2)] + [(args[-1], True)]
     try:
         return sp.Piecewise(*pairs)
-    except TypeError:  # SymPy's simplification of the conditions can fail ("Invalid comparison")
+    except (TypeError, AttributeError):  # SymPy's simplification of the conditions can fail
         return sp.Piecewise(*pairs, evaluate=False)
 
 

@@ -235,6 +235,14 @@ def matrix_shape(expr):
     return None
 
 
+def _stand_in(*args) -> bool:
+    """Whether a scalar symbol stands in a matrix argument's place, as SymPy puts one there in
+    its generic derivative (Function.fdiff, Derivative) and its rewriting of noncommutative
+    products: such a call is kept as it is, unchecked (a model that really reduces a scalar
+    symbol is refused when symgrad reads it)."""
+    return any(isinstance(a, sp.Symbol) and matrix_shape(a) is None for a in args)
+
+
 def _matrix_arg(name: str, arg):
     arg = sp.sympify(arg)
     if isinstance(arg, MatrixBase):
@@ -315,7 +323,8 @@ class logsumexp(_Reduction):
 
     @classmethod
     def eval(cls, z):
-        _matrix_arg("logsumexp", z)
+        if not _stand_in(z):
+            _matrix_arg("logsumexp", z)
 
     def doit(self, **hints):
         z = self.args[0].doit(**hints) if hints.get("deep", True) else self.args[0]
@@ -332,7 +341,7 @@ class sum(_Reduction):  # noqa: A001 - sg.sum mirrors numpy.sum
 
     @classmethod
     def eval(cls, z):
-        if isinstance(_matrix_arg("sum", z), MatrixBase):
+        if not _stand_in(z) and isinstance(_matrix_arg("sum", z), MatrixBase):
             return sp.Add(*z)
 
 
@@ -347,6 +356,8 @@ class scalar(_Reduction):
 
     @classmethod
     def eval(cls, matrix):
+        if _stand_in(matrix):
+            return matrix  # the number itself
         shape = matrix_shape(_matrix_arg("scalar", matrix))
         if shape != (1, 1):
             raise sp.ShapeError(f"scalar() takes a 1x1 matrix, got shape {shape}")
@@ -370,6 +381,8 @@ class cross_entropy(_Reduction):
 
     @classmethod
     def eval(cls, logits, target):
+        if _stand_in(logits, target):
+            return None
         logits = _matrix_arg("cross_entropy", logits)
         target_shape = matrix_shape(target)
         if target_shape is not None and target_shape != matrix_shape(logits):
@@ -386,6 +399,8 @@ class mse(_Reduction):
 
     @classmethod
     def eval(cls, prediction, target):
+        if _stand_in(prediction, target):
+            return None
         p_shape = matrix_shape(prediction)
         t_shape = matrix_shape(target)
         if p_shape != t_shape:

@@ -1944,3 +1944,20 @@ def test_min_of_scalars_made_from_matrices(compile_model):
     _close(grad, fd, rtol=1e-6, atol=1e-8)
     assert np.max(np.abs(grad)) > 1e-3
     _close(evaluate(model.gradients()[X], {X: x}), grad)
+
+
+def test_sympy_derivatives_of_symgrad_functions(compile_model):
+    """Printing a loss raised TypeError ('scalar() takes a matrix expression, got the scalar
+    _xi_1'): SymPy's printer asked could_extract_minus_sign, which differentiates, and
+    Function.fdiff rebuilds sg.scalar(...) (likewise sum, logsumexp, cross_entropy, mse) with a
+    scalar stand-in for its matrix argument. symgrad's functions now keep such calls as they are,
+    and sg.scalar of a number is the number."""
+    A, B, W = sp.MatrixSymbol("A", 1, 3), sp.MatrixSymbol("B", 3, 1), sp.MatrixSymbol("W", 3, 1)
+    for call in (sg.scalar(A * B), sg.sum(W), sg.logsumexp(W), sg.cross_entropy(W, W), sg.mse(W, B)):
+        derivative = call.fdiff(1)
+        assert derivative.has(sp.Derivative) or derivative.is_number, derivative
+    x = sp.Symbol("x")
+    model = sg.Model("scalar_of_a_number", loss=sg.scalar(x) ** 2 + sg.sum(x), inputs=[x], wrt=[x], reduce=None)
+    loss, grads = compile_model(model).value_and_grad(x=np.array([1.5, -2.0]))
+    _close(loss, [3.75, 2.0])
+    _close(grads["x"], [4.0, -3.0])

@@ -1392,10 +1392,19 @@ def _to_shape(v, shape):
     raise AssertionError(f"a gradient of shape {v.shape} for a symbol of shape {shape}")
 
 
+def _printed(expr) -> str:
+    """sstr of an expression; SymPy's printer fails on some products of explicit 1x1 matrices
+    (it negates them, and MatMul.doit inverts them), where srepr still works."""
+    try:
+        return sp.sstr(expr)
+    except (TypeError, ValueError, AttributeError, NotImplementedError):
+        return sp.srepr(expr)
+
+
 def describe(spec: Spec) -> str:
     leaves = ", ".join(f"{l.role} {l.symbol}{'' if l.shape == () else l.shape} in {l.range}"
                        + (f" (classes {l.classes})" if l.classes else "") for l in spec.leaves)
-    loss = sp.sstr(spec.loss) if _small(spec.loss) else f"<an expression of more than 400 nodes: {spec.loss.func}(...)>"
+    loss = _printed(spec.loss) if _small(spec.loss) else f"<an expression of more than 400 nodes: {spec.loss.func}(...)>"
     return (f"leaves: {leaves}\nloss = {loss}\noutputs: {list(spec.outputs)}\nreduce={spec.reduce!r} "
             f"wrt={spec.wrt} batch={spec.batch} batched={spec.batched} flat={spec.flat_vectors} "
             f"seed={spec.seed}")

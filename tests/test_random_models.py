@@ -1970,3 +1970,22 @@ def test_sympy_derivatives_of_symgrad_functions(compile_model):
     loss, grads = compile_model(model).value_and_grad(x=np.array([1.5, -2.0]))
     _close(loss, [3.75, 2.0])
     _close(grads["x"], [4.0, -3.0])
+
+
+def test_gradients_of_a_scalar_model_in_seconds(compile_model):
+    """model.gradients() took minutes on this one-parameter model: building sin and tanh of
+    large arguments, SymPy asked assumption questions about them (tanh(...).is_real -> Mod ->
+    polynomial gcd). Functions of large arguments are now built unevaluated."""
+    p0 = sp.Symbol("p0")
+    m = sg.mse(21.4488 * sp.tanh(0.5 * p0) - 7.8805, p0)
+    inner = p0 * (-5.76 + 11.52 / (0.32501401 * m**2 + 1)) * (5.7542 - 0.219 * m)
+    model = sg.Model("bug_slow_scalar_gradients", loss=0.222 * inner + sp.cos(2.8771 * sp.tanh(0.333 * inner)),
+                     params=[p0], reduce="sum")
+    with time_budget(5.0):
+        symbolic = model.gradients()[p0]
+    module = compile_model(model)
+    v, h = 0.7, 1e-6
+    grad = module.grad(p0=v)["p0"]
+    f = lambda u: float(module.forward(p0=u)["loss"])  # noqa: E731
+    _close(grad, (f(v + h) - f(v - h)) / (2 * h), rtol=1e-6, atol=1e-8)
+    _close(evaluate(symbolic, {p0: v}), grad)

@@ -19,6 +19,25 @@ from .arith import _elementwise_vjp
 SYMPY_HEADS: dict = {}
 
 
+#: Arguments larger than this many nodes get their function applied unevaluated: SymPy's
+#: automatic evaluation of sin(x), tanh(x)... asks assumption questions about x (is it zero,
+#: real, a multiple of pi?) whose cost can explode on large expressions (minutes, through
+#: Mod and polynomial gcds), while on small ones it tidies the display.
+EVALUATED_ARGUMENT_NODES = 40
+
+
+def _small(expr, limit=EVALUATED_ARGUMENT_NODES) -> bool:
+    for count, _ in enumerate(sp.preorder_traversal(expr)):
+        if count >= limit:
+            return False
+    return True
+
+
+def _apply(head, arg):
+    """``head(arg)``, evaluated by SymPy only when ``arg`` is small."""
+    return head(arg) if _small(arg) else head(arg, evaluate=False)
+
+
 def unary(name, *, sympy_head, c, numpy, derivative, domain, cost=1, simplify=None):
     """Register a one-argument function.
 
@@ -38,7 +57,7 @@ def unary(name, *, sympy_head, c, numpy, derivative, domain, cost=1, simplify=No
             vjp=_elementwise_vjp(partials) if derivative is not None else None,
             c=c,
             numpy=lambda args, attrs: numpy(args[0]),
-            to_sympy=elementwise_sympy(lambda args, attrs: sympy_head(args[0])),
+            to_sympy=elementwise_sympy(lambda args, attrs: _apply(sympy_head, args[0])),
             domain=(domain,),
             cost=elementwise_cost(cost),
             simplify=simplify,

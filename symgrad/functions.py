@@ -238,8 +238,8 @@ def matrix_shape(expr):
 def _stand_in(*args) -> bool:
     """Whether a scalar symbol stands in a matrix argument's place, as SymPy puts one there in
     its generic derivative (Function.fdiff, Derivative) and its rewriting of noncommutative
-    products: such a call is kept as it is, unchecked (a model that really reduces a scalar
-    symbol is refused when symgrad reads it)."""
+    products: such a call is kept as it is, unchecked. (In a model, a scalar symbol there is
+    read as a 1x1 matrix: the sum, logsumexp or scalar of a number is the number.)"""
     return any(isinstance(a, sp.Symbol) and matrix_shape(a) is None for a in args)
 
 

@@ -49,6 +49,11 @@ def tree_sizes(graph: Graph, roots, cap: int = 10**9) -> dict:
     return sizes
 
 
+#: What SymPy raises where its automatic rewriting has gaps (products of 1x1 matrices,
+#: comparisons it canonicalizes into an undefined value...).
+_SYMPY_GAPS = (TypeError, ValueError, NotImplementedError, AttributeError)
+
+
 def simplify_for_display(expr):
     """Tidy a small matrix expression: write 1x1 matrices of numbers that multiply
     a matrix as numbers, distribute transposes, and factor shared left or right
@@ -93,7 +98,7 @@ def _factor_common(expr):
         if all(t[0] == terms[0][0] for t in terms):
             rest = _sum_of_products([t[1:] for t in terms])
             return expr if rest is None else sp.MatMul(terms[0][0], rest)
-    except (TypeError, ValueError, NotImplementedError):
+    except _SYMPY_GAPS:
         pass
     return expr
 
@@ -144,11 +149,6 @@ def gradient_formulas(model, limit: int = FORMULA_LIMIT, latex: bool = False, mo
             continue
         texts[r.name] = _formula_text(lambda: expression(graph, r.node, memo), latex)
     return texts
-
-
-#: What SymPy raises where its automatic rewriting has gaps (products of 1x1 matrices,
-#: comparisons it canonicalizes into an undefined value...).
-_SYMPY_GAPS = (TypeError, ValueError, NotImplementedError, AttributeError)
 
 
 def _formula_text(build, latex: bool) -> str:

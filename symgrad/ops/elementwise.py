@@ -33,9 +33,16 @@ def _small(expr, limit=EVALUATED_ARGUMENT_NODES) -> bool:
     return True
 
 
-def _apply(head, arg):
-    """``head(arg)``, evaluated by SymPy only when ``arg`` is small."""
-    return head(arg) if _small(arg) else head(arg, evaluate=False)
+def _apply(head, *args):
+    """``head(*args)`` for display: evaluated by SymPy when the arguments are small and SymPy
+    manages (its simplification of Max, Min and Piecewise arguments can fail on scalars made
+    from matrices), else unevaluated."""
+    if all(_small(a) for a in args):
+        try:
+            return head(*args)
+        except (TypeError, AttributeError):
+            pass
+    return head(*args, evaluate=False)
 
 
 def unary(name, *, sympy_head, c, numpy, derivative, domain, cost=1, simplify=None):
@@ -57,7 +64,7 @@ def unary(name, *, sympy_head, c, numpy, derivative, domain, cost=1, simplify=No
             vjp=_elementwise_vjp(partials) if derivative is not None else None,
             c=c,
             numpy=lambda args, attrs: numpy(args[0]),
-            to_sympy=elementwise_sympy(lambda args, attrs: _apply(sympy_head, args[0])),
+            to_sympy=elementwise_sympy(lambda args, attrs: _apply(sympy_head, *args)),
             domain=(domain,),
             cost=elementwise_cost(cost),
             simplify=simplify,
@@ -234,19 +241,6 @@ def _select_partials(first_wins):
     return partials
 
 
-def _sympy_extremum(head):
-    """``head(a, b)`` (Max or Min), unevaluated where SymPy's comparison of the arguments fails
-    (it factors their difference, which breaks on scalars made from matrices)."""
-
-    def to_sympy(args, attrs):
-        try:
-            return head(*args)
-        except (TypeError, AttributeError):
-            return head(*args, evaluate=False)
-
-    return to_sympy
-
-
 for _name, _head, _np, _first in (("max", sp.Max, np.maximum, True), ("min", sp.Min, np.minimum, False)):
     register(
         Op(
@@ -257,7 +251,7 @@ for _name, _head, _np, _first in (("max", sp.Max, np.maximum, True), ("min", sp.
             vjp=_elementwise_vjp(_select_partials(_first)),
             c=(lambda fname: lambda p, args, attrs: p.runtime(fname, args[0], args[1]))(_name),
             numpy=(lambda f: lambda args, attrs: f(args[0], args[1]))(_np),
-            to_sympy=elementwise_sympy(_sympy_extremum(_head)),
+            to_sympy=elementwise_sympy((lambda h: lambda args, attrs: _apply(h, *args))(_head)),
             domain=((-2, 2), (-2, 2)),
             cost=elementwise_cost(1),
             commutative=True,
@@ -367,10 +361,7 @@ def _np_select(args, attrs):
 
 def _sympy_select(args, attrs):
     pairs = [(args[k + 1], args[k]) for k in range(0, len(args) - 1, 2)] + [(args[-1], True)]
-    try:
-        return sp.Piecewise(*pairs)
-    except (TypeError, AttributeError):  # SymPy's simplification of the conditions can fail
-        return sp.Piecewise(*pairs, evaluate=False)
+    return _apply(sp.Piecewise, *pairs)
 
 
 register(

@@ -1,7 +1,8 @@
 """Rendering kernel specs into the files of a generated package.
 
 The Jinja2 environment is strict (an undefined name is an error, never an
-empty string) and its templates live in ``symgrad/templates``: one template
+empty string) and its templates live in the top-level ``templates/`` folder
+of a checkout (``symgrad/templates`` in an installed wheel): one template
 per generated file, named after it, plus ``macros.j2``. Templates receive
 only strings, numbers and lists; user text reaches them through the
 ``pyrepr`` and ``pystr`` filters (Python) or is already escaped by the
@@ -15,6 +16,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import jinja2
 
@@ -96,9 +98,20 @@ def _pystr(text) -> str:
     return "".join(out)
 
 
+def template_folder() -> Path:
+    """Where the templates are: ``symgrad/templates`` in a wheel, ``templates/`` beside the
+    package in a checkout or an editable install."""
+    package = Path(__file__).resolve().parent
+    for folder in (package / "templates", package.parent / "templates"):
+        if (folder / "kernels.c.j2").is_file():
+            return folder
+    raise FileNotFoundError(f"symgrad's templates are missing: neither {package / 'templates'} nor "
+                            f"{package.parent / 'templates'} holds kernels.c.j2; reinstall symgrad")
+
+
 @functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
-    loader = jinja2.FileSystemLoader(str(resources.files("symgrad") / "templates"))
+    loader = jinja2.FileSystemLoader(str(template_folder()))
     env = jinja2.Environment(
         loader=loader,
         undefined=jinja2.StrictUndefined,

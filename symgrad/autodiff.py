@@ -122,7 +122,13 @@ def _merge_assembles(b: Builder, contributions: list) -> list:
 
 
 def _sum_over_batch(b: Builder, value: int) -> int:
-    """Sum over the examples of a call of a per-example contribution."""
+    """Sum over the examples of a kernel call of a per-example contribution.
+
+    A contribution that is the same for every example (from a loss term of
+    params only) sums to the number of examples of the call times it: a
+    batch run as several calls adds the calls' sums, so it must not be the
+    whole batch's N.
+    """
     if b.node(value).varying:
         return reduce_over_batch(b, value, "sum")
-    return b.mul(b.apply("batch_size"), value)
+    return b.mul(b.apply("call_size"), value)

@@ -223,7 +223,7 @@ class _Renderer:
         memo: dict = {}
         for nid in self.graph.ancestors([node_id]):
             node = self.graph.nodes[nid]
-            if nid != node_id and (nid in named or node.op in ("symbol", "const", "batch_size")):
+            if nid != node_id and (nid in named or ops.get(node.op).kind == "leaf"):
                 memo[nid] = placeholder(self.graph, nid, names)
             elif all(a in memo for a in node.args):
                 memo[nid] = ops.get(node.op).to_sympy([memo[a] for a in node.args], node.attrs)

@@ -28,7 +28,7 @@ def evaluate(graph: Graph, values: dict, roots=None, batch_size: int = 1) -> dic
             value = np.asarray(values[node.attrs[0]], dtype=float)
             if value.shape != node.shape:
                 value = value.reshape(node.shape)
-        elif node.op == "batch_size":
+        elif node.op in ("batch_size", "call_size"):
             value = np.asarray(float(batch_size))
         else:
             args = [out[a] for a in node.args]

@@ -53,7 +53,7 @@ def placeholder(graph: Graph, node_id: int, names: dict):
     other nodes appear under their names.
     """
     node = graph.nodes[node_id]
-    if node.op in ("const", "symbol", "batch_size"):
+    if ops.get(node.op).kind == "leaf":
         return ops.get(node.op).to_sympy([], node.attrs)
     if ops.get(node.op).kind == "view" and node_id not in names:
         return ops.get(node.op).to_sympy([placeholder(graph, node.args[0], names)], node.attrs)
@@ -82,8 +82,8 @@ def _operand_text(graph: Graph, node_id: int, names: dict) -> str:
         return _number_text(node.attrs[0])
     if node.op == "symbol":
         return node.attrs[0]
-    if node.op == "batch_size":
-        return "N"
+    if node.op in ("batch_size", "call_size"):
+        return str(ops.get(node.op).to_sympy([], node.attrs))
     if node.op == "transpose" and node_id not in names:
         return f"{_operand_text(graph, node.args[0], names)}.T"
     if node.op == "index" and node_id not in names:

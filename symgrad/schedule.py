@@ -199,7 +199,7 @@ class _Scheduler:
             late = False
             if node.op == "symbol":
                 role = ARG
-            elif node.op in ("const", "batch_size"):
+            elif op.kind == "leaf":
                 role = LITERAL
             elif op.kind == "view":
                 role = VIEW
@@ -517,8 +517,8 @@ class _Scheduler:
 
     def _literal(self, nid) -> Operand:
         node = self.g.nodes[nid]
-        if node.op == "batch_size":
-            return Operand(f"(({self.p.real}) batch)", (), "literal", False)
+        if node.op != "const":  # the example counts
+            return Operand(ops.get(node.op).c(self.p, (), node.attrs), (), "literal", False)
         value = float(node.attrs[0])
         return Operand(self.p.literal(value), (), "literal", False, const=value)
 

@@ -1,8 +1,16 @@
-"""Leaves: declared symbols, numeric constants, and the batch size.
+"""Leaves: declared symbols, numeric constants, and the two example counts.
 
 Leaves have no derivative rule of their own: the reverse pass stops at them,
-and a symbol's adjoint is its gradient. Their C form is decided by the
-scheduler (a kernel argument, a literal, the batch count), so they emit nothing.
+and a symbol's adjoint is its gradient. A symbol is a kernel argument and a
+constant a literal; the counts are the kernel's count arguments, spelled by
+their ``c`` form.
+
+Two counts, because a batch may be cut into several kernel calls (slices
+run one after the other or on threads, chunks on a cluster) whose batch sums
+are added: ``batch_size`` is the N of a mean, the examples of the whole
+batch; ``call_size`` is the number of examples of this kernel call. A value
+shared by all examples summed over the examples of a call is ``call_size``
+times it, so that the sums of the calls add up to N times it.
 """
 
 from __future__ import annotations
@@ -41,14 +49,28 @@ register(
     )
 )
 
-# The number of examples in the call; a uniform scalar.
+# The number of examples of the whole batch, the N of means; a uniform scalar.
 register(
     Op(
         name="batch_size",
         kind="leaf",
         arity=0,
         shape=lambda shapes, attrs: (),
+        c=lambda p, args, attrs: f"(({p.real}) batch)",
         to_sympy=lambda args, attrs: sp.Symbol("N", positive=True, integer=True),
+        numpy=lambda args, attrs: 1.0,
+    )
+)
+
+# The number of examples of this kernel call (all of the batch, or a slice of it).
+register(
+    Op(
+        name="call_size",
+        kind="leaf",
+        arity=0,
+        shape=lambda shapes, attrs: (),
+        c=lambda p, args, attrs: f"(({p.real}) n)",
+        to_sympy=lambda args, attrs: sp.Symbol("n", positive=True, integer=True),
         numpy=lambda args, attrs: 1.0,
     )
 )

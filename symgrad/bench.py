@@ -17,29 +17,44 @@ from dataclasses import dataclass
 import numpy as np
 
 from .check import random_point
+from .errors import OptionError
 from .model import Model
 
 
 @dataclass
 class BenchReport:
+    """Median timings of one model. A model without a loss has no gradient timings (None);
+    a model without inputs is timed per call, since a call is not a batch of examples."""
+
     model: str
     batch: int
-    forward_ns: float  # per example, median
-    value_and_grad_ns: float
-    single_call_us: float  # value_and_grad of one example, median
+    forward_ns: float  # per example (per call without inputs), median
+    value_and_grad_ns: float | None
+    single_call_us: float  # one example (value_and_grad, or forward without a loss), median
+    has_inputs: bool = True
 
     @property
-    def ratio(self) -> float:
-        return self.value_and_grad_ns / self.forward_ns
+    def ratio(self) -> float | None:
+        return None if self.value_and_grad_ns is None else self.value_and_grad_ns / self.forward_ns
 
     def lines(self) -> list:
-        return [
-            f"{self.model}: batch of {self.batch:,}",
-            f"  forward         {self.forward_ns:10.2f} ns per example",
-            f"  value_and_grad  {self.value_and_grad_ns:10.2f} ns per example "
-            f"({self.ratio:.2f}x forward)",
-            f"  one example     {self.single_call_us:10.2f} us per value_and_grad call",
-        ]
+        if not self.has_inputs:
+            lines = [f"{self.model}: no inputs, so no batch: each call computes the whole model once",
+                     f"  forward         {self.forward_ns / 1e3:10.2f} us per call"]
+            if self.value_and_grad_ns is not None:
+                lines.append(f"  value_and_grad  {self.value_and_grad_ns / 1e3:10.2f} us per call "
+                             f"({self.ratio:.2f}x forward)")
+            return lines
+        lines = [f"{self.model}: batch of {self.batch:,}",
+                 f"  forward         {self.forward_ns:10.2f} ns per example"]
+        if self.value_and_grad_ns is None:
+            lines.append("  (no loss: the model has only forward, no value_and_grad to time)")
+            lines.append(f"  one example     {self.single_call_us:10.2f} us per forward call")
+        else:
+            lines.append(f"  value_and_grad  {self.value_and_grad_ns:10.2f} ns per example "
+                         f"({self.ratio:.2f}x forward)")
+            lines.append(f"  one example     {self.single_call_us:10.2f} us per value_and_grad call")
+        return lines
 
 
 def _median_seconds(call, budget: float = 0.5, repeats: int = 7) -> float:
@@ -59,26 +74,29 @@ def _median_seconds(call, budget: float = 0.5, repeats: int = 7) -> float:
 
 
 def bench_model(model: Model, module, *, batch: int = 10_000, seed: int = 0) -> BenchReport:
-    """Time ``module`` (the compiled ``model``) on ``batch`` random examples."""
+    """Time ``module`` (the compiled ``model``) on ``batch`` random examples.
+
+    A model without inputs has no batch: ``batch`` is ignored and each call is timed.
+    """
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise OptionError(f"batch must be a whole number of examples, at least 1; got {batch!r}")
     rng = np.random.default_rng(seed)
-    values = random_point(model, rng, 0.3, 0.9, batch)
-    single = random_point(model, rng, 0.3, 0.9, 1)
     inputs = {str(s.name) for s in model.inputs}
-    single = {k: (v[0] if k in inputs else v) for k, v in single.items()}
     if not inputs:
         batch = 1
+    values = random_point(model, rng, 0.3, 0.9, batch)
+    single = random_point(model, rng, 0.3, 0.9, 1)
+    single = {k: (v[0] if k in inputs else v) for k, v in single.items()}
+    forward_out = module.forward(**values)
+    forward = _median_seconds(lambda: module.forward(**values, out=forward_out))
     if model.loss is None:
-        forward_out = module.forward(**values)
-        forward = _median_seconds(lambda: module.forward(**values, out=forward_out))
-        gradient = float("nan")
+        gradient = None
         one = _median_seconds(lambda: module.forward(**single), budget=0.2)
     else:
-        forward_out = module.forward(**values)
         gradient_out = module.value_and_grad(**values)
-        forward = _median_seconds(lambda: module.forward(**values, out=forward_out))
-        gradient = _median_seconds(lambda: module.value_and_grad(**values, out=gradient_out))
+        gradient = _median_seconds(lambda: module.value_and_grad(**values, out=gradient_out)) / batch * 1e9
         one = _median_seconds(lambda: module.value_and_grad(**single), budget=0.2)
-    return BenchReport(model.name, batch, forward / batch * 1e9, gradient / batch * 1e9, one * 1e6)
+    return BenchReport(model.name, batch, forward / batch * 1e9, gradient, one * 1e6, has_inputs=bool(inputs))
 
 
 def machine_line() -> str:

@@ -26,6 +26,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -188,8 +189,7 @@ def _output_error(path: Path, exc: OSError) -> OutputDirectoryError:
         why = "a file stands where a folder should be"
     else:
         why = exc.strerror or str(exc)
-    return OutputDirectoryError(f"cannot write the generated package to {path}: {why}. "
-                                f"Choose another output folder (symgrad build -o DIR).")
+    return OutputDirectoryError.unwritable(path, why)
 
 
 @contextlib.contextmanager
@@ -238,6 +238,8 @@ def build(rendered: RenderedPackage, out_dir, *, flags=None, force: bool = False
         with _locked(lock):
             if not force and is_current(path, rendered, key):
                 return BuildResult(path, key, True, extension_name(key), seconds=time.perf_counter() - start)
+            if not force:
+                _refuse_other_dtype(path, rendered)
             for stale in out_dir.glob(f".{rendered.name}.build-*"):
                 shutil.rmtree(stale, ignore_errors=True)
             staging = out_dir / f".{rendered.name}.build-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -251,6 +253,32 @@ def build(rendered: RenderedPackage, out_dir, *, flags=None, force: bool = False
         raise _output_error(out_dir, exc) from None
     return BuildResult(path, key, False, extension_name(key), [path / f for f in files],
                        time.perf_counter() - start)
+
+
+def _installed_dtype(path: Path) -> str | None:
+    """The precision of the package installed at ``path``, or None if there is none."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if "dtype" in manifest:
+        return manifest["dtype"]
+    try:  # manifests written before the dtype was recorded: the package says it itself
+        found = re.search(r"^DTYPE = '(\w+)'$", (path / "__init__.py").read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return found.group(1) if found else None
+
+
+def _refuse_other_dtype(path: Path, rendered: RenderedPackage) -> None:
+    """A build of another precision may not silently replace the package of the same name."""
+    installed, wanted = _installed_dtype(path), rendered.spec.dtype
+    if installed is not None and installed != wanted:
+        raise BuildError(
+            f"{path} holds the {installed} build of {rendered.name!r}; the {wanted} build would replace it. "
+            f"Build the {wanted} one into another folder (-o DIR; out_dir=... in Python), "
+            f"or replace the {installed} one with --force (force=True)"
+        )
 
 
 def _stage(rendered: RenderedPackage, staging: Path, key: str, flags) -> list:
@@ -269,6 +297,7 @@ def _stage(rendered: RenderedPackage, staging: Path, key: str, flags) -> list:
         "extension_file": extension_file,
         "extension_sha256": _sha256(staging / extension_file),
         "flags": list(flags),
+        "dtype": rendered.spec.dtype,
     }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return sorted(rendered.files) + [extension_file, "__init__.py", MANIFEST]
@@ -355,9 +384,24 @@ def load(path) -> object:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError) as exc:
         raise BuildError(f"{path} is not a built symgrad package ({exc}); run symgrad build") from None
-    module_name = f"_symgrad_models.{path.name}_{manifest['key'][:16]}"
+    try:
+        module_name = f"_symgrad_models.{path.name}_{manifest['key'][:16]}"
+        extension, recorded = path / manifest["extension_file"], manifest["extension_sha256"]
+    except (KeyError, TypeError) as exc:
+        raise BuildError(f"{path / MANIFEST} is incomplete (no {exc}); rebuild the package: "
+                         f"symgrad build MODEL_FILE -o {path.parent}") from None
     if module_name in sys.modules:
         return sys.modules[module_name]
+    # Loading a truncated or altered extension can crash the interpreter (a bus error), not raise.
+    try:
+        intact = _sha256(extension) == recorded
+    except OSError as exc:
+        raise BuildError(f"the compiled extension of {path} cannot be read ({exc.strerror or exc}); "
+                         f"rebuild the package: symgrad build MODEL_FILE -o {path.parent}") from None
+    if not intact:
+        raise BuildError(f"the compiled extension {extension} is not the one this package was built with "
+                         f"(its SHA-256 differs from the manifest's: truncated or altered); rebuild the "
+                         f"package: symgrad build MODEL_FILE -o {path.parent} (symgrad.compile rebuilds it too)")
     if "_symgrad_models" not in sys.modules:
         namespace = importlib.util.module_from_spec(importlib.util.spec_from_loader("_symgrad_models", loader=None))
         namespace.__path__ = []

@@ -11,6 +11,7 @@ tree is big.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,8 @@ SYMPY_LIMIT = 3000
 #: What lambdify needs beyond NumPy: symgrad's functions, and the derivative of a
 #: step, which is zero at the random points the check draws.
 _LAMBDIFY_EXTRAS = {**sgf.NUMPY_FUNCTIONS, "DiracDelta": lambda x, *k: np.zeros_like(np.asarray(x, dtype=float))}
+#: SciPy, when installed, evaluates the special functions NumPy lacks (erf, gamma...).
+_LAMBDIFY_MODULES = [_LAMBDIFY_EXTRAS] + (["scipy"] if importlib.util.find_spec("scipy") else []) + ["numpy"]
 
 #: Ranges tried in order for random points; the first that gives finite values is used.
 _RANGES = ((0.3, 0.9), (-0.9, 0.9), (1.2, 2.0))
@@ -34,7 +37,7 @@ _RANGES = ((0.3, 0.9), (-0.9, 0.9), (1.2, 2.0))
 
 @dataclass
 class CheckReport:
-    """The worst disagreement found for one model."""
+    """The worst disagreement found for one model, or why nothing could be compared."""
 
     model: str
     finite_difference_error: float = 0.0
@@ -43,14 +46,26 @@ class CheckReport:
     skipped_directions: int = 0
     tolerance: float = 1e-6
     notes: list = field(default_factory=list)
+    #: Set when the model has nothing to check (no loss, nothing to differentiate): not a failure.
+    nothing_to_check: str | None = None
+    #: Set when nothing could be compared although there was something to check.
+    unchecked: str | None = None
+    #: Why the sympy.diff reference was not used, when it was not.
+    sympy_skipped: str = "model too large or not scalar"
 
     @property
     def ok(self) -> bool:
+        if self.nothing_to_check:
+            return True
         worst = max(self.finite_difference_error, self.sympy_error or 0.0)
-        return worst <= self.tolerance and self.directions > 0
+        return worst <= self.tolerance and self.directions > 0 and not self.unchecked
 
     def line(self) -> str:
-        sym = "skipped (model too large or not scalar)" if self.sympy_error is None else f"{self.sympy_error:.2e}"
+        if self.nothing_to_check:
+            return f"{self.model}: nothing to check: {self.nothing_to_check}"
+        if self.unchecked:
+            return f"{self.model}: NOT CHECKED: {self.unchecked}"
+        sym = f"skipped ({self.sympy_skipped})" if self.sympy_error is None else f"{self.sympy_error:.2e}"
         verdict = "ok" if self.ok else "MISMATCH"
         extra = f", {self.skipped_directions} directions skipped near kinks" if self.skipped_directions else ""
         return (f"{self.model}: {verdict}: worst relative error vs finite differences "
@@ -157,19 +172,23 @@ def check_model(model: Model, module, *, points: int = 3, batch: int = 3, seed: 
     rng = np.random.default_rng(seed)
     report = CheckReport(model.name, tolerance=tolerance)
     if model.loss is None:
-        report.notes.append("no loss: nothing to check")
+        report.nothing_to_check = "the model has no loss, so it has no gradient (it computes outputs only)"
         return report
     inputs = {str(s.name) for s in model.inputs}
     class_indices = _class_index_inputs(model)  # whole numbers: no derivative to check
+    checkable = [name for name in model.wrt if name not in class_indices]
+    if not checkable:
+        report.nothing_to_check = ("it differentiates with respect to nothing (no params, and wrt= names "
+                                   "none)" if not model.wrt else "its only wrt= symbols are class indices")
+        return report
+    missed = 0
     for _ in range(points):
         values, loss, grads = _finite_point(model, module, rng, batch)
         if values is None:
-            report.notes.append("no random point with a finite loss and gradient was found")
+            missed += 1
             continue
         objective = lambda v: _scalar_objective(module, model, v)  # noqa: E731
-        for name in model.wrt:
-            if name in class_indices:
-                continue
+        for name in checkable:
             grad = np.asarray(grads[name], dtype=float)
             for d in _directions(np.shape(values[name])[1:] if name in inputs else np.shape(values[name]),
                                  rng, name in inputs, batch):
@@ -184,9 +203,22 @@ def check_model(model: Model, module, *, points: int = 3, batch: int = 3, seed: 
                 report.directions += 1
                 report.finite_difference_error = max(report.finite_difference_error,
                                                      abs(analytic - numeric) / scale)
-        sym = _sympy_error(model, values, grads, batch)
+        sym = _sympy_error(model, values, grads, batch, report)
         if sym is not None:
             report.sympy_error = max(report.sympy_error or 0.0, sym)
+    ranges = ", ".join(f"[{low}, {high}]" for low, high in _RANGES)
+    if missed == points:
+        report.unchecked = (
+            f"no random point gave a finite loss and gradient (values drawn from {ranges}, and from each "
+            f"op's own domain for symbols read directly by log, sqrt, acosh...). Call the module's forward "
+            f"at a point where you expect the model to be defined: if its loss is NaN or infinite there "
+            f"too, look for a log or sqrt of a negative value or a division by zero in the model")
+    elif report.directions == 0:
+        report.unchecked = (f"finite differences were too noisy along all {report.skipped_directions} "
+                            f"directions tried (the loss has a step or kink near every point drawn)")
+    elif missed:
+        report.notes.append(f"{missed} of {points} random points had no finite loss and gradient "
+                            f"and were skipped")
     return report
 
 
@@ -204,29 +236,48 @@ def _finite_point(model, module, rng, batch):
     return None, None, None
 
 
-def _sympy_error(model: Model, values: dict, grads: dict, batch: int):
-    """Worst relative error of the compiled gradients against sympy.diff, or None if skipped."""
+def _sympy_error(model: Model, values: dict, grads: dict, batch: int, report: CheckReport):
+    """Worst relative error of the compiled gradients against sympy.diff, or None if skipped.
+
+    The loss is differentiated with respect to real stand-ins of its symbols:
+    SymPy's derivative of ``Abs(u)`` for a complex ``u`` involves ``re`` and
+    ``im`` and cannot be evaluated, while for a real ``u`` it is
+    ``sign(u)*u'``. The derivatives of steps (``DiracDelta``) are zero at the
+    random points drawn. A reference that SymPy cannot produce or NumPy cannot
+    evaluate is skipped with a note, never an error.
+    """
     if any(isinstance(s, sp.MatrixSymbol) for s in model.params + model.inputs):
         return None
     loss_node = model.graph.results["example_loss"][0].node
     if tree_size(model.graph, loss_node, SYMPY_LIMIT) > SYMPY_LIMIT:
         return None
     symbols = list(model.params + model.inputs)
+    real = {s: sp.Dummy(str(s.name), real=True) for s in symbols}
+    arguments = [real[s] for s in symbols]
     inputs = set(model.inputs)
     worst = 0.0
     n = batch
-    for name in model.wrt:
-        symbol = model.symbols[name]
-        derivative = sp.lambdify(symbols, sp.diff(model.loss, symbol), modules=[_LAMBDIFY_EXTRAS, "numpy"])
-        per_example = np.array([
-            derivative(*[values[str(s.name)][e] if s in inputs else values[str(s.name)] for s in symbols])
-            for e in range(n)
-        ], dtype=float)
-        if symbol in inputs or model.reduce is None:
-            expected = per_example / (n if model.reduce == "mean" else 1)
-        else:
-            expected = per_example.mean() if model.reduce == "mean" else per_example.sum()
-        got = np.asarray(grads[name], dtype=float)
-        scale = np.maximum(np.maximum(np.abs(expected), np.abs(got)), 1e-12)
-        worst = max(worst, float(np.max(np.abs(expected - got) / scale)))
+    try:
+        loss = model.loss.xreplace(real)
+        for name in model.wrt:
+            symbol = model.symbols[name]
+            derivative = sp.lambdify(arguments, sp.diff(loss, real[symbol]), modules=_LAMBDIFY_MODULES)
+            with np.errstate(all="ignore"):
+                per_example = np.array([
+                    derivative(*[values[str(s.name)][e] if s in inputs else values[str(s.name)] for s in symbols])
+                    for e in range(n)
+                ], dtype=float)
+            if symbol in inputs or model.reduce is None:
+                expected = per_example / (n if model.reduce == "mean" else 1)
+            else:
+                expected = per_example.mean() if model.reduce == "mean" else per_example.sum()
+            got = np.asarray(grads[name], dtype=float)
+            scale = np.maximum(np.maximum(np.abs(expected), np.abs(got)), 1e-12)
+            worst = max(worst, float(np.max(np.abs(expected - got) / scale)))
+    except Exception as exc:  # SymPy or its NumPy printer cannot handle the derivative: skip it
+        reason = f"sympy.diff's derivative could not be evaluated ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        report.sympy_skipped = "SymPy could not evaluate it"
+        if reason not in report.notes:
+            report.notes.append(reason)
+        return None
     return worst

@@ -36,6 +36,10 @@ class ModelShapeError(ModelError):
     """Matrix shapes in a model do not fit together."""
 
 
+class OptionError(SymgradError, ValueError):
+    """An option of a symgrad function or command has a value it cannot take."""
+
+
 class ModelFileError(SymgradError):
     """A model file could not be read, run, or yielded no usable model."""
 
@@ -75,4 +79,25 @@ class CompileError(BuildError):
 
 
 class OutputDirectoryError(BuildError):
-    """The output folder cannot be written (read-only, full, or not a folder)."""
+    """The output folder cannot be written (read-only, full, or not a folder).
+
+    ``folder`` and ``reason`` let the command line name its own ``-o`` option
+    in the advice; from Python, the advice names ``out_dir=``.
+    """
+
+    def __init__(self, message: str, *, folder=None, reason: str | None = None):
+        super().__init__(message)
+        self.folder = folder
+        self.reason = reason
+
+    @classmethod
+    def unwritable(cls, folder, reason: str) -> "OutputDirectoryError":
+        return cls(f"cannot write the generated package to {folder}: {reason}. "
+                   f"Choose another output folder (out_dir=...)", folder=folder, reason=reason)
+
+    def advice_for(self, command: str) -> str:
+        """The message with the advice of the command line ``command`` (e.g. ``symgrad check``)."""
+        if self.reason is None:
+            return str(self)
+        return (f"cannot write the generated package to {self.folder}: {self.reason}. "
+                f"Choose another output folder: {command} -o DIR")

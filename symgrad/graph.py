@@ -16,7 +16,11 @@ gradients are accumulated.
 :class:`Builder` is the only way nodes are made. Its constructors run each
 op's simplification (constant folding, identities such as ``x*1 -> x``,
 numerically stable rewrites) before hash-consing, so the frontend, the
-derivative rules and the optimizer all produce the same canonical graph.
+derivative rules and every rewrite produce the same canonical graph. The
+numerically stable rewrites (``log(sigmoid(z)) -> -softplus(-z)``...) happen
+there too, before differentiation, so the derivative is taken of the stable
+form. What is left for later is dead-node removal, which depends on which
+results a kernel computes: :func:`live_nodes`.
 """
 
 from __future__ import annotations
@@ -71,6 +75,9 @@ class Graph:
             ``"loss"``; :func:`symgrad.autodiff.differentiate` adds ``"gradients"``.
         adjoints: forward node id -> the node holding its adjoint (set by
             differentiation; used to display the backward pass).
+        rewrites: what the ops' simplifications changed in the formulas as written
+            (numerically stable forms, derivative conventions), one line each, in the
+            order first applied; ``symgrad show`` lists them.
     """
 
     nodes: list = field(default_factory=list)
@@ -78,6 +85,7 @@ class Graph:
     labels: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
     adjoints: dict = field(default_factory=dict)
+    rewrites: list = field(default_factory=list)
     _index: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -94,6 +102,7 @@ class Graph:
             labels=dict(self.labels),
             results={k: tuple(v) for k, v in self.results.items()},
             adjoints=dict(self.adjoints),
+            rewrites=list(self.rewrites),
             _index=dict(self._index),
         )
 
@@ -129,6 +138,11 @@ class Graph:
 
     def all_results(self) -> list:
         return [r for group in self.results.values() for r in group]
+
+
+def live_nodes(graph: Graph, results) -> list:
+    """Ids of the nodes the ``results`` depend on, in topological order."""
+    return graph.ancestors([r.node for r in results])
 
 
 def _is_number(value) -> bool:
@@ -191,10 +205,17 @@ class Builder:
         return node.attrs[0] if node.op == "const" else None
 
     def is_const(self, node_id: int, value=None) -> bool:
+        """Whether the node is a constant (equal to ``value`` as a number, if given: a
+        ``Float(1.0)`` is 1, although SymPy's ``Float(1.0) == 1`` is False)."""
         v = self.const_value(node_id)
         if v is None:
             return False
-        return value is None or v == value
+        return value is None or v == value or (v.is_Number and (v - value).is_zero is True)
+
+    def note_rewrite(self, text: str) -> None:
+        """Record that a simplification ``text`` (``"log(1 + x) -> log1p(x)"``) was applied."""
+        if text not in self.graph.rewrites:
+            self.graph.rewrites.append(text)
 
     # --- arithmetic conveniences used by derivative rules ---------------------
 

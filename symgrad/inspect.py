@@ -14,10 +14,9 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from . import ops
 from .autodiff import differentiate
-from .graph import Graph
+from .graph import Graph, live_nodes
 from .naming import display_names, formula, name_of, placeholder
-from .optimize import live_nodes
-from .schedule import kernel_results
+from .plan import kernel_results
 
 #: Expanded formulas with more tree nodes than this are not printed.
 FORMULA_LIMIT = 400

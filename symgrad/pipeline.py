@@ -16,7 +16,8 @@ from .frontend import short_text
 from .graph import Graph
 from .model import Model
 from .render import PackageSpec, RenderedPackage, render
-from .schedule import schedule
+from .emit import emit_kernel
+from .plan import plan_kernel
 
 DTYPES = ("float64", "float32")
 
@@ -50,7 +51,7 @@ def gradient_graph(model: Model) -> Graph:
 
 
 def generate(model: Model, *, dtype: str = "float64") -> Generated:
-    """Differentiate, schedule and render ``model`` (no compiler involved)."""
+    """Differentiate, plan, emit and render ``model`` (no compiler involved)."""
     if dtype not in DTYPES:
         from .errors import ModelError
 
@@ -59,8 +60,10 @@ def generate(model: Model, *, dtype: str = "float64") -> Generated:
     graph = gradient_graph(model)
     clock.lap("differentiate")
     kinds = ("forward", "value_and_grad") if model.loss is not None else ("forward",)
-    kernels = tuple(schedule(graph, kind, model=model.name, dtype=dtype) for kind in kinds)
-    clock.lap("schedule")
+    plans = [plan_kernel(graph, kind, model=model.name, dtype=dtype) for kind in kinds]
+    clock.lap("plan")
+    kernels = tuple(emit_kernel(plan) for plan in plans)
+    clock.lap("emit")
     spec = PackageSpec(
         name=model.name,
         kernels=kernels,

@@ -3,7 +3,7 @@
 Templates never format C expressions; ops never spell C types or function
 names. An op's emission asks this printer for ``call("tanh", x)`` or
 ``literal(0.5)`` and gets the spelling for the kernel's precision; the
-scheduler hands it :class:`Operand` records saying where each value lives.
+planner hands it :class:`Operand` records saying where each value lives.
 
 Loop variables in generated kernels: ``e`` runs over the examples of the
 current tile (``nt`` of them), ``i`` and ``j`` over rows and columns, ``k``
@@ -174,6 +174,87 @@ class CPrinter:
         return CArg(operand.element(e, i, j), operand.const)
 
     # --- statements ------------------------------------------------------------------
+
+    def local(self, name: str, expr: str) -> str:
+        """A constant local variable of the kernel's precision."""
+        return f"const {self.real} {name} = {expr};"
+
+    def store(self, target: str, expr: str) -> str:
+        return f"{target} = {expr};"
+
+    def add_to(self, target: str, expr: str) -> str:
+        return f"{target} += {expr};"
+
+    def accumulator(self, name: str) -> str:
+        """A batch-sum accumulator, in double precision whatever the kernel's (``sg_acc``)."""
+        return f"sg_acc {name} = 0;"
+
+    @staticmethod
+    def commented(line: str, comment: str) -> str:
+        """``line  /* comment */``; ``comment`` must already be safe (:func:`comment_text`)."""
+        return f"{line}  /* {comment} */"
+
+    @staticmethod
+    def flat_element(operand: Operand, index: str) -> str:
+        """Element ``index`` of a dense operand read with one flat index (a scalar is itself)."""
+        return f"{operand.text}[{index}]" if operand.storage == "buffer" else operand.text
+
+    def tile_pointer(self, name: str, base: str, example_size: int, *, const: bool) -> str:
+        """A pointer to the current tile's first example (``t0``) of an argument array."""
+        qualifier = "const " if const else ""
+        return f"{qualifier}{self.real} *restrict {name} = {base} + t0 * {example_size};"
+
+    def helper_call(self, name: str, *args) -> str:
+        """A statement calling a runtime helper: ``sg_name(args);``."""
+        return f"{self.runtime(name, *args)};"
+
+    def checked_helper_call(self, name: str, error: str, *args) -> str:
+        """A runtime helper call whose non-zero result makes the kernel return ``error``."""
+        return f"if ({self.runtime(name, *args)}) return {error};"
+
+    @staticmethod
+    def examples(out: Operand) -> str:
+        """How many examples a runtime call on ``out`` covers: the tile, or 1 for a shared value."""
+        return "nt" if out.varying else "1"
+
+    @staticmethod
+    def target(out: Operand) -> str:
+        """``ptr, example_stride`` of a dense result of a runtime call."""
+        return f"{out.text}, {out.example_stride if out.varying else 0}"
+
+    def indicator(self, condition: str) -> str:
+        """1 where ``condition`` holds, else 0, in the kernel's precision."""
+        return f"({self.real}) ({condition})"
+
+    @staticmethod
+    def equal(a, b) -> str:
+        return f"{a} == {b}"
+
+    @staticmethod
+    def flat_index(i, j, cols: int) -> str:
+        """The row-major position of element (i, j) in a matrix of ``cols`` columns."""
+        return f"{i} * {cols} + {j}"
+
+    @staticmethod
+    def as_index(value: str) -> str:
+        return f"(int64_t) {value}"
+
+    def over_examples(self, out: Operand, body) -> list:
+        """``body(e)`` for every example of the tile when ``out`` is per example, else once."""
+        if out.varying:
+            return [f"for (int64_t e = 0; e < nt; ++e) {body('e')}"]
+        return [body(None)]
+
+    def copy_table(self, out: Operand, values) -> list:
+        """Lines filling the dense ``out`` with numbers, from a static table."""
+        literals = ", ".join(self.literal(v) for v in values)
+        table = f"{out.text}_values"
+        return [f"static const {self.real} {table}[{len(values)}] = {{{literals}}};",
+                f"for (int64_t k = 0; k < {len(values)}; ++k) {out.text}[k] = {table}[k];"]
+
+    def fill(self, out: Operand, value) -> list:
+        """Lines setting every element of ``out`` to ``value``."""
+        return self.loop_nest(out, lambda e, i, j: self.assign(out, self.literal(value), e, i, j))
 
     def assign(self, out: Operand, expr: str, e=None, i=None, j=None) -> str:
         if out.storage == "scalar":

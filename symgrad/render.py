@@ -23,7 +23,8 @@ import jinja2
 from . import __version__
 from .naming import c_identifiers
 from .printer import comment_text
-from .schedule import GEMM_BLOCKS, KernelSpec
+from .emit import KernelSpec
+from .ops.linalg import GEMM_BLOCKS
 
 #: Functions of one argument with SIMD variants in glibc 2.35's libmvec.
 VECTOR_FUNCTIONS = ("exp", "log", "log1p", "expm1", "sin", "cos", "tan", "sinh", "cosh", "tanh",

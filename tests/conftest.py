@@ -18,7 +18,9 @@ def compile_model(build_dir):
     """compile_model(model, **options) -> the generated module, built in the session's folder."""
 
     def compile_(model, **options):
-        return sg.compile(model, out_dir=build_dir, **options)
+        # A folder holds one build per model name: float32 builds get their own folder.
+        dtype = options.get("dtype", "float64")
+        return sg.compile(model, out_dir=build_dir if dtype == "float64" else build_dir / dtype, **options)
 
     return compile_
 

@@ -183,7 +183,7 @@ UNARY = sorted(name for name, op in ops.REGISTRY.items()
 #: Ops with a kink or a jump: also applied across it (finite differences skip the kink itself).
 KINKED = {"abs": (-2.0, 2.0), "relu": (-2.0, 2.0), "sign": (-2.0, 2.0)}
 #: Ops that only appear as parts of what the generator writes, or that the pipeline adds.
-DERIVED = {"symbol", "const", "batch_size", "reduce_batch", "sum_to", "one_hot"}
+DERIVED = {"symbol", "const", "batch_size", "call_size", "reduce_batch", "sum_to", "one_hot"}
 _RELATIONS = (sp.StrictLessThan, sp.LessThan, sp.StrictGreaterThan, sp.GreaterThan, sp.Ne, sp.Eq)
 
 

@@ -9,7 +9,7 @@ import symgrad as sg
 from symgrad import ops
 from symgrad.graph import Builder, Graph, Node
 from symgrad.interpret import evaluate
-from symgrad.schedule import schedule
+from symgrad.plan import plan_kernel
 
 from conftest import central_difference
 
@@ -198,12 +198,12 @@ def test_code_size_does_not_grow_with_layer_width():
 def test_scratch_memory_is_planned_and_shared():
     model = _mlp_model(128)
     graph = sg.pipeline.gradient_graph(model)
-    spec = schedule(graph, "value_and_grad", model=model.name)
-    per_tile = [b for b in spec.buffers if b.per_tile]
+    plan = plan_kernel(graph, "value_and_grad", model=model.name)
+    per_tile = [b for b in plan.buffers if b.per_tile]
     offsets = {b.offset for b in per_tile}
     assert len(offsets) < len(per_tile)  # buffers with disjoint lifetimes share memory
-    unshared = sum(graph.nodes[int(b.c_name[1:])].size for b in per_tile)
-    assert spec.tile_size < unshared
+    unshared = sum(graph.nodes[b.node].size for b in per_tile)
+    assert plan.tile_size < unshared
 
 
 # --- numerics ------------------------------------------------------------------------------

@@ -18,15 +18,11 @@ from sympy.matrices.expressions.matexpr import MatrixElement
 from ..errors import ModelShapeError
 from .. import functions as sgf
 from . import Op, elementwise_shape, register, size_of
+from .text import POWER, PRODUCT, call, number, shape as shape_text, wrap
 
 
 def _dims(shape):
     return shape if shape else (1, 1)
-
-
-def _nb(out) -> str:
-    """The number of examples a runtime call covers: the tile, or 1 for a uniform value."""
-    return "nt" if out.varying else "1"
 
 
 # --- matmul ----------------------------------------------------------------------
@@ -51,14 +47,21 @@ def _simplify_matmul(b, args, attrs):
     return None
 
 
+#: Block sizes of the packed matrix product in the runtime header, and the scratch it needs.
+GEMM_BLOCKS = {"mr": 4, "kc": 256, "nc": 512}
+GEMM_SCRATCH = GEMM_BLOCKS["kc"] * GEMM_BLOCKS["nc"] + GEMM_BLOCKS["mr"] * GEMM_BLOCKS["kc"]
+
+
 def _emit_matmul(p, out, args, attrs):
     a, b = args
-    m, k = a.rows, a.cols
-    n = b.cols
-    return [
-        f"sg_matmul({_nb(out)}, {m}, {n}, {k}, {a.strides_text()}, {b.strides_text()}, "
-        f"{out.text}, {out.example_stride if out.varying else 0}, {n}, 1, scratch);"
-    ]
+    return [p.helper_call("matmul", p.examples(out), a.rows, b.cols, a.cols, a.strides_text(), b.strides_text(),
+                          p.target(out), b.cols, 1, "scratch")]
+
+
+def _emit_matmul_batch_sum(p, acc, args, attrs):
+    a, b = args
+    return [p.helper_call("matmul_batch_sum", "nt", a.rows, b.cols, a.cols, a.strides_text(), b.strides_text(),
+                          acc.text, b.cols, 1, "scratch")]
 
 
 register(
@@ -72,9 +75,12 @@ register(
             b.matmul(b.transpose(b.node(n).args[0]), g),
         ],
         emit=_emit_matmul,
+        emit_batch_sum=_emit_matmul_batch_sum,
+        scratch=lambda node: GEMM_SCRATCH,
         simplify=_simplify_matmul,
         numpy=lambda args, attrs: args[0] @ args[1],
         to_sympy=lambda args, attrs: sp.MatMul(*args),
+        text=lambda args, attrs: "*".join(wrap(a, PRODUCT) for a in args),
         domain=((-1.0, 1.0), (-1.0, 1.0)),
         cost=lambda node, shapes: 2 * shapes[0][0] * shapes[0][1] * shapes[1][1],
         test_cases=((((3, 2), (2, 4)), ()), (((1, 3), (3, 1)), ()), (((3, 1), (1, 2)), ())),
@@ -108,6 +114,7 @@ register(
         vjp=lambda b, n, g: [b.transpose(g)],
         numpy=lambda args, attrs: np.transpose(args[0]),
         to_sympy=lambda args, attrs: sp.Transpose(args[0]) if hasattr(args[0], "shape") else args[0],
+        text=lambda args, attrs: f"{wrap(args[0], POWER)}.T" if args[0].shape else args[0],
         domain=((-1.0, 1.0),),
         simplify=_simplify_transpose,
         test_cases=((((3, 2),), ()), (((4, 1),), ())),
@@ -144,6 +151,7 @@ register(
         numpy=lambda args, attrs: np.asarray(args[0])[attrs],
         # MatrixElement, not M[i, j]: indexing makes SymPy write a matrix product out element by element.
         to_sympy=lambda args, attrs: MatrixElement(args[0], *attrs) if hasattr(args[0], "shape") else args[0],
+        text=lambda args, attrs: f"{wrap(args[0], POWER)}[{attrs[0]}, {attrs[1]}]" if args[0].shape else args[0],
         domain=((-1.0, 1.0),),
         test_cases=((((3, 2),), (2, 1)), (((1, 4),), (0, 3))),
     )
@@ -173,14 +181,18 @@ def _sympy_assemble(args, attrs):
     return sp.ImmutableMatrix(shape[0], shape[1], lambda i, j: entries.get((i, j), 0))
 
 
+def _text_assemble(args, attrs):
+    shape, positions = attrs
+    if shape == (1, 1) and len(args) == 1:
+        return f"[[{args[0]}]]"
+    return f"matrix({shape_text(shape)}; " + ", ".join(f"[{i}, {j}]: {a}" for a, (i, j) in zip(args, positions)) + ")"
+
+
 def _emit_assemble(p, out, args, attrs):
     shape, positions = attrs
-    lines = p.loop_nest(out, lambda e, i, j: p.assign(out, p.literal(0), e, i, j))
+    lines = p.fill(out, 0)
     for value, (i, j) in zip(args, positions):
-        if out.varying:
-            lines.append(f"for (int64_t e = 0; e < nt; ++e) {out.element('e', i, j)} += {value.element('e')};")
-        else:
-            lines.append(f"{out.element(None, i, j)} += {value.element()};")
+        lines += p.over_examples(out, lambda e: p.add_to(out.element(e, i, j), value.element(e)))
     return lines
 
 
@@ -195,6 +207,7 @@ register(
         emit=_emit_assemble,
         numpy=_np_assemble,
         to_sympy=_sympy_assemble,
+        text=_text_assemble,
         domain=((-1.0, 1.0), (-1.0, 1.0)),
         test_cases=((((), ()), ((2, 2), ((0, 1), (0, 1)))), (((), (), ()), ((3, 1), ((0, 0), (2, 0), (1, 0))))),
     )
@@ -207,8 +220,7 @@ register(
 def _emit_runtime_reduction(name):
     def emit(p, out, args, attrs):
         (a,) = args
-        return [f"sg_{name}({_nb(out)}, {a.rows}, {a.cols}, {a.strides_text()}, "
-                f"{out.text}, {out.example_stride if out.varying else 0});"]
+        return [p.helper_call(name, p.examples(out), a.rows, a.cols, a.strides_text(), p.target(out))]
 
     return emit
 
@@ -284,8 +296,8 @@ def _sympy_sum_to(args, attrs):
 
 def _emit_sum_to(p, out, args, attrs):
     (a,) = args
-    return [f"sg_sum_to({_nb(out)}, {a.rows}, {a.cols}, {a.strides_text()}, "
-            f"{out.text}, {out.example_stride if out.varying else 0}, {out.rows}, {out.cols});"]
+    return [p.helper_call("sum_to", p.examples(out), a.rows, a.cols, a.strides_text(), p.target(out),
+                          out.rows, out.cols)]
 
 
 # The sum of a matrix over the axes where ``shape`` has extent 1: the adjoint of broadcasting.
@@ -299,6 +311,7 @@ register(
         emit=_emit_sum_to,
         numpy=_np_sum_to,
         to_sympy=_sympy_sum_to,
+        text=lambda args, attrs: call("sum_to", [args[0], shape_text(attrs[0])]) if attrs[0] else call("sum", args),
         domain=((-1.0, 1.0),),
         cost=lambda node, shapes: size_of(shapes[0]) - size_of(node.shape),
         test_cases=((((3, 2),), ((1, 2),)), (((3, 2),), ((3, 1),)), (((3, 2),), ((),))),
@@ -328,6 +341,7 @@ register(
         c=lambda p, args, attrs: str(args[0]),
         numpy=lambda args, attrs: np.broadcast_to(args[0], attrs[0]).copy(),
         to_sympy=_sympy_broadcast,
+        text=lambda args, attrs: call("broadcast_to", [args[0], shape_text(attrs[0])]),
         domain=((-1.0, 1.0),),
         test_cases=((((),), ((2, 3),)), (((1, 3),), ((2, 3),)), (((2, 1),), ((2, 3),))),
     )
@@ -344,19 +358,17 @@ register(
         arity=0,
         shape=lambda shapes, attrs: (attrs[0], attrs[0]),
         emit=lambda p, out, args, attrs: p.loop_nest(
-            out, lambda e, i, j: p.assign(out, f"({p.real}) ({i} == {j})", e, i, j)),
+            out, lambda e, i, j: p.assign(out, p.indicator(p.equal(i, j)), e, i, j)),
         numpy=lambda args, attrs: np.eye(attrs[0]),
         to_sympy=lambda args, attrs: sp.Identity(attrs[0]),
+        text=lambda args, attrs: call("identity", [str(attrs[0])]),
     )
 )
 
 
 def _emit_matrix_const(p, out, args, attrs):
     shape, values = attrs
-    literals = ", ".join(p.literal(v) for v in values)
-    table = f"{out.text}_values"
-    return [f"static const {p.real} {table}[{len(values)}] = {{{literals}}};",
-            f"for (int64_t k = 0; k < {len(values)}; ++k) {out.text}[k] = {table}[k];"]
+    return p.copy_table(out, values)
 
 
 # A matrix of numbers written in the model. attrs: (shape, values in row-major order).
@@ -369,6 +381,9 @@ register(
         emit=_emit_matrix_const,
         numpy=lambda args, attrs: np.array([float(v) for v in attrs[1]]).reshape(attrs[0]),
         to_sympy=lambda args, attrs: sp.ImmutableMatrix(attrs[0][0], attrs[0][1], list(attrs[1])),
+        text=lambda args, attrs: "[" + ", ".join(
+            "[" + ", ".join(number(v) for v in attrs[1][r * attrs[0][1]:(r + 1) * attrs[0][1]]) + "]"
+            for r in range(attrs[0][0])) + "]",
     )
 )
 
@@ -378,7 +393,7 @@ register(
 
 def _emit_reduce_batch(p, out, args, attrs):
     (a,) = args
-    return [f"sg_reduce_batch(nt, {a.rows}, {a.cols}, {a.strides_text()}, {out.text});"]
+    return [p.helper_call("reduce_batch", "nt", a.rows, a.cols, a.strides_text(), out.text)]
 
 
 register(
@@ -391,6 +406,7 @@ register(
         emit=_emit_reduce_batch,
         numpy=lambda args, attrs: args[0],
         to_sympy=lambda args, attrs: sp.Function("batch_sum")(args[0]),
+        text=lambda args, attrs: call("batch_sum", args),
         cost=lambda node, shapes: size_of(node.shape),
         varying=lambda flags, attrs: False,
     )
@@ -403,8 +419,8 @@ register(
 def _emit_take(p, out, args, attrs):
     z, idx = args
     idx_stride = idx.example_stride if idx.varying else 0
-    return [f"if (sg_take({_nb(out)}, {z.rows}, {z.cols}, {z.strides_text()}, {idx.pointer()}, {idx_stride}, "
-            f"{out.text}, {out.example_stride if out.varying else 0})) return SG_ERROR_CLASS_INDEX;"]
+    return [p.checked_helper_call("take", "SG_ERROR_CLASS_INDEX", p.examples(out), z.rows, z.cols,
+                                  z.strides_text(), idx.pointer(), idx_stride, p.target(out))]
 
 
 register(
@@ -422,16 +438,15 @@ register(
         to_sympy=lambda args, attrs: sp.Add(*[
             args[0][k // args[0].shape[1], k % args[0].shape[1]] * sp.KroneckerDelta(args[1], k)
             for k in range(args[0].shape[0] * args[0].shape[1])]),
+        text=lambda args, attrs: f"{wrap(args[0], POWER)}[{args[1]}]",
     )
 )
 
 
 def _emit_one_hot(p, out, args, attrs):
     (idx,) = args
-    cols = out.cols
-    return p.loop_nest(
-        out, lambda e, i, j: p.assign(
-            out, f"({p.real}) ({i} * {cols} + {j} == (int64_t) {idx.element(e)})", e, i, j))
+    return p.loop_nest(out, lambda e, i, j: p.assign(
+        out, p.indicator(p.equal(p.flat_index(i, j, out.cols), p.as_index(idx.element(e)))), e, i, j))
 
 
 # A matrix of zeros with a one at flat position ``idx``. attrs: (shape,).
@@ -445,6 +460,7 @@ register(
         numpy=lambda args, attrs: np.eye(size_of(attrs[0]))[int(args[0])].reshape(attrs[0]),
         to_sympy=lambda args, attrs: sp.ImmutableMatrix(
             attrs[0][0], attrs[0][1], lambda i, j: sp.KroneckerDelta(args[0], i * attrs[0][1] + j)),
+        text=lambda args, attrs: call("one_hot", [args[0], shape_text(attrs[0])]),
         differentiable=False,
     )
 )

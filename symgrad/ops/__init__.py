@@ -43,8 +43,18 @@ class Op:
         view: for view ops, ``(arg_operand, attrs, shape) -> operand``: how the
             result is read out of its argument's storage.
         emit: for tensor ops, ``(printer, out, args, attrs) -> [C lines]``.
+        emit_batch_sum: for tensor ops that can sum themselves over the examples
+            of a tile without storing each (a matrix product's outer products),
+            ``(printer, accumulator, args, attrs) -> [C lines]`` adding that sum
+            to the accumulator; the planner uses it when only a batch sum reads
+            the op's value.
+        scratch: ``node -> elements`` of shared scratch memory the op's runtime
+            helper needs (packing space), or ``None``.
         numpy: ``(arg_arrays, attrs) -> array``: the reference evaluation of one example.
         to_sympy: ``(arg_exprs, attrs) -> SymPy expression`` for display.
+        text: ``(arg_texts, attrs) -> str``: the op as one short line of text, for C
+            comments, ``symgrad show`` and docstrings (see :mod:`.text`); by
+            default, a call of its name: ``tanh(v7)``.
         domain: per-arg ``(low, high)`` intervals where the derivative is tested
             (``None``: the op is not tested on its own, e.g. leaves).
         cost: ``(node, arg_shapes) -> int`` arithmetic operations for the op count.
@@ -69,6 +79,9 @@ class Op:
     c: Optional[Callable] = None
     view: Optional[Callable] = None
     emit: Optional[Callable] = None
+    text: Optional[Callable] = None
+    emit_batch_sum: Optional[Callable] = None
+    scratch: Optional[Callable] = None
     domain: Optional[tuple] = None
     cost: Callable = field(default=lambda node, arg_shapes: 0)
     simplify: Optional[Callable] = None

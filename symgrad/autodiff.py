@@ -22,8 +22,21 @@ from typing import Sequence
 
 from . import ops
 from .errors import ModelError
-from .frontend import reduce_over_batch
-from .graph import Builder, Graph, Result
+from .graph import Builder, Graph, Result, reduce_over_batch
+
+
+def derive(graph: Graph, wrt: Sequence[str], reduce) -> Graph:
+    """The gradient graph of a model's graph for one reduction of its loss.
+
+    ``reduce`` is the model's reduction for the kernels (``"mean"``,
+    ``"sum"``) or ``None`` for one example's gradients, the form the
+    displays show. A graph without a loss has nothing to differentiate and is
+    returned as it is. Every stage and view reads the graph this returns, so
+    a command runs the reverse pass once per reduction it needs.
+    """
+    if "example_loss" not in graph.results:
+        return graph
+    return differentiate(graph, wrt, reduce)
 
 
 def differentiate(graph: Graph, wrt: Sequence[str], reduce) -> Graph:

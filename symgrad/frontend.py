@@ -3,67 +3,42 @@
 :class:`SympyReader` walks an expression DAG once, iteratively, with a memo
 keyed by sub-expression, so a value shared by many parts of a model is read
 once however many paths lead to it (SymPy's own tree walks are exponential on
-such DAGs). Each SymPy construct becomes graph nodes through the builder:
-scalar functions by their registry entry, matrix constructs (``MatMul``,
-``Transpose``, ``M[i, j]``, ``applyfunc``...) by the rules below, and
-symgrad's composite functions (``cross_entropy``, ``mse``) by lowering them to
-simpler ops.
+such DAGs). What each SymPy head becomes is not decided here: every op entry
+names the heads it reads (``sympy_heads``, with a ``from_sympy`` hook where
+reading takes more than the head), and constructs that lower to several ops
+(``cross_entropy``, explicit matrices, ``applyfunc``) register a reading
+beside the ops they use (:func:`symgrad.ops.reads`). The reader looks a head
+up in that table, :data:`symgrad.ops.READINGS`.
 
 :func:`build_graph` reads a whole model: its symbols, loss and outputs.
 """
 
 from __future__ import annotations
 
+import difflib
+
 import sympy as sp
-from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
-from sympy.matrices.expressions.hadamard import HadamardPower, HadamardProduct
-from sympy.matrices.expressions.matexpr import MatrixElement
+from sympy.matrices.expressions.slice import MatrixSlice
+from sympy.concrete.expr_with_limits import ExprWithLimits
+from sympy.core.function import AppliedUndef
 
-from . import functions as sgf
+from . import ops
 from .errors import ModelShapeError, UndeclaredSymbolError, UnsupportedFunctionError
-from .graph import Builder, Graph, Result
-from .ops import elementwise as _elementwise
-
-#: Heads read one-to-one into the op of the same meaning.
-_DIRECT = dict(_elementwise.SYMPY_HEADS)
-_DIRECT.update({sgf.softmax: "softmax", sgf.log_softmax: "log_softmax",
-                sgf.logsumexp: "logsumexp", sgf.sum: "sum", sp.Trace: "trace"})
+from .graph import Builder, Graph, Result, reduce_over_batch
+from .views import short_text
 
 
 def supported_functions() -> list:
     """Names of the SymPy functions and constructs a model may use."""
-    names = {getattr(h, "__name__", str(h)) for h in _DIRECT}
-    names |= {"Add", "Mul", "Pow", "Max", "Min", "Piecewise", "Heaviside", "MatMul", "MatAdd",
-              "Transpose", "HadamardProduct", "HadamardPower", "MatPow", "applyfunc",
-              "Identity", "ZeroMatrix", "OneMatrix", "Matrix", "cross_entropy", "mse", "broadcast_to", "scalar", "ITE"}
-    return sorted(names)
-
-
-def short_text(expr, limit: int = 80) -> str:
-    """A bounded description of ``expr`` (printing a large shared DAG would take forever)."""
-    budget = [200]
-
-    def small(e) -> bool:
-        stack = [e]
-        while stack:
-            budget[0] -= 1
-            if budget[0] < 0:
-                return False
-            stack.extend(getattr(stack.pop(), "args", ()))
-        return True
-
-    if small(expr):
-        text = str(expr)
-        return text if len(text) <= limit else text[: limit - 3] + "..."
-    return f"{type(expr).__name__}(...)"
-
-
-def _is_matrix(expr) -> bool:
-    return isinstance(expr, sp.MatrixExpr)
+    return ops.supported_heads()
 
 
 class SympyReader:
-    """Reads SymPy expressions into a graph, one memoized visit per sub-expression."""
+    """Reads SymPy expressions into a graph, one memoized visit per sub-expression.
+
+    Reading hooks (``from_sympy``) use :attr:`b`, :meth:`node`, :meth:`dim`,
+    :meth:`fold`, :meth:`read_bound` and :meth:`describe`.
+    """
 
     def __init__(self, builder: Builder, symbols: dict, declared_names: dict | None = None):
         """``symbols``: SymPy symbol -> leaf node id; ``declared_names``: name -> symbol, for errors."""
@@ -94,29 +69,16 @@ class SympyReader:
     def _children(self, e) -> list:
         if isinstance(e, (sp.Symbol, sp.MatrixSymbol, sp.Number, sp.NumberSymbol)) or e.is_Atom:
             return []
-        if isinstance(e, MatrixElement):
-            return [e.parent]
-        if isinstance(e, ElementwiseApplyFunction):
-            return [e.expr]
-        if isinstance(e, sp.Piecewise):
-            return [part for pair in e.args for part in (pair.cond, pair.expr)]
-        if isinstance(e, (sp.Identity, sp.ZeroMatrix, sp.OneMatrix)):
-            return []
-        if isinstance(e, sp.ImmutableDenseMatrix):
-            return [v for v in e if not v.is_Number]
-        if isinstance(e, (sp.MatPow, HadamardPower)):
-            return [e.args[0], e.args[1]] if isinstance(e, HadamardPower) else [e.args[0]]
-        if isinstance(e, sp.Heaviside):
-            return [e.args[0]]
-        if isinstance(e, sgf.broadcast_to):
-            return [e.args[0]]
-        return list(e.args)
-
-    # --- conversion of one construct whose children are read ------------------------
+        if isinstance(e, _NOT_READ):  # named as written, before its bound variables or ranges are read
+            raise self._unsupported(e)
+        reading = ops.reading_for(e)
+        if reading is None:
+            raise self._unsupported(e)
+        return list(reading.children(e)) if reading.children is not None else list(e.args)
 
     def _convert(self, e) -> int:
+        """The node of ``e``, whose children are read."""
         b = self.b
-        n = self.memo.__getitem__
         if isinstance(e, (sp.Symbol, sp.MatrixSymbol)):
             raise self._undeclared(e)
         if e.is_Atom and e.is_number and e.is_real is False:
@@ -125,164 +87,52 @@ class SympyReader:
             return b.const(e)
         if e is sp.true or e is sp.false:
             return b.const(1 if e is sp.true else 0)
-        # Matrix products and powers first: SymPy's MatMul is a subclass of Mul.
-        if isinstance(e, sp.MatMul):
-            return self._matmul(e)
-        if isinstance(e, sp.MatPow):
-            return self._matpow(e)
-        if isinstance(e, (sp.Add, sp.MatAdd)):
-            return b.add(*[n(a) for a in e.args])
-        if isinstance(e, (sp.Mul, HadamardProduct)):
-            return b.mul(*[n(a) for a in e.args])
-        if isinstance(e, (sp.Pow, HadamardPower)):
-            return b.apply("pow", n(e.args[0]), n(e.args[1]))
-        if isinstance(e, (sp.Transpose, sp.Adjoint)):
-            return b.transpose(n(e.args[0]))
-        if isinstance(e, MatrixElement):
-            return self._element(e)
-        if isinstance(e, ElementwiseApplyFunction):
-            return self._applyfunc(e)
-        if isinstance(e, sp.Identity):
-            return b.apply("identity", attrs=(self._dim(e.rows),))
-        if isinstance(e, (sp.ZeroMatrix, sp.OneMatrix)):
-            value = 0 if isinstance(e, sp.ZeroMatrix) else 1
-            return b.broadcast(b.const(value), (self._dim(e.rows), self._dim(e.cols)))
-        if isinstance(e, sp.ImmutableDenseMatrix):
-            return self._explicit_matrix(e)
-        if isinstance(e, sp.Piecewise):
-            return self._piecewise(e)
-        if isinstance(e, (sp.Max, sp.Min)):
-            op = "max" if isinstance(e, sp.Max) else "min"
-            ids = [n(a) for a in e.args]
-            result = ids[0]
-            for other in ids[1:]:
-                result = b.apply(op, result, other)
-            return result
-        if isinstance(e, sp.Heaviside):
-            h0 = e.args[1] if len(e.args) > 1 else sp.Rational(1, 2)
-            return b.apply("heaviside", n(e.args[0]), attrs=(h0,))
-        if isinstance(e, sp.ITE):  # if-then-else of truth values, as SymPy rewrites some conditions
-            return b.apply("select", n(e.args[0]), n(e.args[1]), n(e.args[2]))
-        if isinstance(e, sgf.cross_entropy):
-            return self._cross_entropy(e)
-        if isinstance(e, sgf.mse):
-            return self._mse(e)
-        if isinstance(e, sgf.broadcast_to):
-            return b.broadcast(n(e.args[0]), (int(e.args[1]), int(e.args[2])))
-        if isinstance(e, sgf.scalar):
-            return b.apply("index", n(e.args[0]), attrs=(0, 0))
-        head = _DIRECT.get(e.func)
-        if head is not None:
-            return b.apply(head, *[n(a) for a in e.args])
-        raise self._unsupported(e)
+        reading = ops.reading_for(e)
+        if reading.from_sympy is not None:
+            return reading.from_sympy(self, e)
+        children = reading.children(e) if reading.children is not None else e.args
+        return b.apply(reading.op, *[self.memo[a] for a in children])
 
-    def _dim(self, value) -> int:
+    # --- what reading hooks use ------------------------------------------------------------
+
+    def node(self, expr) -> int:
+        """The node of a sub-expression the reader has read (a child of the current one)."""
+        return self.memo[expr]
+
+    def dim(self, value) -> int:
+        """A matrix dimension as an int; symbolic dimensions are an error."""
         if not getattr(value, "is_Integer", False) and not isinstance(value, int):
             raise ModelShapeError(f"matrix dimensions must be whole numbers, got {value}")
         return int(value)
 
-    def _matmul(self, e) -> int:
-        b = self.b
-        ids = [self.memo[a] for a in e.args]
-        scalars = [i for i in ids if b.shape(i) == ()]
-        matrices = [i for i in ids if b.shape(i) != ()]
-        result = matrices[0] if matrices else None
-        for m in matrices[1:]:
-            result = b.matmul(result, m)
-        factors = scalars + ([result] if result is not None else [])
-        return b.mul(*factors)
-
-    def _matpow(self, e) -> int:
-        base, power = e.args
-        if not (power.is_Integer and power > 0):
-            raise UnsupportedFunctionError(
-                f"matrix power {short_text(e)}: only positive whole powers are supported"
-            )
-        result = self.memo[base]
-        for _ in range(int(power) - 1):
-            result = self.b.matmul(result, self.memo[base])
+    def fold(self, op_name: str, args) -> int:
+        """``op(op(a1, a2), a3) ...``: an n-ary SymPy head read as a binary op."""
+        ids = [self.memo[a] for a in args]
+        result = ids[0]
+        for other in ids[1:]:
+            result = self.b.apply(op_name, result, other)
         return result
 
-    def _element(self, e) -> int:
-        parent = self.memo[e.parent]
-        i, j = e.i, e.j
-        if not (i.is_Integer and j.is_Integer):
-            raise UnsupportedFunctionError(
-                f"element {short_text(e)} has a symbolic index; indices must be whole numbers"
-            )
-        return self.b.apply("index", parent, attrs=(int(i), int(j)))
+    def read_bound(self, expr, bindings: dict) -> int:
+        """``expr`` read with some symbols bound to nodes (a Lambda's variables), by a fresh
+        reader that shares the builder: the same Lambda may be applied to several matrices."""
+        symbols = {k: v for k, v in self.memo.items() if isinstance(k, (sp.Symbol, sp.MatrixSymbol))}
+        return SympyReader(self.b, {**symbols, **bindings}, self.declared_names).read(expr)
 
-    def _applyfunc(self, e) -> int:
-        lam = e.function
-        if not isinstance(lam, sp.Lambda):
-            lam = sp.Lambda(sp.Dummy("d"), lam(sp.Dummy("d")))
-        (variable,) = lam.variables
-        # A fresh reader for the body: the same Lambda may be applied to several matrices.
-        inner = SympyReader(self.b, {**self._symbols_only(), variable: self.memo[e.expr]}, self.declared_names)
-        return inner.read(lam.expr)
-
-    def _symbols_only(self) -> dict:
-        return {k: v for k, v in self.memo.items() if isinstance(k, (sp.Symbol, sp.MatrixSymbol))}
-
-    def _explicit_matrix(self, e) -> int:
-        shape = (int(e.rows), int(e.cols))
-        values = list(e)
-        if all(v.is_Number for v in values):
-            return self.b.apply("matrix_const", attrs=(shape, tuple(values)))
-        positions = tuple((k // shape[1], k % shape[1]) for k in range(len(values)))
-        ids = [self.b.const(v) if v.is_Number else self.memo[v] for v in values]
-        for v, i in zip(values, ids):
-            if self.b.shape(i) != ():
-                raise ModelShapeError(f"explicit matrix entries must be scalars, got {short_text(v)}")
-        return self.b.apply("assemble", *ids, attrs=(shape, positions))
-
-    def _piecewise(self, e) -> int:
-        b = self.b
-        args = []
-        default = None
-        for pair in e.args:
-            if pair.cond is sp.true:
-                default = self.memo[pair.expr]
-                break
-            args += [self.memo[pair.cond], self.memo[pair.expr]]
-        if default is None:
-            default = b.const(sp.nan)
-        if not args:
-            return default
-        return b.apply("select", *args, default)
-
-    def _cross_entropy(self, e) -> int:
-        b = self.b
-        logits, target = (self.memo[a] for a in e.args)
-        log_p = b.call("log_softmax", logits)
-        if b.shape(target) == ():
-            index = b.const_value(target)
-            if index is not None:
-                size = b.node(log_p).size
-                if not (index.is_Integer and 0 <= int(index) < size):
-                    raise ModelShapeError(f"cross_entropy: class index {index} is outside 0..{size - 1}")
-                cols = b.shape(log_p)[1]
-                picked = b.apply("index", log_p, attrs=(int(index) // cols, int(index) % cols))
-            else:
-                picked = b.apply("take", log_p, target)
-            return b.neg(picked)
-        return b.neg(b.sum(b.mul(target, log_p)))
-
-    def _mse(self, e) -> int:
-        b = self.b
-        prediction, target = (self.memo[a] for a in e.args)
-        diff = b.sub(prediction, target)
-        squared = b.mul(diff, diff)
-        size = b.node(diff).size
-        if b.shape(diff) == ():
-            return squared
-        return b.mul(b.const(sp.Rational(1, size)), b.sum(squared))
+    @staticmethod
+    def describe(expr) -> str:
+        """A bounded description of ``expr`` for messages."""
+        return short_text(expr)
 
     # --- errors --------------------------------------------------------------------------
 
     def _undeclared(self, symbol) -> UndeclaredSymbolError:
         name = str(symbol.name)
         hint = "declare it in params=[...] or inputs=[...]"
+        by_folded = {declared.casefold(): declared for declared in self.declared_names}
+        close = difflib.get_close_matches(name.casefold(), list(by_folded), n=1, cutoff=0.6)
+        if close and by_folded[close[0]] != name:
+            hint += f" (or did you mean {by_folded[close[0]]!r}?)"
         same_name = self.declared_names.get(name)
         if same_name is not None:
             hint = (f"a symbol named {name!r} is declared, but this one differs from it "
@@ -290,6 +140,10 @@ class SympyReader:
         return UndeclaredSymbolError(f"symbol {name!r} is used but not declared: {hint}")
 
     def _unsupported(self, e) -> UnsupportedFunctionError:
+        construct = _construct_advice(e)
+        if construct is not None:
+            what, advice = construct
+            return UnsupportedFunctionError(f"{what} {short_text(e)} cannot be read: {advice}")
         head = getattr(e.func, "__name__", type(e).__name__)
         no_derivative = {"floor", "ceiling", "frac", "Mod", "round"}
         if head in no_derivative:
@@ -300,6 +154,54 @@ class SympyReader:
             f"unsupported function {head} in {short_text(e)}: {reason}. "
             f"Supported: {', '.join(supported_functions())}"
         )
+
+
+#: Constructs that are not values symgrad can read: slices, unevaluated calculus (they bind
+#: variables of their own), functions without a formula. Reported as the user wrote them.
+_NOT_READ = (MatrixSlice, sp.Derivative, ExprWithLimits, sp.Subs, sp.Limit, sp.Lambda, sp.Tuple,
+             AppliedUndef, sp.Indexed)
+
+
+def _construct_advice(e):
+    """(what the user wrote, what to do instead) for the constructs of _NOT_READ, else None."""
+    if isinstance(e, MatrixSlice):
+        if not all(getattr(v, "is_Integer", False) for bounds in e.args[1:] for v in bounds):
+            return ("the slice", "a slice whose bounds are symbols (an index given per example) has no "
+                    "fixed shape. To pick a row by an input index, pass a one-hot input e (a MatrixSymbol) "
+                    "and write e.T * X")
+        return ("the slice", "symgrad reads single elements M[i, j] but not slices (MatrixSlice). Write "
+                "the elements you need, e.g. sp.Matrix([[X[0, 0], X[0, 1]]]), or multiply by a constant "
+                "selection matrix")
+    if isinstance(e, sp.Derivative):
+        return ("the unevaluated derivative", "symgrad differentiates the model itself; write the formula "
+                "of this derivative instead (call .doit() on it, or use sp.diff)")
+    if isinstance(e, sp.Integral):
+        return ("the integral", "symgrad does not integrate; write the integral's closed form instead "
+                "(sp.integrate or .doit() finds it when there is one)")
+    if isinstance(e, (sp.Sum, sp.Product)):
+        kind, spelled = (("sum", "sum(f(k) for k in range(4)), or sg.sum of a matrix") if isinstance(e, sp.Sum)
+                         else ("product", "sp.Mul(*[f(k) for k in range(4)])"))
+        bound = ", ".join(str(v) for v in e.variables)
+        return (f"the symbolic {kind}", f"it runs over the bound variable {bound}; write it out in Python, "
+                f"e.g. {spelled}; .doit() turns it into a closed form when SymPy finds one")
+    if isinstance(e, ExprWithLimits):
+        return (f"the {type(e).__name__}", "it binds a variable of its own; evaluate it (.doit()) first")
+    if isinstance(e, sp.Subs):
+        return ("the unevaluated substitution", "call .doit() on it to substitute, or use .subs(...)")
+    if isinstance(e, sp.Limit):
+        return ("the unevaluated limit", "evaluate it with .doit() and use its value")
+    if isinstance(e, sp.Lambda):
+        return ("the Lambda", "a Lambda is a function, not a value; apply it to arguments, f(x)")
+    if isinstance(e, sp.Tuple):
+        return ("the tuple", "a tuple holds several values, not one; a loss or output is one expression "
+                "(several values go into outputs={...}; a vector is a sp.Matrix)")
+    if isinstance(e, AppliedUndef):
+        return ("the undefined function", f"{e.func.__name__} was made with "
+                f"sp.Function({e.func.__name__!r}) and has no formula; write its expression instead")
+    if isinstance(e, sp.Indexed):
+        return ("the indexed element", "IndexedBase elements are not read; declare a MatrixSymbol and use "
+                "its elements M[i, j]")
+    return None
 
 
 def build_graph(*, params, inputs, loss, outputs, reduce, labels=None) -> Graph:
@@ -341,13 +243,3 @@ def build_graph(*, params, inputs, loss, outputs, reduce, labels=None) -> Graph:
     if loss is not None and graph.nodes[example_loss].op not in ("symbol", "const"):
         graph.labels.setdefault(example_loss, "loss")
     return graph
-
-
-def reduce_over_batch(b: Builder, value: int, reduce) -> int:
-    """``value`` (one per example) averaged or summed over the batch, or as it is for None."""
-    if reduce is None:
-        return value
-    total = b.apply("reduce_batch", value)
-    if reduce == "mean":
-        total = b.mul(b.recip(b.apply("batch_size")), total)
-    return total

@@ -145,6 +145,16 @@ def live_nodes(graph: Graph, results) -> list:
     return graph.ancestors([r.node for r in results])
 
 
+def reduce_over_batch(b: "Builder", value: int, reduce) -> int:
+    """``value`` (one per example) averaged or summed over the batch, or as it is for None."""
+    if reduce is None:
+        return value
+    total = b.apply("reduce_batch", value)
+    if reduce == "mean":
+        total = b.mul(b.recip(b.apply("batch_size")), total)
+    return total
+
+
 def _is_number(value) -> bool:
     return isinstance(value, sp.Basic) and (value.is_Number or value.is_NumberSymbol)
 

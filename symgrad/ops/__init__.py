@@ -68,6 +68,13 @@ class Op:
         test_cases: ``(arg_shapes, attrs)`` pairs on which the registry tests
             check the derivative of a tensor op (element-wise ops are tested
             on scalars and matrices without being told).
+        sympy_heads: the SymPy classes read as this op. By default the op is
+            applied to the read arguments of the expression.
+        from_sympy: ``(reader, expr) -> node id``: how an expression with one of
+            ``sympy_heads`` becomes nodes when that takes more than its head
+            (a matrix product with scalar factors, a Piecewise, an n-ary Max).
+        sympy_children: ``expr -> sub-expressions`` the reader reads before the
+            expression itself (default: ``expr.args``).
     """
 
     name: str
@@ -90,17 +97,77 @@ class Op:
     varying: Optional[Callable] = None
     arity: Optional[int] = None
     test_cases: tuple = ()
+    sympy_heads: tuple = ()
+    from_sympy: Optional[Callable] = None
+    sympy_children: Optional[Callable] = None
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How expressions with one SymPy head become graph nodes.
+
+    ``op`` is applied to the read ``children`` (default: the expression's
+    args), unless ``from_sympy(reader, expr)`` builds the nodes itself.
+    """
+
+    head: type
+    op: Optional[str] = None
+    from_sympy: Optional[Callable] = None
+    children: Optional[Callable] = None
 
 
 REGISTRY: dict[str, Op] = {}
+#: SymPy head -> its Reading: filled by the op entries' ``sympy_heads`` and by :func:`reads`.
+READINGS: dict = {}
 
 
 def register(op: Op) -> Op:
-    """Add ``op`` to the registry; names are unique."""
+    """Add ``op`` to the registry (names are unique), and the SymPy heads it reads."""
     if op.name in REGISTRY:
         raise ValueError(f"op {op.name!r} is registered twice")
     REGISTRY[op.name] = op
+    for head in op.sympy_heads:
+        _add_reading(Reading(head, op.name, op.from_sympy, op.sympy_children))
     return op
+
+
+def reads(*heads, children=None):
+    """Decorator: ``from_sympy(reader, expr)`` reads SymPy constructs with ``heads``
+    that lower to several ops (``cross_entropy``, explicit matrices, ``applyfunc``)."""
+
+    def decorate(from_sympy):
+        for head in heads:
+            _add_reading(Reading(head, None, from_sympy, children))
+        return from_sympy
+
+    return decorate
+
+
+def _add_reading(reading: Reading) -> None:
+    if reading.head in READINGS:
+        raise ValueError(f"SymPy head {reading.head.__name__} is read by two entries")
+    READINGS[reading.head] = reading
+
+
+def reading_for(expr) -> Optional[Reading]:
+    """The Reading of ``expr``'s head: its class or the nearest base class that has one."""
+    for cls in type(expr).__mro__:
+        reading = READINGS.get(cls)
+        if reading is not None:
+            return reading
+    return None
+
+
+#: How a model writes the heads whose class names it never sees.
+_SPELLED = {"ImmutableDenseMatrix": "Matrix", "ElementwiseApplyFunction": "applyfunc",
+            "Equality": "Eq", "Unequality": "Ne", "StrictLessThan": "Lt", "LessThan": "Le",
+            "StrictGreaterThan": "Gt", "GreaterThan": "Ge"}
+
+
+def supported_heads() -> list:
+    """Names of the SymPy functions and constructs a model may use."""
+    names = (getattr(h, "__name__", str(h)) for h in READINGS)
+    return sorted({_SPELLED.get(name, name) for name in names}, key=str.lower)
 
 
 def get(name: str) -> Op:
@@ -191,4 +258,4 @@ def elementwise_cost(per_element: int):
 
 
 # Importing the families registers their ops.
-from . import leaf, arith, elementwise, nn, linalg  # noqa: E402,F401
+from . import leaf, arith, elementwise, nn, linalg, special  # noqa: E402,F401

@@ -13,11 +13,12 @@ import sympy as sp
 
 from dataclasses import replace
 
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement
 
-from ..errors import ModelShapeError
+from ..errors import ModelShapeError, UnsupportedFunctionError
 from .. import functions as sgf
-from . import Op, elementwise_shape, register, size_of
+from . import Op, elementwise_shape, reads, register, size_of
 from .text import POWER, PRODUCT, call, number, shape as shape_text, wrap
 
 
@@ -45,6 +46,35 @@ def _simplify_matmul(b, args, attrs):
     if inner == 1 and right.op == "broadcast" and b.shape(right.args[0]) == ():
         return b.mul(right.args[0], b.broadcast(args[0], (rows, cols)))
     return None
+
+
+def _read_matmul(r, factors):
+    """A SymPy matrix product: scalar factors multiply, matrix factors chain left to right."""
+    b = r.b
+    ids = [r.node(a) for a in factors]
+    matrices = [i for i in ids if b.shape(i) != ()]
+    result = matrices[0] if matrices else None
+    for m in matrices[1:]:
+        result = b.matmul(result, m)
+    return b.mul(*([i for i in ids if b.shape(i) == ()] + ([result] if result is not None else [])))
+
+
+@reads(sp.MatPow, children=lambda e: [e.args[0]])
+def _read_matpow(r, e):
+    """A positive whole power of a square matrix as repeated products; any real power of a
+    1x1 matrix (``(x.T*y)**S.Half``), which is a scalar, as the power of its element."""
+    base, power = e.args
+    node = r.node(base)
+    if r.b.shape(node) == (1, 1) and power.is_real and power.is_number:
+        return r.b.apply("pow", r.b.apply("index", node, attrs=(0, 0)), r.b.const(power))
+    if not (power.is_Integer and power > 0):
+        raise UnsupportedFunctionError(
+            f"matrix power {r.describe(e)}: only positive whole powers of a square matrix are supported"
+        )
+    result = node
+    for _ in range(int(power) - 1):
+        result = r.b.matmul(result, node)
+    return result
 
 
 #: Block sizes of the packed matrix product in the runtime header, and the scratch it needs.
@@ -78,6 +108,8 @@ register(
         emit_batch_sum=_emit_matmul_batch_sum,
         scratch=lambda node: GEMM_SCRATCH,
         simplify=_simplify_matmul,
+        sympy_heads=(sp.MatMul,),
+        from_sympy=lambda r, e: _read_matmul(r, e.args),
         numpy=lambda args, attrs: args[0] @ args[1],
         to_sympy=lambda args, attrs: sp.MatMul(*args),
         text=lambda args, attrs: "*".join(wrap(a, PRODUCT) for a in args),
@@ -117,6 +149,7 @@ register(
         text=lambda args, attrs: f"{wrap(args[0], POWER)}.T" if args[0].shape else args[0],
         domain=((-1.0, 1.0),),
         simplify=_simplify_transpose,
+        sympy_heads=(sp.Transpose, sp.Adjoint),  # real matrices: the adjoint is the transpose
         test_cases=((((3, 2),), ()), (((4, 1),), ())),
     )
 )
@@ -154,8 +187,23 @@ register(
         text=lambda args, attrs: f"{wrap(args[0], POWER)}[{attrs[0]}, {attrs[1]}]" if args[0].shape else args[0],
         domain=((-1.0, 1.0),),
         test_cases=((((3, 2),), (2, 1)), (((1, 4),), (0, 3))),
+        sympy_heads=(MatrixElement,),
+        from_sympy=lambda r, e: _read_element(r, e),
+        sympy_children=lambda e: [e.parent],
     )
 )
+
+
+def _read_element(r, e):
+    if not (e.i.is_Integer and e.j.is_Integer):
+        raise UnsupportedFunctionError(f"element {r.describe(e)} has a symbolic index; indices must be whole numbers")
+    return r.b.apply("index", r.node(e.parent), attrs=(int(e.i), int(e.j)))
+
+
+@reads(sgf.scalar)
+def _read_scalar(r, e):
+    """The number in a 1x1 matrix: its element (0, 0), read in place."""
+    return r.b.apply("index", r.node(e.args[0]), attrs=(0, 0))
 
 
 def _assemble_shape(shapes, attrs):
@@ -239,6 +287,7 @@ register(
         cost=lambda node, shapes: size_of(shapes[0]) - 1,
         simplify=lambda b, args, attrs: args[0] if b.shape(args[0]) == () else None,
         test_cases=((((3, 2),), ()), (((1, 4),), ())),
+        sympy_heads=(sgf.sum,),
     )
 )
 
@@ -263,6 +312,7 @@ register(
         domain=((-1.0, 1.0),),
         cost=lambda node, shapes: shapes[0][0] - 1,
         test_cases=((((3, 3),), ()),),
+        sympy_heads=(sp.Trace,),
     )
 )
 
@@ -344,6 +394,9 @@ register(
         text=lambda args, attrs: call("broadcast_to", [args[0], shape_text(attrs[0])]),
         domain=((-1.0, 1.0),),
         test_cases=((((),), ((2, 3),)), (((1, 3),), ((2, 3),)), (((2, 1),), ((2, 3),))),
+        sympy_heads=(sgf.broadcast_to,),
+        from_sympy=lambda r, e: r.b.broadcast(r.node(e.args[0]), (int(e.args[1]), int(e.args[2]))),
+        sympy_children=lambda e: [e.args[0]],
     )
 )
 
@@ -361,6 +414,9 @@ register(
             out, lambda e, i, j: p.assign(out, p.indicator(p.equal(i, j)), e, i, j)),
         numpy=lambda args, attrs: np.eye(attrs[0]),
         to_sympy=lambda args, attrs: sp.Identity(attrs[0]),
+        sympy_heads=(sp.Identity,),
+        from_sympy=lambda r, e: r.b.apply("identity", attrs=(r.dim(e.rows),)),
+        sympy_children=lambda e: [],
         text=lambda args, attrs: call("identity", [str(attrs[0])]),
     )
 )
@@ -386,6 +442,39 @@ register(
             for r in range(attrs[0][0])) + "]",
     )
 )
+
+
+@reads(sp.ImmutableDenseMatrix, children=lambda e: [v for v in e if not v.is_Number])
+def _read_explicit_matrix(r, e):
+    """``sp.Matrix([...])``: a constant table when every entry is a number, else an assembly."""
+    shape = (int(e.rows), int(e.cols))
+    values = list(e)
+    if all(v.is_Number for v in values):
+        return r.b.apply("matrix_const", attrs=(shape, tuple(values)))
+    ids = [r.b.const(v) if v.is_Number else r.node(v) for v in values]
+    for v, i in zip(values, ids):
+        if r.b.shape(i) != ():
+            raise ModelShapeError(f"explicit matrix entries must be scalars, got {r.describe(v)}")
+    positions = tuple((k // shape[1], k % shape[1]) for k in range(len(values)))
+    return r.b.apply("assemble", *ids, attrs=(shape, positions))
+
+
+@reads(sp.ZeroMatrix, sp.OneMatrix, children=lambda e: [])
+def _read_constant_matrix(r, e):
+    value = 0 if isinstance(e, sp.ZeroMatrix) else 1
+    return r.b.broadcast(r.b.const(value), (r.dim(e.rows), r.dim(e.cols)))
+
+
+@reads(ElementwiseApplyFunction, children=lambda e: [e.expr])
+def _read_applyfunc(r, e):
+    """``M.applyfunc(f)``: the body of f read once, with its variable bound to M's node, so the
+    scalar ops in it apply element by element."""
+    lam = e.function
+    if not isinstance(lam, sp.Lambda):
+        d = sp.Dummy("d")
+        lam = sp.Lambda(d, lam(d))
+    (variable,) = lam.variables
+    return r.read_bound(lam.expr, {variable: r.node(e.expr)})
 
 
 # --- the batch: sum a per-example value over all examples of the call -----------------------

@@ -12,7 +12,8 @@ import numpy as np
 import sympy as sp
 
 from .. import functions as sgf
-from . import Op, register, size_of
+from ..errors import ModelShapeError
+from . import Op, reads, register, size_of
 
 
 def _np_logsumexp(z):
@@ -44,9 +45,10 @@ def _log_softmax_vjp(b, node_id, g):
 
 
 def _logsumexp_vjp(b, node_id, g):
-    # z_bar = g * softmax(z) = g * exp(z - logsumexp(z))
+    # z_bar = g * softmax(z); not g * exp(z - logsumexp(z)), in which the rounding of a
+    # large logsumexp (float32 logits near 800) would swamp the difference
     z = b.node(node_id).args[0]
-    return [b.mul(g, b.call("exp", b.sub(z, node_id)))]
+    return [b.mul(g, b.call("softmax", z))]
 
 
 _CASES = ((((4, 1),), ()), (((1, 3),), ()), (((2, 3),), ()))
@@ -64,6 +66,7 @@ register(
         domain=((-3.0, 3.0),),
         cost=lambda node, shapes: 4 * size_of(node.shape),
         test_cases=_CASES,
+        sympy_heads=(sgf.softmax,),
     )
 )
 
@@ -80,6 +83,7 @@ register(
         domain=((-3.0, 3.0),),
         cost=lambda node, shapes: 4 * size_of(node.shape),
         test_cases=_CASES,
+        sympy_heads=(sgf.log_softmax,),
     )
 )
 
@@ -96,5 +100,39 @@ register(
         domain=((-3.0, 3.0),),
         cost=lambda node, shapes: 3 * size_of(shapes[0]),
         test_cases=_CASES,
+        sympy_heads=(sgf.logsumexp,),
     )
 )
+
+
+# --- losses written with symgrad's functions, lowered to the ops above ---------------------
+
+
+@reads(sgf.cross_entropy)
+def _read_cross_entropy(r, e):
+    """-sum(target * log_softmax(logits)); a class-index target picks one entry instead."""
+    b = r.b
+    logits, target = (r.node(a) for a in e.args)
+    log_p = b.call("log_softmax", logits)
+    if b.shape(target) != ():
+        return b.neg(b.sum(b.mul(target, log_p)))
+    index = b.const_value(target)
+    if index is None:  # a class index given per example
+        return b.neg(b.apply("take", log_p, target))
+    size = b.node(log_p).size
+    if not (index.is_Integer and 0 <= int(index) < size):
+        raise ModelShapeError(f"cross_entropy: class index {index} is outside 0..{size - 1}")
+    cols = b.shape(log_p)[1]
+    return b.neg(b.apply("index", log_p, attrs=(int(index) // cols, int(index) % cols)))
+
+
+@reads(sgf.mse)
+def _read_mse(r, e):
+    """The mean of the squared differences of the elements."""
+    b = r.b
+    prediction, target = (r.node(a) for a in e.args)
+    diff = b.sub(prediction, target)
+    squared = b.mul(diff, diff)
+    if b.shape(diff) == ():
+        return squared
+    return b.mul(b.const(sp.Rational(1, b.node(diff).size)), b.sum(squared))

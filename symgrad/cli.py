@@ -99,6 +99,16 @@ def cmd_bench(args) -> int:
         print("\n".join(report.lines()))
     return 0
 
+def cmd_export(args) -> int:
+    from .export import export_c
+
+    for model in _models(args.model_file, args.model):
+        result = export_c(model, args.c_dir, dtype=args.dtype)
+        print(f"{model.name}: C library in {result.path} (build it with make, or cmake)")
+        for f in result.files:
+            print(f"  wrote {f}")
+    return 0
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -150,6 +160,17 @@ def parser() -> argparse.ArgumentParser:
     n.add_argument("--batch", type=int, default=10_000, help="examples per call (default: 10000)")
     n.add_argument("--native", action="store_true", help="time a build for this machine's CPU")
     n.set_defaults(run=cmd_bench)
+
+    e = sub.add_parser("export",
+                       help="write each model in MODEL_FILE as a self-contained C99 library")
+    e.add_argument("model_file", metavar="MODEL_FILE")
+    e.add_argument("--c", required=True, metavar="DIR", dest="c_dir",
+                   help="folder for the C libraries, one DIR/<model name> per model: kernel sources, "
+                        "header, Makefile, CMakeLists.txt, example_main.c")
+    e.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="precision of the kernels (default: float64)")
+    e.add_argument("--model", metavar="NAME", help="only the model with this name")
+    e.set_defaults(run=cmd_export)
     return p
 
 

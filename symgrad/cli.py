@@ -37,6 +37,10 @@ def cmd_build(args) -> int:
                 print(f"  wrote {f}")
         timings = ", ".join(f"{stage} {seconds:.3f} s" for stage, seconds in generated.timings.items())
         print(f"  stages: {timings}")
+        if args.wheel:
+            from .wheel import write_wheel
+
+            print(f"  wrote wheel {write_wheel(result.path)}")
     return 0
 
 
@@ -133,6 +137,8 @@ def parser() -> argparse.ArgumentParser:
                    help="add -ffast-math: faster, but relaxes IEEE semantics (NaN, infinity, summation order)")
     b.add_argument("--flags", metavar="FLAGS",
                    help="replace the C compiler flags altogether; they enter the cache key")
+    b.add_argument("--wheel", action="store_true",
+                   help="also write an installable wheel of each package into DIR (needs only NumPy and cffi)")
     b.set_defaults(run=cmd_build)
 
     s = sub.add_parser("show", help="print the forward pass, backward pass and gradient formulas")

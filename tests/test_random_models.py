@@ -53,7 +53,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pytest
@@ -67,8 +67,8 @@ from sympy.matrices.expressions.matexpr import MatrixElement
 import symgrad as sg
 from symgrad import functions as sgf
 from symgrad import ops
-from symgrad.ops.elementwise import SYMPY_HEADS
-from symgrad.pipeline import gradient_graph
+from symgrad import runtime
+from symgrad.pipeline import derived
 
 ON_DEMAND = "SYMGRAD_RANDOM_EXAMPLES" in os.environ
 EXAMPLES = int(os.environ.get("SYMGRAD_RANDOM_EXAMPLES", "30"))
@@ -175,7 +175,9 @@ RANGES = ((-1.0, 1.0), (0.2, 1.5), (-1.5, -0.2), (-2.0, 2.0))
 GENERIC = (-6.0, 6.0)
 MAX_DEPTH = 8
 
-HEADS = {name: head for head, name in SYMPY_HEADS.items()}
+#: Op name -> the SymPy function it reads, for the element-wise ops read one-to-one from a head.
+HEADS = {name: op.sympy_heads[0] for name, op in ops.REGISTRY.items()
+         if op.kind == "elementwise" and len(op.sympy_heads) == 1 and op.from_sympy is None and name != "select"}
 #: Element-wise functions of one argument, read from a SymPy head.
 UNARY = sorted(name for name, op in ops.REGISTRY.items()
                if op.kind == "elementwise" and op.arity == 1 and name in HEADS
@@ -274,6 +276,9 @@ class Generator:
 
 
     # --- leaves ------------------------------------------------------------------------
+
+    def input_symbols(self) -> list:
+        return [l.symbol for l in self.leaves if l.role == "input"]
 
     def make_leaves(self):
         ch = self.ch
@@ -1007,6 +1012,9 @@ class Generator:
                 self.pool.append(made)
         final = self.pool[-1]
         terms = [final] + [self.pick() for _ in range(ch.integer(0, 2))]
+        params_only = [n for n in self.pool if n.depth > 0 and not contains_any(n.expr, self.input_symbols())]
+        if params_only and ch.chance(0.5):  # a term of params only (a penalty), summed over the batch
+            terms.append(ch.choice(params_only))
         if len(terms) == 1 and final.shape == (1, 1) and ch.chance(0.3):
             loss = final.expr  # a 1x1 matrix as the loss
         else:
@@ -1099,6 +1107,10 @@ def structural_digest(expr) -> str:
 
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
     return visit(sp.sympify(expr))
+
+
+def contains_any(expr, atoms) -> bool:
+    return any(contains(expr, a) for a in atoms)
 
 
 def contains(expr, atom) -> bool:
@@ -1515,7 +1527,35 @@ def verify(spec: Spec, module, *, values=None):
             assert abs(analytic - fd) <= FD_RTOL * scale + floor, (
                 f"compiled gradient of {name}{list(k)} = {analytic!r} but finite differences give {fd!r} "
                 f"(loss {total!r})")
+    verify_large_batch(spec, module, values, loss, grads)
     return {"checked": checked, "skipped": skipped}
+
+
+def verify_large_batch(spec: Spec, module, values: dict, loss, grads) -> None:
+    """The batch repeated past one slice (and the thread chunking) gives the same reduced results.
+
+    A batch larger than runtime.CHUNK runs as several kernel calls whose sums are added, one after
+    the other or on threads; repeating the checked batch k times leaves its mean unchanged and
+    multiplies its sum by k, for parameter-only loss terms too.
+    """
+    if spec.reduce is None or not spec.batched or not any(l.role == "input" for l in spec.leaves):
+        return
+    k = -(-(runtime.CHUNK + 1) // spec.batch)
+    tiled = {name: (np.concatenate([np.asarray(v)] * k) if leaf.role == "input" else v)
+             for leaf in spec.leaves for name, v in [(str(leaf.symbol.name), values[str(leaf.symbol.name)])]}
+    scale = 1 if spec.reduce == "mean" else k
+    for threads in (1, 2):
+        big_loss, big_grads = module.value_and_grad(**call_form(replace(spec, batch=spec.batch * k), tiled),
+                                                    threads=threads)
+        np.testing.assert_allclose(big_loss, scale * np.asarray(loss), rtol=1e-9, atol=1e-9 * (1 + abs(loss)),
+                                   err_msg=f"loss of the batch repeated {k} times ({threads} threads)")
+        for leaf in spec.leaves:
+            name = str(leaf.symbol.name)
+            if leaf.role == "param" and name in grads:
+                want = scale * np.asarray(grads[name], float)
+                np.testing.assert_allclose(big_grads[name], want, rtol=1e-9,
+                                           atol=1e-9 * (1 + float(np.max(np.abs(want), initial=0.0))),
+                                           err_msg=f"gradient of {name}, batch repeated {k} times ({threads} threads)")
 
 
 # ======================================================================================
@@ -1577,7 +1617,7 @@ def test_generator_covers_the_op_registry():
         if spec is None:
             continue
         rules |= spec.ops_used
-        seen |= {node.op for node in gradient_graph(spec.model).nodes}
+        seen |= {node.op for node in derived(spec.model, spec.model.reduce).nodes}
         if seen >= set(ops.REGISTRY) and rules >= set(ops.REGISTRY) - DERIVED:
             break
     assert set(ops.REGISTRY) - seen == set(), f"ops never generated: {sorted(set(ops.REGISTRY) - seen)}"

@@ -197,7 +197,7 @@ def test_code_size_does_not_grow_with_layer_width():
 
 def test_scratch_memory_is_planned_and_shared():
     model = _mlp_model(128)
-    graph = sg.pipeline.gradient_graph(model)
+    graph = sg.pipeline.derived(model, model.reduce)
     plan = plan_kernel(graph, "value_and_grad", model=model.name)
     per_tile = [b for b in plan.buffers if b.per_tile]
     offsets = {b.offset for b in per_tile}

@@ -96,6 +96,130 @@ static inline sg_real sg_min(sg_real a, sg_real b)
     return (a < b || a != a) ? a : b;
 }
 
+/* log(exp(a) + exp(b)) without overflow: max(a, b) + log1p(exp(-|a - b|)). */
+static inline sg_real sg_logaddexp(sg_real a, sg_real b)
+{
+    const sg_real m = a > b ? a : b;
+    if (a != a || b != b)
+        return a + b;
+    if (m == -INFINITY || m == INFINITY)
+        return m;
+    return m + log1p(exp(-fabs(a - b)));
+}
+
+/* The remainder of x / c with the sign of c (SymPy's and Python's Mod): fmod is exact. */
+static inline sg_real sg_mod(sg_real x, sg_real c)
+{
+    sg_real r = fmod(x, c);
+    if (r != 0 && ((r < 0) != (c < 0)))
+        r += c;
+    return r;
+}
+
+/* sin(x) / x, 1 at 0; 1 - x^2/6 where |x| < 1e-4 (the next term is below the rounding). */
+static inline sg_real sg_sinc(sg_real x)
+{
+    if (fabs(x) < (sg_real) 1e-4)
+        return 1 - x * x / 6;
+    return sin(x) / x;
+}
+
+/* d/dx sinc(x) = (cos(x) - sinc(x)) / x. Where |x| < 1 the difference cancels, so its
+   Taylor series sum_n (-1)^n 2n x^(2n-1) / (2n+1)! is summed instead (to x^19: the next
+   term is below 1e-21 of the sum there). */
+static inline sg_real sg_dsinc(sg_real x)
+{
+    if (fabs(x) >= 1)
+        return (cos(x) - sin(x) / x) / x;
+    const double x2 = (double) x * x;
+    double term = -(double) x / 3, sum = 0;  /* n = 1: -2x/3! */
+    for (int n = 1; n <= 10; ++n) {
+        sum += term;
+        /* term(n+1) / term(n) = -(n+1)/n * x^2 / ((2n+2)(2n+3)) */
+        term *= -(double) (n + 1) / n * x2 / ((2.0 * n + 2) * (2.0 * n + 3));
+    }
+    return (sg_real) sum;
+}
+
+/* log(|Gamma(x)|), through the reentrant lgamma_r where the C library has it
+   (plain lgamma writes the global signgam). */
+#if defined(__GLIBC__) || defined(__APPLE__)
+double lgamma_r(double, int *);
+float lgammaf_r(float, int *);
+static inline sg_real sg_lgamma(sg_real x)
+{
+    int sign;
+    return lgamma_r(x, &sign);
+}
+#else
+static inline sg_real sg_lgamma(sg_real x)
+{
+    return lgamma(x);
+}
+#endif
+
+/* digamma(x) = d/dx log(Gamma(x)), in double: reflection below 0, the recurrence
+   psi(x) = psi(x + 1) - 1/x up to x >= 12, then the asymptotic series (to x^-12). */
+static inline double sg_digamma_d(double x)
+{
+    if (x != x)
+        return x;
+    if (x <= 0 && x == floor(x))
+        return NAN;
+    if (x < 0)
+        return sg_digamma_d(1 - x) - 3.14159265358979323846 / tan(3.14159265358979323846 * x);
+    double r = 0;
+    while (x < 12) {
+        r -= 1 / x;
+        x += 1;
+    }
+    const double f = 1 / (x * x);
+    const double series = f * (1.0 / 12 - f * (1.0 / 120 - f * (1.0 / 252 - f * (1.0 / 240
+                          - f * (1.0 / 132 - f * (691.0 / 32760))))));
+    return r + log(x) - 0.5 / x - series;
+}
+
+static inline sg_real sg_digamma(sg_real x)
+{
+    return (sg_real) sg_digamma_d(x);
+}
+
+/* polygamma(n, x), the n-th derivative of digamma, for a whole n >= 1 (NaN otherwise):
+   (-1)^(n+1) n! sum_k 1/(x+k)^(n+1), summed up to x >= 20 + n, then the asymptotic
+   series (-1)^(n+1) [(n-1)!/x^n + n!/(2 x^(n+1)) + sum_k B_2k (2k+n-1)!/((2k)! x^(2k+n))]. */
+static inline sg_real sg_polygamma(sg_real order, sg_real xr)
+{
+    static const double bernoulli[10] = {1.0 / 6, -1.0 / 30, 1.0 / 42, -1.0 / 30, 5.0 / 66,
+                                         -691.0 / 2730, 7.0 / 6, -3617.0 / 510, 43867.0 / 798,
+                                         -174611.0 / 330};
+    if (!(order >= 0) || order != floor(order) || order > 150)
+        return NAN;
+    const int n = (int) order;
+    double x = xr;
+    if (n == 0)
+        return (sg_real) sg_digamma_d(x);
+    if (x != x || (x <= 0 && x == floor(x)))
+        return NAN;
+    double factorial = 1; /* (n-1)! */
+    for (int k = 2; k < n; ++k)
+        factorial *= k;
+    double sum = 0;
+    while (x < 20 + n) {
+        sum += 1 / pow(x, n + 1);
+        x += 1;
+    }
+    sum *= factorial * n;
+    const double inv = 1 / x;
+    double tail = factorial * pow(inv, n) + factorial * n * 0.5 * pow(inv, n + 1);
+    double term = factorial * n * (n + 1) / 2 * pow(inv, n + 2); /* (2k+n-1)!/(2k)! x^-(2k+n), k = 1 */
+    for (int k = 1; k <= 10; ++k) {
+        tail += bernoulli[k - 1] * term;
+        term *= (2.0 * k + n) * (2.0 * k + n + 1) / ((2.0 * k + 1) * (2.0 * k + 2)) * inv * inv;
+    }
+    const double value = sum + tail;
+    return (sg_real) (n % 2 == 1 ? value : -value);
+}
+
 /* ---- matrix products ------------------------------------------------------ */
 
 /* Functions marked SG_DISPATCH are compiled for several x86-64 levels
@@ -497,45 +621,59 @@ static inline sg_real sg_max_element(int64_t rows, int64_t cols, const sg_real *
     return isfinite(m) ? m : (m != m ? m : 0);
 }
 
-/* out[e] = log(sum(exp(Z[e]))) */
+/* The largest element m of Z[e] and s = sum(exp(Z[e] - m)), in sg_acc precision. */
+static inline sg_acc sg_shifted_sum(int64_t rows, int64_t cols, const sg_real *z, int64_t rs, int64_t cs,
+                                    sg_real *m)
+{
+    *m = sg_max_element(rows, cols, z, rs, cs);
+    sg_acc s = 0;
+    for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < cols; ++j)
+            s += exp(z[i * rs + j * cs] - *m);
+    return s;
+}
+
+/* out[e] = log(sum(exp(Z[e]))) = m + log(s) */
 static inline void sg_logsumexp(int64_t nb, int64_t rows, int64_t cols,
                                 const sg_real *z, int64_t z_es, int64_t z_rs, int64_t z_cs,
                                 sg_real *out, int64_t out_es)
 {
     for (int64_t e = 0; e < nb; ++e) {
-        const sg_real *ze = z + e * z_es;
-        const sg_real m = sg_max_element(rows, cols, ze, z_rs, z_cs);
-        sg_acc s = 0;
-        for (int64_t i = 0; i < rows; ++i)
-            for (int64_t j = 0; j < cols; ++j)
-                s += exp(ze[i * z_rs + j * z_cs] - m);
-        out[e * out_es] = m + (sg_real) log(s);
+        sg_real m;
+        const sg_acc s = sg_shifted_sum(rows, cols, z + e * z_es, z_rs, z_cs, &m);
+        out[e * out_es] = (sg_real) ((sg_acc) m + log(s));
     }
 }
 
-/* OUT[e] (dense) = Z[e] - logsumexp(Z[e]) */
+/* OUT[e] (dense) = (Z[e] - m) - log(s): never Z[e] - logsumexp(Z[e]), whose rounding
+   of a large logsumexp would swamp small results (float32 logits near 800). */
 static inline void sg_log_softmax(int64_t nb, int64_t rows, int64_t cols,
                                   const sg_real *z, int64_t z_es, int64_t z_rs, int64_t z_cs,
                                   sg_real *out, int64_t out_es)
 {
     for (int64_t e = 0; e < nb; ++e) {
-        sg_real lse;
-        sg_logsumexp(1, rows, cols, z + e * z_es, 0, z_rs, z_cs, &lse, 0);
+        const sg_real *ze = z + e * z_es;
+        sg_real m;
+        const sg_acc log_s = log(sg_shifted_sum(rows, cols, ze, z_rs, z_cs, &m));
         for (int64_t i = 0; i < rows; ++i)
             for (int64_t j = 0; j < cols; ++j)
-                out[e * out_es + i * cols + j] = z[e * z_es + i * z_rs + j * z_cs] - lse;
+                out[e * out_es + i * cols + j] = (sg_real) ((sg_acc) (ze[i * z_rs + j * z_cs] - m) - log_s);
     }
 }
 
-/* OUT[e] (dense) = exp(Z[e] - logsumexp(Z[e])) */
+/* OUT[e] (dense) = exp(Z[e] - m) / s */
 static inline void sg_softmax(int64_t nb, int64_t rows, int64_t cols,
                               const sg_real *z, int64_t z_es, int64_t z_rs, int64_t z_cs,
                               sg_real *out, int64_t out_es)
 {
-    sg_log_softmax(nb, rows, cols, z, z_es, z_rs, z_cs, out, out_es);
-    for (int64_t e = 0; e < nb; ++e)
-        for (int64_t q = 0; q < rows * cols; ++q)
-            out[e * out_es + q] = exp(out[e * out_es + q]);
+    for (int64_t e = 0; e < nb; ++e) {
+        const sg_real *ze = z + e * z_es;
+        sg_real m;
+        const sg_acc inv = 1 / sg_shifted_sum(rows, cols, ze, z_rs, z_cs, &m);
+        for (int64_t i = 0; i < rows; ++i)
+            for (int64_t j = 0; j < cols; ++j)
+                out[e * out_es + i * cols + j] = (sg_real) (exp(ze[i * z_rs + j * z_cs] - m) * inv);
+    }
 }
 
 /* ---- class indices ---------------------------------------------------------------- */

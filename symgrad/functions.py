@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import sympy as sp
+from sympy.codegen import cfunctions as _cfunctions
 from sympy.core.basic import Basic
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
@@ -176,6 +177,56 @@ class softplus(_ElementwiseFunction):
 
     def _eval_rewrite_as_log(self, x, **kwargs):
         return sp.log(1 + sp.exp(x))
+
+
+class logaddexp(sp.Function):
+    """log(exp(x1) + exp(x2) + ...) of scalars, computed shifted by the largest.
+
+    symgrad writes a log of a sum of exponentials this way (``symgrad show``
+    prints it); a model may use it too.
+    """
+
+    @classmethod
+    def eval(cls, *args):
+        if len(args) < 2:
+            raise TypeError("logaddexp() takes at least two arguments")
+
+    def fdiff(self, argindex=1):
+        return sp.exp(self.args[argindex - 1] - self)
+
+    def _eval_is_real(self):
+        return all(a.is_real for a in self.args) or None
+
+    def _eval_evalf(self, prec):
+        if all(a.is_number for a in self.args):
+            return sp.log(sp.Add(*[sp.exp(a) for a in self.args])).evalf(prec)
+        return None
+
+    def _eval_rewrite_as_log(self, *args, **kwargs):
+        return sp.log(sp.Add(*[sp.exp(a) for a in args]))
+
+    def _latex(self, printer, exp=None):
+        inner = ", ".join(printer._print(a) for a in self.args)
+        text = rf"\operatorname{{logaddexp}}\left({inner}\right)"
+        return f"{text}^{{{exp}}}" if exp else text
+
+
+class Cbrt(_cfunctions.Cbrt):
+    """The real cube root (SymPy's ``Cbrt`` head), which also evaluates numerically."""
+
+    def _eval_evalf(self, prec):
+        arg = self.args[0]
+        if arg.is_number and arg.is_real:
+            value = arg.evalf(prec)
+            return (sp.sign(value) * sp.Abs(value) ** sp.Rational(1, 3)).evalf(prec)
+        return None
+
+
+class frac(sp.frac):
+    """SymPy's ``frac`` with its derivative between the jumps (1), which SymPy leaves unevaluated."""
+
+    def fdiff(self, argindex=1):
+        return sp.Integer(1)
 
 
 def elementwise(function, matrix):

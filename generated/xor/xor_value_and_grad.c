@@ -22,38 +22,38 @@ SG_KERNEL int xor_value_and_grad(int64_t n, int64_t batch, const double *restric
     double *const v6 = work + 132128;  /* v6, 256 examples */
     double *const v8 = work + 134176;  /* v8 (h), 256 examples */
     double *const v9 = work + 132128;  /* v9, 256 examples */
-    double *const v29 = work + 138272;  /* v29 (v11_bar), 256 examples */
-    double *const v30 = work + 132128;  /* v30 (v9_bar), 256 examples */
-    double *const v32 = work + 138272;  /* v32 (h_bar), 256 examples */
-    double *const v37 = work + 136224;  /* v37, 256 examples */
-    double *const v38 = work + 140320;  /* v38 (v7_bar), 256 examples */
-    double *const v44 = work + 0;  /* v44 (W2_bar) */
-    double *const v45 = work + 8;  /* v45 (b1_bar) */
-    double *const v46 = work + 16;  /* v46 (W1_bar) */
-    double *const v47 = work + 24;  /* v47 */
-    double *const v48 = work + 16;  /* v48 */
-    double *const v49 = work + 8;  /* v49 */
+    double *const v30 = work + 138272;  /* v30 (v11_bar), 256 examples */
+    double *const v31 = work + 132128;  /* v31 (v9_bar), 256 examples */
+    double *const v33 = work + 138272;  /* v33 (h_bar), 256 examples */
+    double *const v38 = work + 136224;  /* v38, 256 examples */
+    double *const v39 = work + 140320;  /* v39 (v7_bar), 256 examples */
+    double *const v45 = work + 0;  /* v45 (W2_bar) */
+    double *const v46 = work + 8;  /* v46 (b1_bar) */
+    double *const v47 = work + 16;  /* v47 (W1_bar) */
+    double *const v48 = work + 24;  /* v48 */
+    double *const v49 = work + 16;  /* v49 */
+    double *const v50 = work + 8;  /* v50 */
     /* v18: batch sum starts at zero */
     sg_acc v18 = 0;
 
     /* v20 = 1/N */
     const double v20 = 1.0 / (((double) batch));
 
-    /* v43 (b2_bar): batch sum starts at zero */
-    sg_acc v43 = 0;
+    /* v44 (b2_bar): batch sum starts at zero */
+    sg_acc v44 = 0;
 
-    /* v44 (W2_bar): batch sum starts at zero */
+    /* v45 (W2_bar): batch sum starts at zero */
     for (int64_t i = 0; i < 2; ++i)
-        v44[i] = 0.0;
+        v45[i] = 0.0;
 
-    /* v45 (b1_bar): batch sum starts at zero */
+    /* v46 (b1_bar): batch sum starts at zero */
     for (int64_t j = 0; j < 2; ++j)
-        v45[j] = 0.0;
+        v46[j] = 0.0;
 
-    /* v46 (W1_bar): batch sum starts at zero */
+    /* v47 (W1_bar): batch sum starts at zero */
     for (int64_t i = 0; i < 2; ++i)
         for (int64_t j = 0; j < 2; ++j)
-            v46[i * 2 + j] = 0.0;
+            v47[i * 2 + j] = 0.0;
 
     for (int64_t t0 = 0; t0 < n; t0 += 256) {
         const int64_t nt = n - t0 < 256 ? n - t0 : 256;
@@ -62,21 +62,21 @@ SG_KERNEL int xor_value_and_grad(int64_t n, int64_t batch, const double *restric
         /* v6 = x*W1 */
         sg_matmul(nt, 1, 2, 2, x_x, 2, 0, 1, p_W1, 0, 2, 1, v6, 2, 2, 1, scratch);
 
-        /* per element of 1x2: v7 .. v37 */
+        /* per element of 1x2: v7 .. v38 */
         for (int64_t e = 0; e < nt; ++e)
             #pragma omp simd
             for (int64_t j = 0; j < 2; ++j) {
                 const double v7 = p_b1[j] + v6[e * 2 + j];  /* v7 = b1 + v6 */
                 v8[e * 2 + j] = sg_sigmoid(v7);  /* v8 (h) = sigmoid(v7) */
-                const double v35 = -v8[e * 2 + j];  /* v35 = -h */
-                const double v36 = 1.0 + v35;  /* v36 = 1 + v35 */
-                v37[e * 2 + j] = v8[e * 2 + j] * v36;  /* v37 = h.*v36 */
+                const double v36 = -v7;  /* v36 = -v7 */
+                const double v37 = sg_sigmoid(v36);  /* v37 = sigmoid(v36) */
+                v38[e * 2 + j] = v8[e * 2 + j] * v37;  /* v38 = h.*v37 */
             }
         /* v9 = h*W2 */
         sg_matmul(nt, 1, 1, 2, v8, 2, 0, 1, p_W2, 0, 1, 0, v9, 1, 1, 1, scratch);
 
-        /* per example: v11 .. v43 */
-        #pragma omp simd reduction(+: v18, v43)
+        /* per example: v11 .. v44 */
+        #pragma omp simd reduction(+: v18, v44)
         for (int64_t e = 0; e < nt; ++e) {
             const double v11 = p_b2 + v9[e];  /* v11 = b2 + v9[0, 0] */
             const double v12 = sg_sigmoid(v11);  /* v12 (y) = sigmoid(v11) */
@@ -85,69 +85,70 @@ SG_KERNEL int xor_value_and_grad(int64_t n, int64_t batch, const double *restric
             const double v17 = v15 * v15;  /* v17 (cost) = v15**2 */
             v18 += v17;  /* v18 = batch_sum(cost) */
             const double v25 = v15 * (-2.0);  /* v25 (y_bar) = -2*v15 */
-            const double v27 = v14 + 1.0;  /* v27 = v14 + 1 */
-            const double v28 = v12 * v27;  /* v28 = y*v27 */
-            v29[e] = v25 * v28;  /* v29 (v11_bar) = y_bar*v28 */
-            v43 += v29[e];  /* v43 (b2_bar) = batch_sum(v11_bar) */
+            const double v27 = -v11;  /* v27 = -v11 */
+            const double v28 = sg_sigmoid(v27);  /* v28 = sigmoid(v27) */
+            const double v29 = v12 * v28;  /* v29 = y*v28 */
+            v30[e] = v25 * v29;  /* v30 (v11_bar) = y_bar*v29 */
+            v44 += v30[e];  /* v44 (b2_bar) = batch_sum(v11_bar) */
         }
-        /* v30 (v9_bar) = Matrix([[v11_bar]]) */
+        /* v31 (v9_bar) = [[v11_bar]] */
         for (int64_t e = 0; e < nt; ++e)
-            v30[e] = 0.0;
-        for (int64_t e = 0; e < nt; ++e) v30[e] += v29[e];
+            v31[e] = 0.0;
+        for (int64_t e = 0; e < nt; ++e) v31[e] += v30[e];
 
-        /* v32 (h_bar) = v9_bar*W2.T */
-        sg_matmul(nt, 1, 2, 1, v30, 1, 0, 0, p_W2, 0, 0, 1, v32, 2, 2, 1, scratch);
+        /* v33 (h_bar) = v9_bar*W2.T */
+        sg_matmul(nt, 1, 2, 1, v31, 1, 0, 0, p_W2, 0, 0, 1, v33, 2, 2, 1, scratch);
 
-        /* per element of 1x2: v38 */
+        /* per element of 1x2: v39 */
         #pragma omp simd
         for (int64_t k = 0; k < nt * 2; ++k) {
-            v38[k] = v32[k] * v37[k];  /* v38 (v7_bar) = h_bar.*v37 */
+            v39[k] = v33[k] * v38[k];  /* v39 (v7_bar) = h_bar.*v38 */
         }
-        /* v44 (W2_bar) = batch_sum(h.T*v9_bar) */
-        sg_matmul_batch_sum(nt, 2, 1, 1, v8, 2, 1, 0, v30, 1, 0, 0, v44, 1, 1, scratch);
+        /* v45 (W2_bar) = batch_sum(h.T*v9_bar) */
+        sg_matmul_batch_sum(nt, 2, 1, 1, v8, 2, 1, 0, v31, 1, 0, 0, v45, 1, 1, scratch);
 
-        /* v45 (b1_bar) = batch_sum(v7_bar) */
-        sg_reduce_batch(nt, 1, 2, v38, 2, 0, 1, v45);
+        /* v46 (b1_bar) = batch_sum(v7_bar) */
+        sg_reduce_batch(nt, 1, 2, v39, 2, 0, 1, v46);
 
-        /* v46 (W1_bar) = batch_sum(x.T*v7_bar) */
-        sg_matmul_batch_sum(nt, 2, 2, 1, x_x, 2, 1, 0, v38, 2, 0, 1, v46, 2, 1, scratch);
+        /* v47 (W1_bar) = batch_sum(x.T*v7_bar) */
+        sg_matmul_batch_sum(nt, 2, 2, 1, x_x, 2, 1, 0, v39, 2, 0, 1, v47, 2, 1, scratch);
 
     }
     /* v21 = v18*v20 */
     const double v21 = v18 * v20;
 
-    /* v47 = v20*W1_bar */
+    /* v48 = v20*W1_bar */
     for (int64_t k = 0; k < 4; ++k)
-        v47[k] = v20 * v46[k];
+        v48[k] = v20 * v47[k];
 
-    /* v48 = v20*b1_bar */
+    /* v49 = v20*b1_bar */
     for (int64_t k = 0; k < 2; ++k)
-        v48[k] = v20 * v45[k];
+        v49[k] = v20 * v46[k];
 
-    /* v49 = v20*W2_bar */
+    /* v50 = v20*W2_bar */
     for (int64_t k = 0; k < 2; ++k)
-        v49[k] = v20 * v44[k];
+        v50[k] = v20 * v45[k];
 
-    /* v50 = v20*b2_bar */
-    const double v50 = v20 * v43;
+    /* v51 = v20*b2_bar */
+    const double v51 = v20 * v44;
 
     /* result: loss */
     out_loss[0] = v21;
 
     /* result: gradient with respect to W1 */
     for (int64_t k = 0; k < 4; ++k)
-        grad_W1[k] = v47[k];
+        grad_W1[k] = v48[k];
 
     /* result: gradient with respect to b1 */
     for (int64_t k = 0; k < 2; ++k)
-        grad_b1[k] = v48[k];
+        grad_b1[k] = v49[k];
 
     /* result: gradient with respect to W2 */
     for (int64_t k = 0; k < 2; ++k)
-        grad_W2[k] = v49[k];
+        grad_W2[k] = v50[k];
 
     /* result: gradient with respect to b2 */
-    grad_b2[0] = v50;
+    grad_b2[0] = v51;
 
     return SG_OK;
 }

@@ -12,8 +12,23 @@ from fractions import Fraction
 
 import numpy as np
 import sympy as sp
+from sympy.matrices.expressions.hadamard import HadamardPower, HadamardProduct
 
+from .. import rewrites
 from . import Op, _is_matrix, broadcast_shapes, elementwise_shape, register, size_of
+from .text import COMPARISON, NEGATION, POWER, PRODUCT, SUM, binding, wrap
+
+
+def same_number(value, number) -> bool:
+    """Whether the SymPy number ``value`` equals ``number`` as a real number.
+
+    SymPy 1.13+ says ``Float(0.0) == 0`` and ``Float(0.5) == Rational(1, 2)`` are
+    False; a model's ``x**0.0`` or ``0.5*x`` must fold exactly like ``x**0`` and
+    ``x/2``, so every identity below compares numbers this way.
+    """
+    if value is None or not getattr(value, "is_Number", False):
+        return False
+    return (value - number).is_zero is True
 
 
 def _full_size(matrices):
@@ -94,8 +109,8 @@ def _simplify_add(b, args, attrs):
     constants = [a for a in args if b.is_const(a)]
     others = [a for a in args if not b.is_const(a)]
     total = sp.Add(*[b.const_value(a) for a in constants]) if constants else sp.Integer(0)
-    if len(constants) > 1 or (constants and total == 0):
-        terms = others + ([b.const(total)] if total != 0 else [])
+    if len(constants) > 1 or (constants and same_number(total, 0)):
+        terms = others + ([b.const(total)] if not same_number(total, 0) else [])
         if not terms:
             return b.const(0)
         if len(terms) == 1:
@@ -105,7 +120,15 @@ def _simplify_add(b, args, attrs):
         return args[0]
     if not args:
         return b.const(0)
-    return None
+    return rewrites.stable_add(b, args)
+
+
+def _text_add(args, attrs):
+    text = wrap(args[0], COMPARISON)
+    for term in args[1:]:
+        term = wrap(term, COMPARISON)
+        text += f" - {term[1:]}" if term.startswith("-") else f" + {term}"
+    return text
 
 
 register(
@@ -115,12 +138,14 @@ register(
         shape=elementwise_shape,
         vjp=lambda b, node_id, g: [g] * len(b.node(node_id).args),
         c=lambda p, args, attrs: " + ".join(str(a) for a in args),
+        text=_text_add,
         numpy=lambda args, attrs: sum(args[1:], args[0]),
         to_sympy=_sympy_add,
         domain=((-2.0, 2.0), (-2.0, 2.0)),
         cost=lambda node, shapes: (len(shapes) - 1) * size_of(node.shape),
         simplify=_simplify_add,
         commutative=True,
+        sympy_heads=(sp.Add, sp.MatAdd),
     )
 )
 
@@ -141,16 +166,16 @@ def _simplify_mul(b, args, attrs):
             constants = constants + [a for a in inner.args if b.is_const(a)]
             others = [a for a in inner.args if not b.is_const(a)]
     product = sp.Mul(*[b.const_value(a) for a in constants]) if constants else sp.Integer(1)
-    if product == 0 and all(b.shape(a) == () for a in others):
+    if same_number(product, 0) and all(b.shape(a) == () for a in others):
         return b.const(0)
-    rebuilt = others + ([b.const(product)] if product != 1 else [])
+    rebuilt = others + ([b.const(product)] if not same_number(product, 1) else [])
     if not rebuilt:
         return b.const(product)
     if len(rebuilt) == 1:
         return rebuilt[0]
     if tuple(sorted(rebuilt)) != tuple(args):
         return b.apply("mul", *rebuilt)
-    return None
+    return rewrites.stable_mul(b, args)
 
 
 def _mul_partials(b, node_id):
@@ -179,6 +204,29 @@ def _c_mul(p, args, attrs):
     return " * ".join(str(a) for a in args)
 
 
+def _text_mul(args, attrs):
+    """Numbers first (``-2*v15``, ``-y``); ``.*`` between matrices, which multiply element by
+    element; a factor that could read as part of a matrix product is parenthesized."""
+    numbers = [a for a in args if a.number is not None]
+    others = [a for a in args if a.number is None]
+    times = ".*" if sum(1 for a in others if a.shape != ()) > 1 else "*"
+    negate = len(numbers) == 1 and numbers[0].number == -1 and bool(others)
+    first = not numbers or negate
+
+    def factor(k, a):
+        level = binding(a)
+        if level <= SUM or (level == NEGATION and (k > 0 or not first or negate)):
+            return f"({a})"
+        if level == PRODUCT and ((a.shape != () and len(others) > 1) or (k > 0 and a[:1].isdigit())):
+            return f"({a})"
+        return a
+
+    product = times.join(factor(k, a) for k, a in enumerate(others))
+    if negate:
+        return f"-{product}"
+    return "*".join(numbers + ([product] if others else []))
+
+
 register(
     Op(
         name="mul",
@@ -186,12 +234,14 @@ register(
         shape=elementwise_shape,
         vjp=_elementwise_vjp(_mul_partials),
         c=_c_mul,
+        text=_text_mul,
         numpy=lambda args, attrs: np.prod(np.broadcast_arrays(*args), axis=0),
         to_sympy=_sympy_mul,
         domain=((-2.0, 2.0), (-2.0, 2.0)),
         cost=lambda node, shapes: (len(shapes) - 1) * size_of(node.shape),
         simplify=_simplify_mul,
         commutative=True,
+        sympy_heads=(sp.Mul, HadamardProduct),
     )
 )
 
@@ -210,27 +260,37 @@ def _exponent(b, node_id):
 def _simplify_pow(b, args, attrs):
     base, exponent = args
     value = b.const_value(exponent)
-    if value is None:
-        return None
-    if value == 1:
+    if same_number(value, 1):
         return base
-    if value == 0:
+    if same_number(value, 0):  # x**0 = 1 for every x, 0**0 included (C's pow and IEEE 754 agree)
         return b.broadcast(b.const(1), b.shape(base))
-    return None
+    return rewrites.stable_pow(b, base, exponent)
 
 
 def _pow_partials(b, node_id):
+    """Partial derivatives of ``x**y``, with the conventions PyTorch and JAX share at x = 0.
+
+    With a constant exponent c: ``c * x**(c - 1)`` (so 0 at x = 0 for c > 1, inf for
+    0 < c < 1, as the formula says). With a variable exponent: d/dx is taken as 0 where
+    y == 0 (x**0 is 1 whatever x is, so 0**0 has d/dx 0, not 0 * 0**-1), and d/dy =
+    ``x**y * log(x)`` is taken as 0 where x == 0 and y >= 0 (its limit from x > 0;
+    0 * log(0) would be NaN). Both are select nodes of the graph, so ``symgrad show``
+    prints the same formula the kernel computes.
+    """
     node = b.node(node_id)
     x, y = node.args
     value = b.const_value(y)
     if value is not None:
-        if value == sp.Rational(1, 2):  # sqrt: 1 / (2 sqrt(x)), reusing sqrt(x)
+        if same_number(value, sp.Rational(1, 2)):  # sqrt: 1 / (2 sqrt(x)), reusing sqrt(x)
             return [b.mul(b.const(sp.Rational(1, 2)), b.recip(node_id)), None]
-        if value == -1:  # 1/x: -1/x**2 = -(1/x)**2, reusing 1/x
+        if same_number(value, -1):  # 1/x: -1/x**2 = -(1/x)**2, reusing 1/x
             return [b.neg(b.mul(node_id, node_id)), None]
         return [b.mul(b.const(value), b.apply("pow", x, b.const(value - 1))), None]
-    dx = b.mul(y, b.apply("pow", x, b.add(y, b.const(-1))))
-    dy = b.mul(node_id, b.call("log", x))
+    zero = b.const(0)
+    dx = b.apply("select", b.apply("eq", y, zero), zero,
+                 b.mul(y, b.apply("pow", x, b.add(y, b.const(-1)))))
+    base_is_zero = b.apply("and", b.apply("eq", x, zero), b.apply("ge", y, zero))
+    dy = b.apply("select", base_is_zero, zero, b.mul(node_id, b.call("log", x)))
     return [dx, dy]
 
 
@@ -253,6 +313,15 @@ def _pow_cost(node, shapes):
     return size_of(node.shape)
 
 
+def _text_pow(args, attrs):
+    base, exponent = args
+    if exponent.number == -1:
+        return f"1/{wrap(base, PRODUCT)}"
+    if exponent.number == sp.Rational(1, 2):
+        return f"sqrt({base})"
+    return f"{wrap(base, POWER)}**{wrap(exponent, POWER)}"
+
+
 register(
     Op(
         name="pow",
@@ -261,10 +330,12 @@ register(
         shape=elementwise_shape,
         vjp=_elementwise_vjp(_pow_partials),
         c=_c_pow,
+        text=_text_pow,
         numpy=lambda args, attrs: np.power(args[0], args[1]),
         to_sympy=_sympy_pow,
         domain=((0.2, 2.0), (-2.0, 2.0)),
         cost=_pow_cost,
         simplify=_simplify_pow,
+        sympy_heads=(sp.Pow, HadamardPower),
     )
 )

@@ -12,11 +12,11 @@ import numpy as np
 import sympy as sp
 
 from .. import functions as sgf
-from . import Op, elementwise_cost, elementwise_shape, elementwise_sympy, register, size_of
+from .. import rewrites
+from . import Op, reads, broadcast_shapes, elementwise_cost, elementwise_shape, elementwise_sympy, register, size_of
 from .arith import _elementwise_vjp
+from .text import COMPARISON, call, number, wrap
 
-#: SymPy function head -> op name, for heads that map one-to-one onto an op.
-SYMPY_HEADS: dict = {}
 
 
 #: Arguments larger than this many nodes get their function applied unevaluated: SymPy's
@@ -45,11 +45,15 @@ def _apply(head, *args):
     return head(*args, evaluate=False)
 
 
-def unary(name, *, sympy_head, c, numpy, derivative, domain, cost=1, simplify=None):
+def unary(name, *, sympy_head, c, numpy, derivative, domain, cost=1, simplify=None, display=None):
     """Register a one-argument function.
 
-    ``derivative(b, x, y)`` builds dy/dx from the argument ``x`` and the result ``y``.
+    ``derivative(b, x, y)`` builds dy/dx from the argument ``x`` and the result ``y``
+    (``None``: the derivative is 0 almost everywhere). ``sympy_head`` is the SymPy
+    function read as this op (``None`` for an op that only derivatives create);
+    ``display(x)`` builds its SymPy form when that is not ``sympy_head(x)``.
     """
+    show = display if display is not None else (lambda x: _apply(sympy_head, x))
 
     def partials(b, node_id):
         x = b.node(node_id).args[0]
@@ -64,14 +68,14 @@ def unary(name, *, sympy_head, c, numpy, derivative, domain, cost=1, simplify=No
             vjp=_elementwise_vjp(partials) if derivative is not None else None,
             c=c,
             numpy=lambda args, attrs: numpy(args[0]),
-            to_sympy=elementwise_sympy(lambda args, attrs: _apply(sympy_head, *args)),
+            to_sympy=elementwise_sympy(lambda args, attrs: show(*args)),
             domain=(domain,),
             cost=elementwise_cost(cost),
             simplify=simplify,
             differentiable=derivative is not None,
+            sympy_heads=(sympy_head,) if sympy_head is not None else (),
         )
     )
-    SYMPY_HEADS[sympy_head] = name
 
 
 def _call(cname):
@@ -87,36 +91,9 @@ def _one_minus_square(b, y):
 
 
 unary("exp", sympy_head=sp.exp, c=_call("exp"), numpy=np.exp, domain=(-2, 2),
-      derivative=lambda b, x, y: y)
-def _stable_log(b, args, attrs):
-    """Rewrite logs of functions that over- or underflow into forms that do not.
-
-    log(exp(z)) = z; log(sigmoid(z)) = -softplus(-z); log(1 + exp(z)) = softplus(z);
-    log(1 - sigmoid(z)) = -softplus(z); log(softmax(z)) = log_softmax(z).
-    """
-    inner = b.node(args[0])
-    if inner.op == "exp":
-        return inner.args[0]
-    if inner.op == "sigmoid":
-        return b.neg(b.call("softplus", b.neg(inner.args[0])))
-    if inner.op == "softmax":
-        return b.call("log_softmax", inner.args[0])
-    if inner.op == "add" and len(inner.args) == 2:
-        one = [a for a in inner.args if b.is_const(a, 1)]
-        rest = [a for a in inner.args if not b.is_const(a, 1)]
-        if len(one) == 1 and len(rest) == 1:
-            term = b.node(rest[0])
-            if term.op == "exp":
-                return b.call("softplus", term.args[0])
-            if term.op == "mul" and len(term.args) == 2 and any(b.is_const(a, -1) for a in term.args):
-                negated = b.node([a for a in term.args if not b.is_const(a, -1)][0])
-                if negated.op == "sigmoid":
-                    return b.neg(b.call("softplus", negated.args[0]))
-    return None
-
-
+      derivative=lambda b, x, y: y, simplify=lambda b, args, attrs: rewrites.stable_exp(b, args[0]))
 unary("log", sympy_head=sp.log, c=_call("log"), numpy=np.log, domain=(0.2, 3),
-      derivative=lambda b, x, y: b.recip(x), simplify=_stable_log)
+      derivative=lambda b, x, y: b.recip(x), simplify=lambda b, args, attrs: rewrites.stable_log(b, args[0]))
 unary("sin", sympy_head=sp.sin, c=_call("sin"), numpy=np.sin, domain=(-3, 3),
       derivative=lambda b, x, y: b.call("cos", x))
 unary("cos", sympy_head=sp.cos, c=_call("cos"), numpy=np.cos, domain=(-3, 3),
@@ -173,7 +150,7 @@ unary("abs", sympy_head=sp.Abs, c=_call("fabs"), numpy=np.abs, domain=(0.1, 2),
 unary("sign", sympy_head=sp.sign, c=_runtime("sign"), numpy=np.sign, domain=(0.1, 2),
       derivative=None)
 unary("sigmoid", sympy_head=sgf.sigmoid, c=_runtime("sigmoid"), numpy=sgf._np_sigmoid,
-      domain=(-3, 3), derivative=lambda b, x, y: b.mul(y, b.sub(b.const(1), y)))
+      domain=(-3, 3), derivative=lambda b, x, y: b.mul(y, b.call("sigmoid", b.neg(x))))
 unary("relu", sympy_head=sgf.relu, c=_runtime("relu"), numpy=lambda x: np.maximum(x, 0.0),
       domain=(0.1, 2), derivative=lambda b, x, y: b.apply("heaviside", x, attrs=(sp.Integer(0),)))
 unary("softplus", sympy_head=sgf.softplus, c=_runtime("softplus"), numpy=sgf._np_softplus,
@@ -205,9 +182,10 @@ register(
         to_sympy=elementwise_sympy(lambda args, attrs: sp.atan2(args[0], args[1])),
         domain=((-2, 2), (0.2, 2)),
         cost=elementwise_cost(1),
+        sympy_heads=(sp.atan2,),
     )
 )
-SYMPY_HEADS[sp.atan2] = "atan2"
+
 
 
 # Heaviside step with a chosen value at 0; attrs: (value_at_zero,).
@@ -218,11 +196,17 @@ register(
         arity=1,
         shape=elementwise_shape,
         c=lambda p, args, attrs: p.runtime("heaviside", args[0], p.literal(attrs[0])),
+        text=lambda args, attrs: call("heaviside", [args[0], number(attrs[0])]),
         numpy=lambda args, attrs: np.heaviside(args[0], float(attrs[0])),
         to_sympy=elementwise_sympy(lambda args, attrs: sp.Heaviside(args[0], attrs[0])),
         domain=((0.1, 2),),
         cost=elementwise_cost(1),
         differentiable=False,
+        sympy_heads=(sp.Heaviside,),
+        # Heaviside(x) takes its value at 0 from SymPy's default, 1/2.
+        from_sympy=lambda r, e: r.b.apply("heaviside", r.node(e.args[0]),
+                                          attrs=(e.args[1] if len(e.args) > 1 else sp.Rational(1, 2),)),
+        sympy_children=lambda e: [e.args[0]],
     )
 )
 
@@ -255,6 +239,8 @@ for _name, _head, _np, _first in (("max", sp.Max, np.maximum, True), ("min", sp.
             domain=((-2, 2), (-2, 2)),
             cost=elementwise_cost(1),
             commutative=True,
+            sympy_heads=(_head,),
+            from_sympy=(lambda name: lambda r, e: r.fold(name, e.args))(_name),  # n-ary: pairwise
         )
     )
 
@@ -270,6 +256,41 @@ _RELATIONS = {
     "ne": (sp.Ne, "!=", np.not_equal),
 }
 
+def _fold_relation(compare):
+    """A comparison of two constants is the constant 1 or 0 (a select then keeps one branch)."""
+
+    def simplify(b, args, attrs):
+        values = [b.const_value(a) for a in args]
+        if all(v is not None and v.is_number for v in values):
+            return b.const(int(bool(compare(float(values[0]), float(values[1])))))
+        return None
+
+    return simplify
+
+
+def _fold_logic(is_and):
+    """Constants in and/or: a deciding one decides, the others are dropped."""
+
+    def simplify(b, args, attrs):
+        constants = [a for a in args if b.const_value(a) is not None]
+        if not constants:
+            return None
+        truths = [float(b.const_value(a)) != 0 for a in constants]
+        if (not all(truths)) if is_and else any(truths):
+            return b.const(0 if is_and else 1)
+        rest = [a for a in args if a not in constants]
+        if not rest:
+            return b.const(1 if is_and else 0)
+        if len(rest) == 1 and b.node(rest[0]).op in _TRUTH_VALUED:
+            return rest[0]
+        return b.apply("and" if is_and else "or", *rest)
+
+    return simplify
+
+
+#: Ops whose values are already 1.0 or 0.0.
+_TRUTH_VALUED = set(_RELATIONS) | {"and", "or", "not"}
+
 for _name, (_head, _symbol, _np) in _RELATIONS.items():
     register(
         Op(
@@ -278,14 +299,16 @@ for _name, (_head, _symbol, _np) in _RELATIONS.items():
             arity=2,
             shape=elementwise_shape,
             c=(lambda s: lambda p, args, attrs: f"({args[0]} {s} {args[1]})")(_symbol),
+            text=(lambda s: lambda args, attrs: f"{wrap(args[0], COMPARISON)} {s} {wrap(args[1], COMPARISON)}")(_symbol),
             numpy=(lambda f: lambda args, attrs: f(args[0], args[1]).astype(float))(_np),
             to_sympy=elementwise_sympy((lambda h: lambda args, attrs: h(*args, evaluate=False))(_head)),
             domain=((-2, 2), (-2, 2)),
             cost=elementwise_cost(1),
+            simplify=_fold_relation(_np),
             differentiable=False,
+            sympy_heads=(_head,),
         )
     )
-    SYMPY_HEADS[_head] = _name
 
 
 def _truth(x):
@@ -299,15 +322,17 @@ for _name, _head, _joiner, _reduce in (("and", sp.And, " && ", np.logical_and), 
             kind="elementwise",
             shape=elementwise_shape,
             c=(lambda j: lambda p, args, attrs: "(" + j.join(_truth(a) for a in args) + ")")(_joiner),
-            numpy=(lambda r: lambda args, attrs: r.reduce([a != 0 for a in args]).astype(float))(_reduce),
+            text=(lambda j: lambda args, attrs: j.join(wrap(a, COMPARISON) for a in args))(" & " if _name == "and" else " | "),
+            numpy=(lambda r: lambda args, attrs: r.reduce(np.broadcast_arrays(*[np.asarray(a) != 0 for a in args])).astype(float))(_reduce),
             to_sympy=elementwise_sympy((lambda h: lambda args, attrs: h(*args))(_head)),
             domain=((-1, 1), (-1, 1)),
             cost=lambda node, shapes: (len(shapes) - 1) * size_of(node.shape),
+            simplify=_fold_logic(_name == "and"),
             differentiable=False,
             commutative=True,
+            sympy_heads=(_head,),
         )
     )
-    SYMPY_HEADS[_head] = _name
 register(
     Op(
         name="not",
@@ -320,9 +345,9 @@ register(
         domain=((-1, 1),),
         cost=elementwise_cost(1),
         differentiable=False,
+        sympy_heads=(sp.Not,),
     )
 )
-SYMPY_HEADS[sp.Not] = "not"
 
 
 # --- select: Piecewise. args: (cond1, value1, cond2, value2, ..., otherwise).
@@ -359,6 +384,24 @@ def _np_select(args, attrs):
                      default=np.broadcast_to(args[-1], shape)).astype(float)
 
 
+def _simplify_select(b, args, attrs):
+    """Constant conditions decide: a false one drops its branch, a true one ends the select."""
+    conditions = range(0, len(args) - 1, 2)
+    if not any(b.const_value(args[k]) is not None for k in conditions):
+        return None
+    shape = broadcast_shapes([b.shape(a) for a in args])
+    kept = []
+    for k in conditions:
+        value = b.const_value(args[k])
+        if value is None:
+            kept += [args[k], args[k + 1]]
+        elif float(value) != 0:
+            return b.broadcast(args[k + 1], shape) if not kept else b.apply("select", *kept, args[k + 1])
+    if not kept:
+        return b.broadcast(args[-1], shape)
+    return b.apply("select", *kept, args[-1])
+
+
 def _sympy_select(args, attrs):
     pairs = [(args[k + 1], args[k]) for k in range(0, len(args) - 1, 2)] + [(args[-1], True)]
     return _apply(sp.Piecewise, *pairs)
@@ -373,7 +416,24 @@ register(
         c=_c_select,
         numpy=_np_select,
         to_sympy=elementwise_sympy(_sympy_select),
+        simplify=_simplify_select,
         domain=((-1, 1), (-2, 2), (-2, 2)),
         cost=lambda node, shapes: (len(shapes) // 2) * size_of(node.shape),
+        sympy_heads=(sp.ITE,),  # if-then-else of truth values, as SymPy rewrites some conditions
     )
 )
+
+
+@reads(sp.Piecewise, children=lambda e: [part for pair in e.args for part in (pair.cond, pair.expr)])
+def _read_piecewise(r, e):
+    """Piecewise((v1, c1), (v2, c2), ..., (v, True)) -> select(c1, v1, c2, v2, ..., v); NaN where no
+    condition holds and there is no True branch."""
+    args = []
+    for pair in e.args:
+        if pair.cond is sp.true:
+            default = r.node(pair.expr)
+            break
+        args += [r.node(pair.cond), r.node(pair.expr)]
+    else:
+        default = r.b.const(sp.nan)
+    return r.b.apply("select", *args, default) if args else default

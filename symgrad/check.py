@@ -19,7 +19,7 @@ import sympy as sp
 
 from . import functions as sgf
 from . import ops
-from .inspect import tree_size
+from .views import tree_size
 from .model import Model
 
 #: Expanded loss trees larger than this are not handed to sympy.diff.

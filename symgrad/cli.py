@@ -3,13 +3,66 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import SymgradError
+from .errors import OptionError, OutputDirectoryError, SymgradError
+
+
+# --- flag values: each checked where it is parsed, with a message that says what is expected ---
+
+
+def _whole_number(text: str, least: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+    return value
+
+
+def positive_int(what: str):
+    """An argparse type: a whole number of at least 1."""
+    checker = lambda text: _whole_number(text, 1, f"a whole number of {what}, at least 1")  # noqa: E731
+    checker.__name__ = "positive_int"
+    return checker
+
+
+def seed_value(text: str) -> int:
+    """An argparse type: a random seed (a whole number, 0 or more, as NumPy's generators take)."""
+    return _whole_number(text, 0, "a whole number, 0 or more")
+
+
+def tolerance_value(text: str) -> float:
+    """An argparse type: a relative error, a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a relative error such as 1e-6, got {text!r}") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a relative error above 0 such as 1e-6, got {text}")
+    return value
+
+
+def _flags_value(text: str) -> tuple:
+    """The compiler flags of ``--flags``, split as a shell would split them."""
+    try:
+        flags = tuple(shlex.split(text))
+    except ValueError as exc:
+        raise OptionError(f"--flags {text!r} cannot be split into compiler flags: {exc}") from None
+    if not flags:
+        raise OptionError("--flags needs at least one compiler flag, e.g. --flags=-O2; leave it out "
+                          "to use symgrad's own flags")
+    return flags
+
+
+#: Options whose value may itself start with "-" (compiler flags): "--flags -O0" means "--flags=-O0".
+_DASHED_VALUES = ("--flags",)
 
 
 def _models(path: str, only: str | None):
@@ -17,16 +70,25 @@ def _models(path: str, only: str | None):
 
     models = load_model(path)
     if only is not None:
-        models = [m for m in models if m.name == only]
-        if not models:
-            raise SymgradError(f"{path} has no model named {only!r}")
+        chosen = [m for m in models if m.name == only]
+        if not chosen:
+            names = ", ".join(repr(m.name) for m in models)
+            raise OptionError(f"--model {only}: {path} has no model named {only!r}; it defines {names}")
+        models = chosen
     return models
 
 
 def cmd_build(args) -> int:
     from .pipeline import build_model
 
-    flags = tuple(args.flags.split()) if args.flags else None
+    flags = None
+    if args.flags is not None:
+        flags = _flags_value(args.flags)
+        for given, option in ((args.native, "--native"), (args.fast_math, "--fast-math")):
+            if given:
+                extra = "-march=native" if option == "--native" else "-ffast-math"
+                raise OptionError(f"--flags replaces every compiler flag, so {option} would be ignored: "
+                                  f"add {extra} to --flags instead")
     for model in _models(args.model_file, args.model):
         generated, result = build_model(model, args.output, dtype=args.dtype, native=args.native,
                                         fast_math=args.fast_math, flags=flags, force=args.force)
@@ -44,22 +106,33 @@ def cmd_build(args) -> int:
     return 0
 
 
-def cmd_show(args) -> int:
-    from .inspect import format_dot, format_latex, format_stats, format_text
+#: What ``show -o FILE`` writes when --format is not given, by FILE's suffix.
+_FORMAT_OF_SUFFIX = {"dot": "dot", "gv": "dot", "svg": "dot", "png": "dot", "pdf": "dot", "tex": "latex"}
+_DRAWN = ("svg", "png", "pdf")
 
-    formatter = {"text": format_text, "latex": format_latex, "dot": format_dot}[args.format]
+
+def cmd_show(args) -> int:
+    from .pipeline import show_dot, show_latex, show_stats, show_text
+
+    out = Path(args.output) if args.output is not None else None
+    suffix = out.suffix.lower().lstrip(".") if out is not None else ""
+    fmt = args.format or _FORMAT_OF_SUFFIX.get(suffix, "text")
+    if suffix in _DRAWN and fmt != "dot":
+        raise OptionError(f"-o {out} draws a graph, which needs --format dot (or leave --format out); "
+                          f"for {fmt} write a text file, e.g. -o {out.with_suffix('.tex' if fmt == 'latex' else '.txt')}")
+    formatter = {"text": show_text, "latex": show_latex, "dot": show_dot}[fmt]
     chunks = []
     for model in _models(args.model_file, args.model):
         chunks.append(formatter(model))
         if args.stats:
-            chunks.append(format_stats(model))
+            chunks.append(show_stats(model))
     text = "\n".join(chunks)
-    if args.output is None:
+    if out is None:
         sys.stdout.write(text)
         return 0
-    out = Path(args.output)
-    suffix = out.suffix.lower().lstrip(".")
-    if args.format == "dot" and suffix in ("svg", "png", "pdf"):
+    if not out.parent.is_dir():
+        raise OptionError(f"-o {out}: the folder {out.parent} does not exist; create it or write elsewhere")
+    if fmt == "dot" and suffix in _DRAWN:
         dot = shutil.which("dot")
         if dot is None:
             raise SymgradError(f"rendering {out} needs Graphviz's 'dot' (apt-get install graphviz); "
@@ -69,7 +142,10 @@ def cmd_show(args) -> int:
         if done.returncode != 0:
             raise SymgradError(f"dot failed: {done.stderr.strip()}")
     else:
-        out.write_text(text)
+        try:
+            out.write_text(text)
+        except OSError as exc:
+            raise OptionError(f"cannot write {out}: {exc.strerror or exc}; choose another file with -o FILE") from None
     print(f"wrote {out}")
     return 0
 
@@ -99,9 +175,13 @@ def cmd_bench(args) -> int:
     print(f"machine: {machine_line()}")
     for model in _models(args.model_file, args.model):
         _, result = build_model(model, args.output, native=args.native)
-        report = bench_model(model, load(result.path), batch=args.batch)
+        report = bench_model(model, load(result.path), batch=args.batch or DEFAULT_BATCH)
         print("\n".join(report.lines()))
+        if args.batch is not None and not model.inputs:
+            print(f"  note: --batch {args.batch} ignored: {model.name} has no inputs, so a call has no "
+                  f"batch axis (each call computes the whole model once)")
     return 0
+
 
 def cmd_export(args) -> int:
     from .export import export_c
@@ -114,6 +194,13 @@ def cmd_export(args) -> int:
     return 0
 
 
+#: Examples per call that ``symgrad bench`` times when --batch is not given.
+DEFAULT_BATCH = 10_000
+
+
+MODEL_FILE_HELP = "a Python file that creates symgrad.Model objects (it is run as Python code)"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="symgrad",
@@ -122,54 +209,70 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"symgrad {__version__}")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # --debug is accepted after the command too; SUPPRESS keeps the subcommand from resetting it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show full tracebacks on errors")
 
-    b = sub.add_parser("build", help="generate and compile a package per model in MODEL_FILE")
-    b.add_argument("model_file", metavar="MODEL_FILE")
+    b = sub.add_parser("build", parents=[common], help="generate and compile a package per model in MODEL_FILE")
+    b.add_argument("model_file", metavar="MODEL_FILE", help=MODEL_FILE_HELP)
     b.add_argument("-o", "--output", default="generated", metavar="DIR",
                    help="folder for the generated packages (default: generated)")
     b.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="precision of the kernels (default: float64)")
     b.add_argument("--model", metavar="NAME", help="only the model with this name")
-    b.add_argument("--force", action="store_true", help="rebuild even when the cache is current")
+    b.add_argument("--force", action="store_true",
+                   help="rebuild even when the cache is current, and replace a package of the other --dtype")
     b.add_argument("--native", action="store_true",
                    help="compile for this machine's CPU (-march=native): faster, not portable")
     b.add_argument("--fast-math", action="store_true",
                    help="add -ffast-math: faster, but relaxes IEEE semantics (NaN, infinity, summation order)")
     b.add_argument("--flags", metavar="FLAGS",
-                   help="replace the C compiler flags altogether; they enter the cache key")
+                   help="replace the C compiler flags altogether, e.g. --flags='-O0 -g' "
+                        "(they enter the cache key; not with --native or --fast-math)")
     b.add_argument("--wheel", action="store_true",
                    help="also write an installable wheel of each package into DIR (needs only NumPy and cffi)")
     b.set_defaults(run=cmd_build)
 
-    s = sub.add_parser("show", help="print the forward pass, backward pass and gradient formulas")
-    s.add_argument("model_file", metavar="MODEL_FILE")
-    s.add_argument("--format", choices=("text", "latex", "dot"), default="text")
+    s = sub.add_parser("show", parents=[common],
+                       help="print the forward pass, backward pass and gradient formulas")
+    s.add_argument("model_file", metavar="MODEL_FILE", help=MODEL_FILE_HELP)
+    s.add_argument("--format", choices=("text", "latex", "dot"), default=None,
+                   help="text: the passes and formulas (default); latex: the same as LaTeX; dot: a Graphviz "
+                        "graph of both passes (the default for -o FILE.dot/.svg/.png/.pdf)")
     s.add_argument("--stats", action="store_true", help="also print op counts and the gradient cost ratio")
     s.add_argument("--model", metavar="NAME", help="only the model with this name")
     s.add_argument("-o", "--output", metavar="FILE",
-                   help="write to FILE; with --format dot, a .svg/.png/.pdf FILE is drawn by Graphviz")
+                   help="write to FILE; a .svg/.png/.pdf FILE is drawn by Graphviz")
     s.set_defaults(run=cmd_show)
 
-    c = sub.add_parser("check", help="compare compiled gradients with finite differences and sympy.diff")
-    c.add_argument("model_file", metavar="MODEL_FILE")
-    c.add_argument("-o", "--output", default="generated", metavar="DIR")
+    c = sub.add_parser("check", parents=[common],
+                       help="compare compiled gradients with finite differences and sympy.diff")
+    c.add_argument("model_file", metavar="MODEL_FILE", help=MODEL_FILE_HELP)
+    c.add_argument("-o", "--output", default="generated", metavar="DIR",
+                   help="folder to build the packages in (default: generated)")
     c.add_argument("--model", metavar="NAME", help="only the model with this name")
-    c.add_argument("--points", type=int, default=3, help="random points per model (default: 3)")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--tolerance", type=float, default=1e-6, help="largest relative error accepted")
+    c.add_argument("--points", type=positive_int("points"), default=3, metavar="N",
+                   help="random points per model (default: 3)")
+    c.add_argument("--seed", type=seed_value, default=0, help="seed of the random points (default: 0)")
+    c.add_argument("--tolerance", type=tolerance_value, default=1e-6, metavar="REL",
+                   help="largest relative error accepted (default: 1e-6)")
     c.set_defaults(run=cmd_check)
 
-    n = sub.add_parser("bench", help="time forward and value_and_grad of each model on a random batch")
-    n.add_argument("model_file", metavar="MODEL_FILE")
-    n.add_argument("-o", "--output", default="generated", metavar="DIR")
+    n = sub.add_parser("bench", parents=[common],
+                       help="time forward and value_and_grad of each model on a random batch")
+    n.add_argument("model_file", metavar="MODEL_FILE", help=MODEL_FILE_HELP)
+    n.add_argument("-o", "--output", default="generated", metavar="DIR",
+                   help="folder to build the packages in (default: generated)")
     n.add_argument("--model", metavar="NAME", help="only the model with this name")
-    n.add_argument("--batch", type=int, default=10_000, help="examples per call (default: 10000)")
+    n.add_argument("--batch", type=positive_int("examples"), default=None, metavar="N",
+                   help=f"examples per call (default: {DEFAULT_BATCH}; models without inputs have no batch)")
     n.add_argument("--native", action="store_true", help="time a build for this machine's CPU")
     n.set_defaults(run=cmd_bench)
 
-    e = sub.add_parser("export",
+    e = sub.add_parser("export", parents=[common],
                        help="write each model in MODEL_FILE as a self-contained C99 library")
-    e.add_argument("model_file", metavar="MODEL_FILE")
+    e.add_argument("model_file", metavar="MODEL_FILE", help=MODEL_FILE_HELP)
     e.add_argument("--c", required=True, metavar="DIR", dest="c_dir",
                    help="folder for the C libraries, one DIR/<model name> per model: kernel sources, "
                         "header, Makefile, CMakeLists.txt, example_main.c")
@@ -180,14 +283,42 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _join_dashed_values(argv: list) -> list:
+    """``--flags -O0`` as ``--flags=-O0``: argparse takes a value that starts with "-" for an option."""
+    options = {a for action in _all_actions(parser()) for a in action.option_strings}
+    joined = []
+    k = 0
+    while k < len(argv):
+        token = argv[k]
+        if token in _DASHED_VALUES and k + 1 < len(argv) and argv[k + 1].startswith("-") \
+                and argv[k + 1].split("=")[0] not in options:
+            joined.append(f"{token}={argv[k + 1]}")
+            k += 2
+            continue
+        joined.append(token)
+        k += 1
+    return joined
+
+
+def _all_actions(p: argparse.ArgumentParser) -> list:
+    actions = list(p._actions)
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                actions += _all_actions(child)
+    return actions
+
+
 def main(argv=None) -> int:
+    argv = _join_dashed_values(list(sys.argv[1:] if argv is None else argv))
     args = parser().parse_args(argv)
     try:
         return args.run(args)
     except SymgradError as exc:
         if args.debug:
             raise
-        print(f"symgrad: error: {exc}", file=sys.stderr)
+        message = exc.advice_for(f"symgrad {args.command}") if isinstance(exc, OutputDirectoryError) else exc
+        print(f"symgrad: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("symgrad: interrupted", file=sys.stderr)

@@ -67,10 +67,10 @@ class SympyReader:
         return memo[expr]
 
     def _children(self, e) -> list:
-        if isinstance(e, (sp.Symbol, sp.MatrixSymbol, sp.Number, sp.NumberSymbol)) or e.is_Atom:
-            return []
         if isinstance(e, _NOT_READ):  # named as written, before its bound variables or ranges are read
             raise self._unsupported(e)
+        if isinstance(e, (sp.Symbol, sp.MatrixSymbol, sp.Number, sp.NumberSymbol)) or e.is_Atom:
+            return []
         reading = ops.reading_for(e)
         if reading is None:
             raise self._unsupported(e)
@@ -88,6 +88,8 @@ class SympyReader:
         if e is sp.true or e is sp.false:
             return b.const(1 if e is sp.true else 0)
         reading = ops.reading_for(e)
+        if reading is None:  # an atom no op reads
+            raise self._unsupported(e)
         if reading.from_sympy is not None:
             return reading.from_sympy(self, e)
         children = reading.children(e) if reading.children is not None else e.args

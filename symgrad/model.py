@@ -13,17 +13,21 @@ the culprit.
 from __future__ import annotations
 
 import contextvars
+import importlib.util
 import keyword
 import runpy
+import site
 import sys
+import sysconfig
 import threading
 import traceback
 from pathlib import Path
 
 import sympy as sp
+from sympy.logic.boolalg import Boolean
 
 from .errors import ModelError, ModelFileError, SymgradError
-from .frontend import build_graph
+from .frontend import build_graph, short_text
 
 REDUCTIONS = ("mean", "sum", None)
 
@@ -50,6 +54,36 @@ def _as_symbol_list(value, what: str) -> list:
                     raise ModelError(f"{what}: matrix symbol {item.name} has a symbolic shape {item.shape}; "
                                      f"give it whole-number dimensions")
     return items
+
+
+#: Top-level modules a generated package imports, or that its users need next to it.
+_NEEDED_MODULES = ("numpy", "cffi", "_cffi_backend", "sympy", "symgrad")
+
+
+def _module_clash(name: str) -> str | None:
+    """What importable module the package ``name`` would shadow, or None.
+
+    Checked: the modules generated packages need, the standard library, and
+    modules installed in this Python's library folders (``site-packages``).
+    A folder of generated packages on ``sys.path`` is not a clash.
+    """
+    if name in _NEEDED_MODULES:
+        return f"the module {name}, which generated packages import"
+    if name in sys.stdlib_module_names or name in sys.builtin_module_names:
+        return f"the standard-library module {name}"
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(spec, "origin", None)
+    if spec is None or origin in (None, "namespace", "built-in", "frozen"):
+        return None
+    where = Path(origin).resolve()
+    libraries = {Path(p).resolve() for p in sysconfig.get_paths().values()}
+    libraries |= {Path(p).resolve() for p in site.getsitepackages() + [site.getusersitepackages()]}
+    if any(where.is_relative_to(folder) for folder in libraries):
+        return f"the installed module {name} ({where})"
+    return None
 
 
 def _caller_labels(depth: int) -> dict:
@@ -88,6 +122,11 @@ class Model:
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
             raise ModelError(f"model name {name!r} must be a Python identifier (letters, digits, _), "
                              f"e.g. {'linear_fit'!r}: it names the generated package")
+        clash = _module_clash(name)
+        if clash:
+            raise ModelError(f"model name {name!r} is the name of {clash}: its generated package would shadow "
+                             f"that module wherever the output folder is on sys.path (and break what "
+                             f"imports it); choose another name, e.g. {name + '_model'!r}")
         self.name = name
         self.params = tuple(_as_symbol_list(params, "params"))
         self.inputs = tuple(_as_symbol_list(inputs, "inputs"))
@@ -136,9 +175,17 @@ class Model:
 
     def _sympify(self, value, what: str):
         try:
-            return sp.sympify(value, strict=True)
+            expr = sp.sympify(value, strict=True)
         except (sp.SympifyError, TypeError) as exc:
             raise ModelError(f"{what} must be a SymPy expression, got {value!r} ({exc})") from None
+        if not isinstance(expr, sp.Basic):
+            raise ModelError(f"{what} must be one SymPy expression, got a {type(value).__name__}: {value!r}")
+        if isinstance(expr, Boolean) and not isinstance(expr, sp.Expr):  # relations (Eq, <), logic
+            raise ModelError(
+                f"{what} is the condition {short_text(expr)}, which is true or false, not a number to "
+                f"differentiate. For a distance write e.g. (w - x)**2; to use a condition as a value write "
+                f"sp.Piecewise((1, condition), (0, True))")
+        return expr
 
     def _resolve_wrt(self, wrt) -> tuple:
         if wrt is None:
@@ -172,9 +219,9 @@ class Model:
         swell: on a deep model the result is a large shared DAG, so print it
         with care (``symgrad show`` prints it node by node).
         """
-        from .inspect import gradient_expressions
+        from .pipeline import gradients
 
-        return gradient_expressions(self)
+        return gradients(self)
 
     def __repr__(self) -> str:
         params = ", ".join(str(s.name) for s in self.params)
@@ -182,7 +229,7 @@ class Model:
         return f"Model({self.name!r}, params=[{params}], inputs=[{inputs}], reduce={self.reduce!r})"
 
     def _repr_latex_(self) -> str:
-        from .inspect import latex_summary
+        from .pipeline import latex_summary
 
         return latex_summary(self)
 

@@ -173,7 +173,7 @@ def test_a_build_interrupted_while_installing_is_redone(tmp_path):
 
 def _build_in_process(args):
     out_dir, index = args
-    model = _tiny("concurrent")
+    model = _tiny("concurrent_builds")
     _, result = build_model(model, out_dir)
     module = load(result.path)
     return result.key, module.value_and_grad(a=0.5, x=np.arange(4.0))[0], result.cached
@@ -187,7 +187,7 @@ def test_eight_processes_building_the_same_model_at_once(tmp_path):
     losses = {loss for _, loss, _ in results}
     assert len(keys) == 1 and len(losses) == 1
     assert sum(not cached for _, _, cached in results) == 1  # one compiled, seven found it built
-    assert not list(tmp_path.glob(".concurrent.build-*"))
+    assert not list(tmp_path.glob(".concurrent_builds.build-*"))
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -221,7 +221,10 @@ def test_generated_c_has_no_mutable_static_state_and_uses_64_bit_indices(compile
             code = line
             if re.search(r"\bstatic\b", code) and "(" not in code:  # a static variable, not a function
                 assert re.search(r"\bstatic const\b", code), line
-            assert not re.search(r"for \(int ", code), line
+            # Loops over data count in 64 bits; the runtime header's scalar functions may count
+            # series terms or a function's order with an int.
+            if name.endswith(".c"):
+                assert not re.search(r"for \(int ", code), line
 
 
 def test_repeated_calls_do_not_grow_memory(compile_model):

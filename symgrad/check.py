@@ -19,6 +19,7 @@ import sympy as sp
 
 from . import functions as sgf
 from . import ops
+from .errors import OptionError
 from .views import tree_size
 from .model import Model
 
@@ -169,6 +170,11 @@ def _richardson(f, x0: dict, name: str, d, scale: float) -> tuple:
 def check_model(model: Model, module, *, points: int = 3, batch: int = 3, seed: int = 0,
                 tolerance: float = 1e-6) -> CheckReport:
     """Compare ``module``'s gradients of ``model`` with finite differences and sympy.diff."""
+    for value, what in ((points, "points"), (batch, "batch")):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise OptionError(f"{what} must be a whole number, at least 1; got {value!r}")
+    if not (isinstance(tolerance, (int, float)) and 0 < tolerance < float("inf")):
+        raise OptionError(f"tolerance must be a relative error above 0 such as 1e-6; got {tolerance!r}")
     rng = np.random.default_rng(seed)
     report = CheckReport(model.name, tolerance=tolerance)
     if model.loss is None:

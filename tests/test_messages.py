@@ -70,6 +70,13 @@ def test_check_skips_a_reference_sympy_cannot_evaluate(tmp_path, monkeypatch):
     assert any("no printer for this" in note for note in report.notes)
 
 
+@pytest.mark.parametrize("options", [{"points": 0}, {"batch": -1}, {"tolerance": 0.0}, {"tolerance": float("nan")}])
+def test_check_model_refuses_options_it_cannot_take(options):
+    a = sp.Symbol("a")
+    with pytest.raises(OptionError):
+        check_model(sg.Model("check_options", loss=a**2, params=[a]), module=None, **options)
+
+
 def test_check_of_a_model_without_loss_has_nothing_to_check(tmp_path, capsys):
     path = model_file(tmp_path, """
         x = sp.Symbol("x")

@@ -277,7 +277,7 @@ def _refuse_other_dtype(path: Path, rendered: RenderedPackage) -> None:
         raise BuildError(
             f"{path} holds the {installed} build of {rendered.name!r}; the {wanted} build would replace it. "
             f"Build the {wanted} one into another folder (-o DIR; out_dir=... in Python), "
-            f"or replace the {installed} one with --force (force=True)"
+            f"or replace the {installed} one: symgrad build --force (force=True in Python)"
         )
 
 

@@ -21,6 +21,7 @@ import sys
 import sysconfig
 import threading
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 
 import sympy as sp
@@ -135,6 +136,9 @@ class Model:
             raise ModelError(f"reduce must be 'mean', 'sum' or None, got {reduce!r}")
         self.reduce = reduce
         self.loss = None if loss is None else self._sympify(loss, "loss")
+        if outputs is not None and not isinstance(outputs, Mapping):
+            raise ModelError(f"outputs must map names to expressions, e.g. outputs={{'p': p}}; got a "
+                             f"{type(outputs).__name__}: {short_text(outputs) if isinstance(outputs, sp.Basic) else repr(outputs)[:80]}")
         outputs = dict(outputs or {})
         for key in outputs:
             if not isinstance(key, str) or not key:
@@ -177,6 +181,14 @@ class Model:
         try:
             expr = sp.sympify(value, strict=True)
         except (sp.SympifyError, TypeError) as exc:
+            if isinstance(value, str):
+                raise ModelError(f"{what} must be a SymPy expression, got the string {value!r}: build it from "
+                                 f"the symbols you declare (w = sp.Symbol('w'); loss=w**2), so that its "
+                                 f"symbols are those objects") from None
+            if isinstance(value, (list, tuple, set)) or getattr(value, "ndim", 0):
+                raise ModelError(f"{what} must be one SymPy expression, got a {type(value).__name__}: "
+                                 f"{repr(value)[:80]}; several values go into outputs={{name: expression}}, "
+                                 f"a vector into a sp.Matrix") from None
             raise ModelError(f"{what} must be a SymPy expression, got {value!r} ({exc})") from None
         if not isinstance(expr, sp.Basic):
             raise ModelError(f"{what} must be one SymPy expression, got a {type(value).__name__}: {value!r}")
@@ -191,7 +203,13 @@ class Model:
         if wrt is None:
             return tuple(str(s.name) for s in self.params)
         declared = {str(s.name): s for s in self.params + self.inputs}
-        items = [wrt] if isinstance(wrt, (str, sp.Symbol, sp.MatrixSymbol)) else list(wrt)
+        if isinstance(wrt, (str, sp.Symbol, sp.MatrixSymbol)):
+            items = [wrt]
+        else:
+            try:
+                items = list(wrt)
+            except TypeError:
+                raise ModelError(f"wrt must be a symbol, a name, or a list of them; got {wrt!r}") from None
         names = []
         for item in items:
             name = item if isinstance(item, str) else str(getattr(item, "name", item))

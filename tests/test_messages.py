@@ -209,6 +209,18 @@ def test_a_condition_is_not_a_loss_or_an_output(make):
         make()
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda: sg.Model("shapes", loss=[w, x], params=[w], inputs=[x]), "got a list: [w, x]; several values go into outputs"),
+    (lambda: sg.Model("shapes", loss="w**2", params=[w]), "got the string 'w**2': build it from the symbols"),
+    (lambda: sg.Model("shapes", outputs=[w], params=[w]), "outputs must map names to expressions"),
+    (lambda: sg.Model("shapes", loss=w, params=[w], wrt=5), "wrt must be a symbol, a name, or a list of them"),
+])
+def test_values_of_the_wrong_kind_are_named(make, message):
+    with pytest.raises(ModelError) as info:
+        make()
+    assert message in str(info.value)
+
+
 def test_a_symbol_is_still_a_valid_output():
     sg.Model("symbol_output", outputs={"w": w}, params=[w])  # SymPy's Symbol is also a Boolean
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 import symgrad as sg
-from symgrad.inspect import format_text
+from symgrad.pipeline import show_text
 
 here = Path(__file__).parent
 (model,) = sg.load_model(here / "fan_out.py")
@@ -17,4 +17,4 @@ print(f"x      = {x}")
 print(f"y      = {y}   (3x^3 = {3 * x**3})")
 print(f"dy/dx  = {grads['x']}   (9x^2 = {9 * x**2})")
 print()
-print(format_text(model))
+print(show_text(model))

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 import symgrad as sg
-from symgrad.inspect import format_text
+from symgrad.pipeline import show_text
 
 here = Path(__file__).parent
 (model,) = sg.load_model(here / "inverse_square.py")
@@ -17,4 +17,4 @@ print(f"x       = {x}")
 print(f"y       = {y}          (1/x^2 = {1 / x**2})")
 print(f"dy/dx   = {grads['x']}   (-2/x^3 = {-2 / x**3})")
 print()
-print(format_text(model))
+print(show_text(model))

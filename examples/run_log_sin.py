@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 import symgrad as sg
-from symgrad.inspect import format_text
+from symgrad.pipeline import show_text
 
 here = Path(__file__).parent
 (model,) = sg.load_model(here / "log_sin.py")
@@ -23,4 +23,4 @@ f, grads = module.value_and_grad(x1=x1, x2=x2)
 print(f"a batch of {len(x1):,} points: worst error of df/dx1 = "
       f"{np.max(np.abs(grads['x1'] - (1 / x1 + x2))):.2e}")
 print()
-print(format_text(model))
+print(show_text(model))

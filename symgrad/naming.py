@@ -4,6 +4,8 @@ Display names come from the model (symbol names, and the variable names the
 model file gave intermediate expressions), then ``<name>_bar`` for adjoints,
 then ``v<id>`` for everything else; ``v<id>`` is also the node's C variable,
 so a line of ``symgrad show`` and the C statement for it carry the same name.
+A node reads as text through its op's ``text`` form (:func:`formula_text`),
+the same in C comments, ``symgrad show`` and docstrings.
 
 User text never reaches C as it is: :func:`c_identifiers` turns any string
 into a distinct, prefix-safe identifier fragment.
@@ -18,6 +20,7 @@ import sympy as sp
 
 from . import ops
 from .graph import Graph
+from .ops.text import Text, render
 
 _IDENTIFIER_CHAR = re.compile(r"[A-Za-z0-9]")
 _MAX_IDENTIFIER = 40
@@ -29,16 +32,23 @@ def node_var(node_id: int) -> str:
 
 
 def display_names(graph: Graph) -> dict:
-    """Node id -> display name for every node that has one (others use ``v<id>``)."""
+    """Node id -> display name for every node that has one (others use ``v<id>``).
+
+    An adjoint that is also a value of the forward pass (the adjoint of ``a``
+    in ``a*b`` is ``b``) keeps its forward name.
+    """
     names: dict = {}
     for name, node in graph.symbols.items():
         names[node] = name
     for node, label in graph.labels.items():
         names.setdefault(node, label)
-    for forward in sorted(graph.adjoints, reverse=True):
-        adjoint = graph.adjoints[forward]
-        if graph.nodes[adjoint].op not in ("const", "symbol"):
-            names.setdefault(adjoint, f"{names.get(forward, node_var(forward))}_bar")
+    if graph.adjoints:
+        roots = [r.node for group in ("outputs", "example_loss") for r in graph.results.get(group, ())]
+        forward_values = set(graph.ancestors(roots))
+        for forward in sorted(graph.adjoints, reverse=True):
+            adjoint = graph.adjoints[forward]
+            if graph.nodes[adjoint].op not in ("const", "symbol") and adjoint not in forward_values:
+                names.setdefault(adjoint, f"{names.get(forward, node_var(forward))}_bar")
     return names
 
 
@@ -68,67 +78,60 @@ def formula(graph: Graph, node_id: int, names: dict):
     return ops.get(node.op).to_sympy(args, node.attrs)
 
 
-def _number_text(value) -> str:
-    if getattr(value, "is_Rational", False) and not value.is_Integer:
-        return f"{value.p}/{value.q}"
-    if getattr(value, "is_Float", False):
-        return repr(float(value))
-    return str(value)
-
-
-def _operand_text(graph: Graph, node_id: int, names: dict) -> str:
+def node_text(graph: Graph, node_id: int, arg_texts) -> str:
+    """A node's op in the display dialect (:mod:`symgrad.ops.text`) applied to texts of its args."""
     node = graph.nodes[node_id]
-    if node.op == "const":
-        return _number_text(node.attrs[0])
-    if node.op == "symbol":
-        return node.attrs[0]
-    if node.op in ("batch_size", "call_size"):
-        return str(ops.get(node.op).to_sympy([], node.attrs))
-    if node.op == "transpose" and node_id not in names:
-        return f"{_operand_text(graph, node.args[0], names)}.T"
-    if node.op == "index" and node_id not in names:
-        return f"{_operand_text(graph, node.args[0], names)}[{node.attrs[0]}, {node.attrs[1]}]"
+    args = []
+    for arg, text in zip(node.args, arg_texts):
+        a = graph.nodes[arg]
+        args.append(Text(text, a.shape, a.attrs[0] if a.op == "const" else None))
+    return render(ops.get(node.op), args, node.attrs)
+
+
+def operand_text(graph: Graph, node_id: int, names: dict) -> str:
+    """A node as it reads inside another node's text: leaves as themselves
+    (``x``, ``2``, ``N``), views of unnamed nodes written out (``W.T``,
+    ``M[0, 1]``), every other node under its name."""
+    node = graph.nodes[node_id]
+    kind = ops.get(node.op).kind
+    if kind == "leaf":
+        return node_text(graph, node_id, ())
+    if kind == "view" and node_id not in names:
+        return node_text(graph, node_id, [operand_text(graph, node.args[0], names)])
     return name_of(names, node_id)
 
 
 def formula_text(graph: Graph, node_id: int, names: dict) -> str:
-    """A node's operation as one line of text, for comments: ``b + v4``, ``-2*v15``.
+    """A node's operation as one line of text of its args' names: ``b + v4``, ``h_bar.*v37``.
 
-    The same notation as :func:`formula` prints, written directly: printing
-    through SymPy costs far too much per node for the C of a large model.
+    The one notation of C comments, ``symgrad show`` and docstrings, written
+    directly from each op's ``text`` form: printing through SymPy costs far
+    too much per node for the C of a large model.
     """
     node = graph.nodes[node_id]
-    args = [_operand_text(graph, a, names) for a in node.args]
-    op = node.op
-    if op == "add":
-        text = args[0]
-        for term in args[1:]:
-            text += f" - {term[1:]}" if term.startswith("-") else f" + {term}"
-        return text
-    if op == "mul":
-        constants = [a for a, n in zip(args, node.args) if graph.nodes[n].op == "const"]
-        others = [a for a, n in zip(args, node.args) if graph.nodes[n].op != "const"]
-        matrices = sum(1 for n in node.args if graph.nodes[n].shape != ())
-        times = ".*" if matrices > 1 else "*"  # element by element, not a matrix product
-        if constants == ["-1"] and others:
-            return "-" + times.join(others)
-        return "*".join(constants + [times.join(others)] if others else constants)
-    if op == "pow" and graph.nodes[node.args[1]].op == "const":
-        exponent = graph.nodes[node.args[1]].attrs[0]
-        if exponent == -1:
-            return f"1/{args[0]}"
-        if exponent == sp.Rational(1, 2):
-            return f"sqrt({args[0]})"
-        return f"{args[0]}**{args[1]}" if not args[1].startswith("-") else f"{args[0]}**({args[1]})"
-    if op == "matmul":
-        return "*".join(args)
-    if op == "reduce_batch":
-        return f"batch_sum({args[0]})"
-    if ops.get(op).kind == "elementwise" and len(args) == 1 and op not in ("broadcast", "not"):
-        return f"{op}({args[0]})"
-    if op in ("sum", "softmax", "log_softmax", "logsumexp", "trace", "max", "min", "atan2"):
-        return f"{op}({', '.join(args)})"
-    return str(formula(graph, node_id, names))
+    return node_text(graph, node_id, [operand_text(graph, a, names) for a in node.args])
+
+
+def inline_text(graph: Graph, node_id: int, names: dict, stop) -> str:
+    """A node's formula with what it depends on written out in place, down to
+    leaves and to the nodes in ``stop``, which appear under their names."""
+    texts: dict = {}
+    stack = [node_id]
+    while stack:
+        nid = stack[-1]
+        if nid in texts:
+            stack.pop()
+            continue
+        if nid != node_id and nid in stop and ops.get(graph.nodes[nid].op).kind != "leaf":
+            texts[stack.pop()] = name_of(names, nid)
+            continue
+        args = graph.nodes[nid].args
+        missing = [a for a in args if a not in texts]
+        if missing:
+            stack.extend(missing)
+            continue
+        texts[stack.pop()] = node_text(graph, nid, [texts[a] for a in args])
+    return texts[node_id]
 
 
 def c_identifiers(names) -> dict:

@@ -2,22 +2,32 @@
 
 Each stage is a function of the previous stage's result; this module only
 strings them together and times them, for ``symgrad build`` and
-:func:`symgrad.compile`.
+:func:`symgrad.compile`, and hands the views of :mod:`symgrad.views` the
+gradient graphs they render (``symgrad show``, ``Model.gradients()``).
+
+A model is differentiated at most once per reduction (:func:`derived`): the
+kernels read the graph of the model's own reduction, the formulas that of
+one example (``reduce=None``), and a command that needs both, or one of them
+twice, derives each once.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from .autodiff import differentiate
+from . import views
+from .autodiff import derive
 from .build import BuildResult, build, compiler_flags, load
-from .frontend import short_text
 from .graph import Graph
-from .model import Model
 from .render import PackageSpec, RenderedPackage, render
 from .emit import emit_kernel
 from .plan import plan_kernel
+
+if TYPE_CHECKING:
+    from .model import Model
 
 DTYPES = ("float64", "float32")
 
@@ -43,11 +53,17 @@ class _Stopwatch:
         self._last = now
 
 
-def gradient_graph(model: Model) -> Graph:
-    """The model's graph with the gradients of its loss (or the plain graph without a loss)."""
-    if model.loss is None:
-        return model.graph
-    return differentiate(model.graph, model.wrt, model.reduce)
+#: Model -> {reduction: its gradient graph}; a model's declaration never changes once made.
+_DERIVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def derived(model: Model, reduce) -> Graph:
+    """``model``'s graph with the gradients of its loss reduced by ``reduce`` (``None``: per
+    example), or its plain graph without a loss; derived on first use, then reused."""
+    graphs = _DERIVED.setdefault(model, {})
+    if reduce not in graphs:
+        graphs[reduce] = derive(model.graph, model.wrt, reduce)
+    return graphs[reduce]
 
 
 def generate(model: Model, *, dtype: str = "float64") -> Generated:
@@ -57,7 +73,8 @@ def generate(model: Model, *, dtype: str = "float64") -> Generated:
 
         raise ModelError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     clock = _Stopwatch()
-    graph = gradient_graph(model)
+    graph = derived(model, model.reduce)
+    one_example = derived(model, None)
     clock.lap("differentiate")
     kinds = ("forward", "value_and_grad") if model.loss is not None else ("forward",)
     plans = [plan_kernel(graph, kind, model=model.name, dtype=dtype) for kind in kinds]
@@ -74,8 +91,8 @@ def generate(model: Model, *, dtype: str = "float64") -> Generated:
         outputs=tuple(model.outputs),
         wrt=model.wrt,
         has_loss=model.loss is not None,
-        summary=_summary(model),
-        gradient_doc=_gradient_doc(model),
+        summary=views.summary(model),
+        gradient_doc=views.gradient_doc(model, one_example),
         source=model.source,
     )
     package = render(spec)
@@ -119,36 +136,34 @@ def _shape(symbol) -> tuple:
     return tuple(int(d) for d in symbol.shape) if hasattr(symbol, "shape") else ()
 
 
-def _summary(model: Model) -> str:
-    lines = []
-    if model.loss is not None:
-        lines.append(f"    loss = {short_text(model.loss, 200)}   (reduce={model.reduce!r})")
-    for name, expr in model.outputs.items():
-        lines.append(f"    {name} = {short_text(expr, 200)}")
-    params = ", ".join(f"{s.name}{_shape_note(s)}" for s in model.params) or "none"
-    inputs = ", ".join(f"{s.name}{_shape_note(s)}" for s in model.inputs) or "none"
-    lines.append(f"    params: {params}")
-    lines.append(f"    inputs: {inputs}")
-    return "\n".join(lines)
+# --- views of a model, each from the graph it renders ------------------------------------
 
 
-def _shape_note(symbol) -> str:
-    shape = _shape(symbol)
-    return f" ({shape[0]}x{shape[1]})" if shape else ""
+def show_text(model: Model) -> str:
+    """What ``symgrad show`` prints: the passes and gradients of one example."""
+    return views.format_text(model, derived(model, None))
 
 
-def _gradient_doc(model: Model) -> str:
-    if model.loss is None:
-        return ""
-    from .inspect import gradient_formulas
+def show_latex(model: Model) -> str:
+    """``symgrad show --format latex``."""
+    return views.format_latex(model, derived(model, None))
 
-    shown = 20
-    lines = ["    Gradients of one example's loss:"]
-    for name, text in gradient_formulas(model, limit=200, most=shown).items():
-        lines.append(f"        d loss / d {name} = {text}")
-    if len(model.wrt) > shown:
-        lines.append(f"        ... and {len(model.wrt) - shown} more (symgrad show prints them all)")
-    scale = {"mean": "averaged over the batch", "sum": "summed over the batch",
-             None: "one per example"}[model.reduce]
-    lines.append(f"    Parameter gradients are {scale}; input gradients are per example.")
-    return "\n".join(lines)
+
+def show_dot(model: Model) -> str:
+    """``symgrad show --format dot``: a Graphviz picture of both passes."""
+    return views.format_dot(model, derived(model, None))
+
+
+def show_stats(model: Model) -> str:
+    """``symgrad show --stats``: op counts of the kernels, from the graph they are made of."""
+    return views.format_stats(model, derived(model, model.reduce))
+
+
+def gradients(model: Model) -> dict:
+    """Symbol -> SymPy gradient of one example's loss (see :meth:`Model.gradients`)."""
+    return views.gradient_expressions(derived(model, None), model.symbols)
+
+
+def latex_summary(model: Model) -> str:
+    """The loss and its gradients as LaTeX (a model's notebook display)."""
+    return views.latex_summary(model, derived(model, None))

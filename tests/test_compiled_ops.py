@@ -14,7 +14,7 @@ import sympy as sp
 import symgrad as sg
 from symgrad import ops
 from symgrad.check import check_model
-from symgrad.inspect import per_example_gradients
+from symgrad.pipeline import derived
 from symgrad.interpret import evaluate
 
 ELEMENTWISE = sorted(
@@ -56,7 +56,7 @@ def test_every_scalar_op_compiles_and_matches_the_reference(compile_model, rng):
     values = {name: rng.uniform(*dom, size=n) for name, dom in domains.items()}
     forward = module.forward(**values)
     _, grads = module.value_and_grad(**values)
-    graph = per_example_gradients(model)
+    graph = derived(model, None)
     for e in range(n):
         example = {k: v[e] for k, v in values.items()}
         ref = evaluate(graph, example)
@@ -130,7 +130,7 @@ def test_matrix_model_matches_reference_interpreter(name, compile_model, rng):
     losses, grads = module.value_and_grad(**values)
     if not inputs:  # nothing is batched: one example, results without a batch axis
         losses, grads = [losses], {k: [v] for k, v in grads.items()}
-    graph = per_example_gradients(model)
+    graph = derived(model, None)
     input_names = {str(v.name) for v in inputs}
     for e in range(len(losses)):
         example = {k: (v[e] if k in input_names else v) for k, v in values.items()}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import sympy as sp
 
 from . import Op, register
+from .text import number
 
 
 def _no_numpy(args, attrs):
@@ -32,6 +33,7 @@ register(
         arity=0,
         shape=lambda shapes, attrs: attrs[2],
         to_sympy=lambda args, attrs: attrs[3],
+        text=lambda args, attrs: attrs[0],
         numpy=_no_numpy,
         varying=lambda flags, attrs: attrs[1] == "input",
     )
@@ -45,6 +47,7 @@ register(
         arity=0,
         shape=lambda shapes, attrs: (),
         to_sympy=lambda args, attrs: attrs[0],
+        text=lambda args, attrs: number(attrs[0]),
         numpy=lambda args, attrs: float(attrs[0]),
     )
 )
@@ -58,6 +61,7 @@ register(
         shape=lambda shapes, attrs: (),
         c=lambda p, args, attrs: f"(({p.real}) batch)",
         to_sympy=lambda args, attrs: sp.Symbol("N", positive=True, integer=True),
+        text=lambda args, attrs: "N",
         numpy=lambda args, attrs: 1.0,
     )
 )
@@ -71,6 +75,7 @@ register(
         shape=lambda shapes, attrs: (),
         c=lambda p, args, attrs: f"(({p.real}) n)",
         to_sympy=lambda args, attrs: sp.Symbol("n", positive=True, integer=True),
+        text=lambda args, attrs: "n",
         numpy=lambda args, attrs: 1.0,
     )
 )

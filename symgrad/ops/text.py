@@ -10,11 +10,11 @@ module tells from the arg's text.
 
 from __future__ import annotations
 
-#: How tightly a text binds, loosest first: a comparison, a sum, a negation, a
+#: How tightly a text binds, loosest first: a comparison (or its ``&``, ``|``), a sum, a negation, a
 #: product (or quotient), a power, and an atom (a name, a number, a call, ``M.T``, ``M[0, 1]``).
 COMPARISON, SUM, NEGATION, PRODUCT, POWER, ATOM = range(6)
 
-_COMPARISONS = (" < ", " <= ", " > ", " >= ", " == ", " != ")
+_COMPARISONS = (" < ", " <= ", " > ", " >= ", " == ", " != ", " & ", " | ")
 
 
 class Text(str):

@@ -1,10 +1,16 @@
 """Reading what symgrad derived: passes node by node, gradient formulas, LaTeX, DOT, op counts.
 
+Every view renders a graph it is handed: the gradient graph
+:func:`symgrad.autodiff.derive` made, one example's (``reduce=None``) for
+the formulas and the kernels' own for op counts. None of them differentiates.
+
 A deep model's gradient is a large DAG whose expanded formula is
 exponentially long, so the primary view is node by node: the forward pass in
 topological order, then the backward pass as adjoint assignments that reuse
-forward values by name. A gradient is expanded into one formula only when
-its expanded tree is small.
+forward values by name. Text is written in the display dialect of the op
+entries (:mod:`symgrad.ops.text`), the notation of the C comments too;
+gradient formulas name the values they share instead of writing them out
+again. LaTeX and :func:`gradient_expressions` go through SymPy.
 """
 
 from __future__ import annotations
@@ -13,13 +19,40 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from . import ops
-from .autodiff import differentiate
 from .graph import Graph, live_nodes
-from .naming import display_names, formula, name_of, placeholder
+from .naming import display_names, formula, formula_text, inline_text, name_of, operand_text, placeholder
 from .plan import kernel_results
 
-#: Expanded formulas with more tree nodes than this are not printed.
+#: Expanded formulas with more tree nodes than this are not printed (LaTeX).
 FORMULA_LIMIT = 400
+
+#: Gradient formulas that need more named intermediate values than this are not written out.
+SHARED_LIMIT = 24
+
+#: Gradient formulas (and intermediate values) longer than this are not written out.
+LINE_LIMIT = 400
+
+#: A shared value whose own formula is at most this long is written out at each use (``-y``).
+SHORT_FORMULA = 8
+
+
+def short_text(expr, limit: int = 80) -> str:
+    """A bounded description of ``expr`` (printing a large shared DAG would take forever)."""
+    budget = [200]
+
+    def small(e) -> bool:
+        stack = [e]
+        while stack:
+            budget[0] -= 1
+            if budget[0] < 0:
+                return False
+            stack.extend(getattr(stack.pop(), "args", ()))
+        return True
+
+    if small(expr):
+        text = str(expr)
+        return text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(expr).__name__}(...)"
 
 
 # --- expressions ------------------------------------------------------------------
@@ -111,15 +144,9 @@ def _sum_of_products(factor_lists):
     return None if any(matrices) else sp.Add(*parts)
 
 
-def per_example_gradients(model) -> Graph:
-    """The model's graph differentiated for one example (no batch reduction)."""
-    return differentiate(model.graph, model.wrt, None)
-
-
-def gradient_expressions(model) -> dict:
-    """Symbol -> SymPy gradient of one example's loss (see :meth:`Model.gradients`)."""
-    graph = per_example_gradients(model)
-    symbols = model.symbols
+def gradient_expressions(graph: Graph, symbols: dict) -> dict:
+    """Symbol -> SymPy gradient of one example's loss, from a graph derived with
+    ``reduce=None`` (see :meth:`symgrad.Model.gradients`); ``symbols``: name -> symbol."""
     memo: dict = {}
     result = {}
     for r in graph.results["gradients"]:
@@ -130,30 +157,23 @@ def gradient_expressions(model) -> dict:
     return result
 
 
-def gradient_formulas(model, limit: int = FORMULA_LIMIT, latex: bool = False, most: int | None = None) -> dict:
-    """Name -> the gradient formula as text, or a note when it is too large to write out.
-
-    ``most`` limits how many gradients are given (the first ones of ``wrt``).
-    """
-    graph = per_example_gradients(model)
-    results = graph.results["gradients"][:most]
+def latex_gradient_formulas(graph: Graph, limit: int = FORMULA_LIMIT) -> dict:
+    """Name -> the gradient as LaTeX, or a note when it is too large to write out."""
+    results = graph.results["gradients"]
     sizes = tree_sizes(graph, [r.node for r in results], limit)
     memo: dict = {}
     texts = {}
     for r in results:
-        size = sizes[r.node]
-        if size > limit:
-            texts[r.name] = (rf"\text{{(more than {limit} terms written out; see the backward pass)}}"
-                             if latex else f"(more than {limit} terms written out; see the backward pass)")
+        if sizes[r.node] > limit:
+            texts[r.name] = rf"\text{{(more than {limit} terms written out; see the backward pass)}}"
             continue
-        texts[r.name] = _formula_text(lambda: expression(graph, r.node, memo), latex)
+        texts[r.name] = _latex_formula(lambda: expression(graph, r.node, memo))
     return texts
 
 
-def _formula_text(build, latex: bool) -> str:
-    """The gradient ``build()`` makes, as text, tidied for display where SymPy can, else a note
+def _latex_formula(build) -> str:
+    """The gradient ``build()`` makes, as LaTeX, tidied for display where SymPy can, else a note
     pointing to the backward pass: a formula shown for reading never stops a build."""
-    show = sp.latex if latex else sp.sstr
     try:
         expr = build()
     except _SYMPY_GAPS:
@@ -162,11 +182,79 @@ def _formula_text(build, latex: bool) -> str:
         if expr is None:
             break
         try:
-            return show(tidy(expr))
+            return sp.latex(tidy(expr))
         except _SYMPY_GAPS:
             continue
-    return (r"\text{(SymPy cannot print this formula; see the backward pass)}" if latex
-            else "(SymPy cannot print this formula; see the backward pass)")
+    return r"\text{(SymPy cannot print this formula; see the backward pass)}"
+
+
+# --- gradient formulas in the display dialect -------------------------------------------
+
+
+def gradient_formulas(graph: Graph, most: int | None = None, shared_limit: int = SHARED_LIMIT,
+                      line_limit: int = LINE_LIMIT):
+    """The gradients as text in the model's symbols: ``(formulas, where)``, or None when too large.
+
+    ``formulas``: name -> text, for the first ``most`` gradients; ``where``:
+    ``(name, text)`` of each value the formulas (or other values) use more
+    than once, in the order they are computed. A value shared is named
+    there once, not written out at every use; a value used once is written
+    in place. None when more than ``shared_limit`` values are shared or a
+    line is longer than ``line_limit``.
+    """
+    results = graph.results["gradients"][:most]
+    names = display_names(graph)
+    named = set(_shared_values(graph, [r.node for r in results]))
+    where = []
+    for n in sorted(named):  # arguments first: a value's text is final before its users are written
+        text = inline_text(graph, n, names, named)
+        if len(text) <= SHORT_FORMULA:
+            named.discard(n)
+        else:
+            where.append((name_of(names, n), text))
+    if len(where) > shared_limit:
+        return None
+    formulas = {r.name: name_of(names, r.node) if r.node in named else inline_text(graph, r.node, names, named)
+                for r in results}
+    if any(len(text) > line_limit for text in list(formulas.values()) + [t for _, t in where]):
+        return None
+    return formulas, where
+
+
+def _shared_values(graph: Graph, roots: list) -> list:
+    """The nodes that writing ``roots`` out would write more than once, in topological order.
+
+    Counts how often each node would appear if every node used once were
+    written in place (leaves and views always are).
+    """
+    appearances: dict = {}
+    for root in roots:
+        appearances[root] = appearances.get(root, 0) + 1
+    shared = []
+    for n in reversed(graph.ancestors(roots)):
+        node = graph.nodes[n]
+        kind = ops.get(node.op).kind
+        inlined = kind in ("leaf", "view") or appearances.get(n, 0) <= 1
+        if not inlined:
+            shared.append(n)
+        for a in node.args:
+            appearances[a] = appearances.get(a, 0) + (appearances.get(n, 0) if inlined else 1)
+    return shared[::-1]
+
+
+def _gradient_lines(graph: Graph, wrt, indent: str, most: int | None = None, shared_limit: int = SHARED_LIMIT,
+                    line_limit: int = LINE_LIMIT) -> list:
+    """``d loss / d <name> = ...`` lines for the first ``most`` of ``wrt``, then their ``where`` block."""
+    found = gradient_formulas(graph, most, shared_limit, line_limit)
+    if found is None:
+        note = f"(too large to write out: more than {shared_limit} shared values or {line_limit} characters)"
+        return [f"{indent}d loss / d {name} = {note}" for name in list(wrt)[:most]]
+    formulas, where = found
+    lines = [f"{indent}d loss / d {name} = {text}" for name, text in formulas.items()]
+    if where:
+        lines.append(f"{indent}where")
+        lines += [f"{indent}  {name} = {text}" for name, text in where]
+    return lines
 
 
 # --- the passes, node by node -----------------------------------------------------------
@@ -188,51 +276,61 @@ def _latex_name(name: str) -> str:
     return sp.latex(sp.Symbol(name))
 
 
-class _Renderer:
-    """Formats node formulas as text or LaTeX with consistent names."""
+class _LatexRenderer:
+    """Formats node formulas as LaTeX (through SymPy) with consistent names."""
 
-    def __init__(self, graph: Graph, latex: bool):
+    def __init__(self, graph: Graph):
         self.graph = graph
-        self.latex = latex
-        self.names = display_names(graph)
-        if latex:
-            self.names = {k: _latex_name(v) for k, v in self.names.items()}
-            self._print = sp.latex
-            self._placeholders = {n: self.name(n) for n in range(len(graph.nodes))}
-        else:
-            self._print = sp.sstr
-            self._placeholders = self.names
+        self.names = {k: _latex_name(v) for k, v in display_names(graph).items()}
+        self.placeholders = {n: self.name(n) for n in range(len(graph.nodes))}
 
     def name(self, node_id: int) -> str:
-        name = name_of(self.names, node_id)
-        return name if not self.latex or node_id in self.names else _latex_name(name)
-
-    def text(self, expr) -> str:
-        return self._print(expr)
+        return self.names[node_id] if node_id in self.names else _latex_name(name_of(self.names, node_id))
 
     def node(self, node_id: int) -> str:
-        return self.text(formula(self.graph, node_id, self._placeholder_names()))
+        return sp.latex(formula(self.graph, node_id, self.placeholders))
 
-    def _placeholder_names(self) -> dict:
-        return self._placeholders
+    def operand(self, node_id: int) -> str:
+        return sp.latex(placeholder(self.graph, node_id, self.placeholders))
 
     def inline(self, node_id: int, named: set) -> str:
         """A node's formula with unnamed intermediate nodes written out in place."""
-        names = self._placeholder_names()
         memo: dict = {}
         for nid in self.graph.ancestors([node_id]):
             node = self.graph.nodes[nid]
             if nid != node_id and (nid in named or ops.get(node.op).kind == "leaf"):
-                memo[nid] = placeholder(self.graph, nid, names)
+                memo[nid] = placeholder(self.graph, nid, self.placeholders)
             elif all(a in memo for a in node.args):
                 memo[nid] = ops.get(node.op).to_sympy([memo[a] for a in node.args], node.attrs)
-        return self.text(memo[node_id])
+        return sp.latex(memo[node_id])
 
 
-def passes(model, latex: bool = False) -> dict:
-    """The forward pass, backward pass and final gradients of one example, as lines."""
-    graph = per_example_gradients(model) if model.loss is not None else model.graph
-    r = _Renderer(graph, latex)
+class _TextRenderer:
+    """Formats node formulas in the display dialect, with the names of the C comments."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.names = display_names(graph)
+
+    def name(self, node_id: int) -> str:
+        return name_of(self.names, node_id)
+
+    def node(self, node_id: int) -> str:
+        return formula_text(self.graph, node_id, self.names)
+
+    def operand(self, node_id: int) -> str:
+        return operand_text(self.graph, node_id, self.names)
+
+    def inline(self, node_id: int, named: set) -> str:
+        return inline_text(self.graph, node_id, self.names, named)
+
+
+def passes(model, graph: Graph, latex: bool = False) -> dict:
+    """The forward pass, backward pass and final gradients of one example, as lines.
+
+    ``graph``: the model's graph derived with ``reduce=None`` (its plain graph without a loss).
+    """
+    r = _LatexRenderer(graph) if latex else _TextRenderer(graph)
     eq = " &= " if latex else " = "
     forward = _forward_nodes(graph)
     lines_forward = [f"{r.name(n)}{eq}{r.node(n)}" for n in forward]
@@ -244,18 +342,20 @@ def passes(model, latex: bool = False) -> dict:
             adjoint = graph.adjoints[fwd]
             label = bar(r.name(fwd))
             own = r.name(adjoint) == label
-            rhs = r.inline(adjoint, named - {adjoint}) if own else r.text(placeholder(graph, adjoint, r._placeholder_names()))
+            rhs = r.inline(adjoint, named - {adjoint}) if own else r.operand(adjoint)
             backward.append(f"{label}{eq}{rhs}")
-        symbols = {name: r.name(graph.symbols[name]) for name in model.wrt}
-        for name, text in gradient_formulas(model, latex=latex).items():
-            lhs = (rf"\frac{{\partial \ell}}{{\partial {symbols[name]}}}" if latex else f"d loss / d {name}")
-            gradients.append(f"{lhs}{eq}{text}")
+        if latex:
+            symbols = {name: r.name(graph.symbols[name]) for name in model.wrt}
+            for name, text in latex_gradient_formulas(graph).items():
+                gradients.append(rf"\frac{{\partial \ell}}{{\partial {symbols[name]}}}{eq}{text}")
+        else:
+            gradients = _gradient_lines(graph, model.wrt, indent="")
     return {"forward": lines_forward, "backward": backward, "gradients": gradients}
 
 
-def format_text(model) -> str:
-    """What ``symgrad show`` prints for one model."""
-    p = passes(model)
+def format_text(model, graph: Graph) -> str:
+    """What ``symgrad show`` prints for one model, from its graph derived with ``reduce=None``."""
+    p = passes(model, graph)
     roles = f"params: {', '.join(str(s.name) for s in model.params) or 'none'}; " \
             f"inputs: {', '.join(str(s.name) for s in model.inputs) or 'none'}"
     out = [f"Model {model.name} ({roles}; reduce={model.reduce!r})", ""]
@@ -266,6 +366,7 @@ def format_text(model) -> str:
         out += [f"  {line}" for line in p["backward"]]
         out += ["", "Gradients of one example's loss:"]
         out += [f"  {line}" for line in p["gradients"]]
+        out += _numerics_notes(graph)
         note = {"mean": "averages them over the batch (input gradients are divided by N)",
                 "sum": "sums them over the batch",
                 None: "returns them per example"}[model.reduce]
@@ -273,9 +374,31 @@ def format_text(model) -> str:
     return "\n".join(out) + "\n"
 
 
-def format_latex(model) -> str:
+def _numerics_notes(graph: Graph) -> list:
+    """Lines on the numerically stable forms the graph was built with, and on the ops
+    on the gradient's path whose derivative is taken as zero almost everywhere."""
+    lines = []
+    rewrites = list(getattr(graph, "rewrites", ()))
+    if rewrites:
+        lines += ["", "Numerically stable forms used:"]
+        lines += [f"  {_rewrite_text(item)}" for item in rewrites]
+    names = display_names(graph)
+    flat = sorted(n for n in graph.adjoints if not ops.get(graph.nodes[n].op).differentiable)
+    if flat:
+        lines += ["", "Derivative taken as zero almost everywhere (piecewise constant):"]
+        lines += [f"  {name_of(names, n)} = {formula_text(graph, n, names)}" for n in flat]
+    return lines
+
+
+def _rewrite_text(item) -> str:
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        return f"{item[0]} -> {item[1]}"
+    return str(item)
+
+
+def format_latex(model, graph: Graph) -> str:
     """The same as :func:`format_text`, as LaTeX ``aligned`` blocks."""
-    p = passes(model, latex=True)
+    p = passes(model, graph, latex=True)
     title = model.name.replace("_", r"\_")
     out = [rf"% symgrad model {title}", r"\paragraph{Forward pass}", r"\begin{aligned}"]
     out += [line + r" \\" for line in p["forward"]]
@@ -289,12 +412,12 @@ def format_latex(model) -> str:
     return "\n".join(out) + "\n"
 
 
-def latex_summary(model) -> str:
-    """The loss and its gradients as LaTeX, for notebooks."""
+def latex_summary(model, graph: Graph) -> str:
+    """The loss and its gradients as LaTeX, for notebooks, from the graph derived with ``reduce=None``."""
     parts = []
     if model.loss is not None:
         parts.append(rf"\ell = {sp.latex(model.loss)}" if _small(model.loss) else r"\ell = \dots")
-        for name, text in gradient_formulas(model, latex=True).items():
+        for name, text in latex_gradient_formulas(graph).items():
             symbol = sp.latex(model.symbols[name])
             parts.append(rf"\frac{{\partial \ell}}{{\partial {symbol}}} = {text}")
     for name, expr in model.outputs.items():
@@ -304,9 +427,48 @@ def latex_summary(model) -> str:
 
 
 def _small(expr) -> bool:
-    from .frontend import short_text
-
     return not short_text(expr, 10**6).endswith("(...)")
+
+
+# --- docstrings of the generated package ---------------------------------------------------
+
+
+def summary(model) -> str:
+    """The model's formulas, params and inputs, for the generated package's docstring."""
+    lines = []
+    if model.loss is not None:
+        lines.append(f"    loss = {short_text(model.loss, 200)}   (reduce={model.reduce!r})")
+    for name, expr in model.outputs.items():
+        lines.append(f"    {name} = {short_text(expr, 200)}")
+    params = ", ".join(f"{s.name}{_shape_note(s)}" for s in model.params) or "none"
+    inputs = ", ".join(f"{s.name}{_shape_note(s)}" for s in model.inputs) or "none"
+    lines.append(f"    params: {params}")
+    lines.append(f"    inputs: {inputs}")
+    return "\n".join(lines)
+
+
+def _shape_note(symbol) -> str:
+    shape = tuple(int(d) for d in symbol.shape) if hasattr(symbol, "shape") else ()
+    return f" ({shape[0]}x{shape[1]})" if shape else ""
+
+
+#: The docstring of value_and_grad writes out the first this many gradients.
+DOC_GRADIENTS = 20
+
+
+def gradient_doc(model, graph: Graph) -> str:
+    """The gradient formulas for the docstring of value_and_grad, from the graph derived with
+    ``reduce=None``: the same formulas as ``symgrad show`` prints."""
+    if model.loss is None:
+        return ""
+    lines = ["    Gradients of one example's loss:"]
+    lines += _gradient_lines(graph, model.wrt, indent=" " * 8, most=DOC_GRADIENTS, line_limit=200)
+    if len(model.wrt) > DOC_GRADIENTS:
+        lines.append(f"        ... and {len(model.wrt) - DOC_GRADIENTS} more (symgrad show prints them all)")
+    scale = {"mean": "averaged over the batch", "sum": "summed over the batch",
+             None: "one per example"}[model.reduce]
+    lines.append(f"    Parameter gradients are {scale}; input gradients are per example.")
+    return "\n".join(lines)
 
 
 # --- Graphviz ------------------------------------------------------------------------
@@ -316,9 +478,9 @@ def _dot_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def format_dot(model) -> str:
-    """A Graphviz picture of the forward graph (ellipses) and the backward graph (boxes)."""
-    graph = per_example_gradients(model) if model.loss is not None else model.graph
+def format_dot(model, graph: Graph) -> str:
+    """A Graphviz picture of the forward graph (ellipses) and the backward graph (boxes),
+    from the model's graph derived with ``reduce=None``."""
     names = display_names(graph)
     results = [r for group in ("outputs", "example_loss", "gradients") for r in graph.results.get(group, ())]
     live = live_nodes(graph, results)
@@ -327,7 +489,7 @@ def format_dot(model) -> str:
     for n in live:
         node = graph.nodes[n]
         if node.op == "const":
-            label, style = sp.sstr(node.attrs[0]), 'shape=plaintext'
+            label, style = operand_text(graph, n, names), 'shape=plaintext'
         elif node.op == "symbol":
             label, style = name_of(names, n), 'shape=invhouse, style=filled, fillcolor="#e8f0fe"'
         else:
@@ -358,11 +520,9 @@ def op_count(graph: Graph, results) -> int:
     return total
 
 
-def stats(model) -> dict:
-    """Op counts of the forward code and of the forward+gradient code, and their ratio."""
-    from .pipeline import gradient_graph
-
-    graph = gradient_graph(model)
+def stats(model, graph: Graph) -> dict:
+    """Op counts of the forward code and of the forward+gradient code, and their ratio,
+    from the graph the kernels are made of (derived with the model's reduction)."""
     forward = op_count(graph, kernel_results(graph, "forward"))
     result = {"nodes": len(graph.nodes), "forward_ops": forward}
     if model.loss is not None:
@@ -373,8 +533,9 @@ def stats(model) -> dict:
     return result
 
 
-def format_stats(model) -> str:
-    s = stats(model)
+def format_stats(model, graph: Graph) -> str:
+    """What ``symgrad show --stats`` adds for one model; ``graph`` as for :func:`stats`."""
+    s = stats(model, graph)
     lines = [f"Model {model.name}: {s['nodes']} graph nodes",
              f"  forward kernel (outputs and loss): {s['forward_ops']} ops per example"]
     if "ratio" in s:

@@ -50,7 +50,7 @@ SG_KERNEL int digits_softmax_forward(int64_t n, int64_t batch, const double *res
         /* v7 = log_softmax(logits) */
         sg_log_softmax(nt, 10, 1, v5, 10, 1, 0, v7, 10);
 
-        /* v8 = KroneckerDelta(0, c)*v7[0, 0] + KroneckerDelta(1, c)*v7[1, 0] + KroneckerDelta(2, c)*v7[2, 0] + Kronec... */
+        /* v8 = v7[c] */
         if (sg_take(nt, 10, 1, v7, 10, 1, 0, x_c, 1, v8, 1)) return SG_ERROR_CLASS_INDEX;
 
         /* per example: v10 .. v11 */

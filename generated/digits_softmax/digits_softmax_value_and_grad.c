@@ -68,7 +68,7 @@ SG_KERNEL int digits_softmax_value_and_grad(int64_t n, int64_t batch, const doub
         for (int64_t k = 0; k < nt * 10; ++k) {
             v18[k] = exp(v7[k]);  /* v18 = exp(v7) */
         }
-        /* v8 = KroneckerDelta(0, c)*v7[0, 0] + KroneckerDelta(1, c)*v7[1, 0] + KroneckerDelta(2, c)*v7[2, 0] + Kronec... */
+        /* v8 = v7[c] */
         if (sg_take(nt, 10, 1, v7, 10, 1, 0, x_c, 1, v8, 1)) return SG_ERROR_CLASS_INDEX;
 
         /* per example: v10 .. v11 */
@@ -77,7 +77,7 @@ SG_KERNEL int digits_softmax_value_and_grad(int64_t n, int64_t batch, const doub
             const double v10 = -v8[e];  /* v10 (loss) = -v8 */
             v11 += v10;  /* v11 = batch_sum(loss) */
         }
-        /* v16 = Matrix([[KroneckerDelta(0, c)], [KroneckerDelta(1, c)], [KroneckerDelta(2, c)], [KroneckerDelta(3, c)... */
+        /* v16 = one_hot(c, 10x1) */
         for (int64_t e = 0; e < nt; ++e)
             for (int64_t i = 0; i < 10; ++i)
                 v16[e * 10 + i] = (double) (i * 1 + 0 == (int64_t) x_c[e]);

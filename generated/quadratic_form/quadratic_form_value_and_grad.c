@@ -26,7 +26,7 @@ SG_KERNEL int quadratic_form_value_and_grad(int64_t n, int64_t batch, const doub
     double *const v10 = work + 138248;  /* v10, 256 examples */
     double *const v12 = work + 132104;  /* v12 (v2_bar), 256 examples */
     double *const v13 = work + 140296;  /* v13 (A_bar), 256 examples */
-    /* v7 (v4_bar) = Matrix([[1]]) */
+    /* v7 (v4_bar) = [[1]] */
     v7[0] = 0.0;
     v7[0] += 1.0;
 

@@ -107,14 +107,15 @@ def _direct_domains(model: Model) -> dict:
     return {k: v for k, v in domains.items() if v[0] < v[1]}
 
 
-def random_point(model: Model, rng, low: float, high: float, batch: int) -> dict:
+def random_point(model: Model, rng, low: float, high: float, batch: int, *, op_domains: bool = True) -> dict:
     """Random values for every symbol: params shared, inputs with a batch axis.
 
-    Symbols read directly by ops with a domain are drawn from it; the others
-    from [low, high].
+    Symbols read directly by ops with a domain are drawn from it (unless
+    ``op_domains`` is False); the others from [low, high]. Class indices are
+    whole numbers of their range.
     """
     classes = _class_index_inputs(model)
-    domains = _direct_domains(model)
+    domains = _direct_domains(model) if op_domains else {}
     values = {}
     for symbol in model.params + model.inputs:
         name = str(symbol.name)
@@ -168,13 +169,24 @@ def _richardson(f, x0: dict, name: str, d, scale: float) -> tuple:
 
 
 def check_model(model: Model, module, *, points: int = 3, batch: int = 3, seed: int = 0,
-                tolerance: float = 1e-6) -> CheckReport:
-    """Compare ``module``'s gradients of ``model`` with finite differences and sympy.diff."""
+                tolerance: float = 1e-6, ranges=None) -> CheckReport:
+    """Compare ``module``'s gradients of ``model`` with finite differences and sympy.diff.
+
+    ``ranges``: (low, high) intervals tried in order for every random value;
+    the first where the loss and its gradient are finite is used. By default
+    a few ranges around 0 and 1 are tried, and symbols read directly by an op
+    with a domain (log, acosh...) are drawn from that domain.
+    """
     for value, what in ((points, "points"), (batch, "batch")):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise OptionError(f"{what} must be a whole number, at least 1; got {value!r}")
     if not (isinstance(tolerance, (int, float)) and 0 < tolerance < float("inf")):
         raise OptionError(f"tolerance must be a relative error above 0 such as 1e-6; got {tolerance!r}")
+    chosen = ranges is not None  # the user's ranges hold for every symbol
+    ranges = tuple(ranges) if chosen else _RANGES
+    for low, high in ranges:
+        if not (np.isfinite(low) and np.isfinite(high) and low < high):
+            raise OptionError(f"a range of random values needs finite low < high; got ({low}, {high})")
     rng = np.random.default_rng(seed)
     report = CheckReport(model.name, tolerance=tolerance)
     if model.loss is None:
@@ -189,7 +201,7 @@ def check_model(model: Model, module, *, points: int = 3, batch: int = 3, seed: 
         return report
     missed = 0
     for _ in range(points):
-        values, loss, grads = _finite_point(model, module, rng, batch)
+        values, loss, grads = _finite_point(model, module, rng, batch, ranges, op_domains=not chosen)
         if values is None:
             missed += 1
             continue
@@ -212,13 +224,15 @@ def check_model(model: Model, module, *, points: int = 3, batch: int = 3, seed: 
         sym = _sympy_error(model, values, grads, batch, report)
         if sym is not None:
             report.sympy_error = max(report.sympy_error or 0.0, sym)
-    ranges = ", ".join(f"[{low}, {high}]" for low, high in _RANGES)
+    tried = ", ".join(f"[{low:g}, {high:g}]" for low, high in ranges)
+    if not chosen:
+        tried += ", and from each op's own domain for symbols read directly by log, sqrt, acosh..."
     if missed == points:
         report.unchecked = (
-            f"no random point gave a finite loss and gradient (values drawn from {ranges}, and from each "
-            f"op's own domain for symbols read directly by log, sqrt, acosh...). Call the module's forward "
-            f"at a point where you expect the model to be defined: if its loss is NaN or infinite there "
-            f"too, look for a log or sqrt of a negative value or a division by zero in the model")
+            f"no random point gave a finite loss and gradient (values drawn from {tried}). If the model is defined "
+            f"elsewhere, draw the points there (symgrad check --range LOW:HIGH; ranges= in Python); if its "
+            f"loss is NaN or infinite wherever you expect it to be defined, look for a log or sqrt of a "
+            f"negative value or a division by zero in the model")
     elif report.directions == 0:
         report.unchecked = (f"finite differences were too noisy along all {report.skipped_directions} "
                             f"directions tried (the loss has a step or kink near every point drawn)")
@@ -228,10 +242,10 @@ def check_model(model: Model, module, *, points: int = 3, batch: int = 3, seed: 
     return report
 
 
-def _finite_point(model, module, rng, batch):
-    for low, high in _RANGES:
+def _finite_point(model, module, rng, batch, ranges, *, op_domains: bool):
+    for low, high in ranges:
         for _ in range(3):
-            values = random_point(model, rng, low, high, batch)
+            values = random_point(model, rng, low, high, batch, op_domains=op_domains)
             try:
                 loss, grads = module.value_and_grad(**values)
             except Exception:  # e.g. an argument combination the domain forbids

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import shutil
 import subprocess
@@ -49,6 +50,18 @@ def tolerance_value(text: str) -> float:
     return value
 
 
+def range_value(text: str) -> tuple:
+    """An argparse type: ``LOW:HIGH``, an interval of finite numbers with LOW < HIGH."""
+    parts = text.replace(",", ":").split(":")
+    try:
+        low, high = (float(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW:HIGH such as 5:10 or -2:-1, got {text!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise argparse.ArgumentTypeError(f"expected finite LOW < HIGH, got {text!r}")
+    return low, high
+
+
 def _flags_value(text: str) -> tuple:
     """The compiler flags of ``--flags``, split as a shell would split them."""
     try:
@@ -61,8 +74,9 @@ def _flags_value(text: str) -> tuple:
     return flags
 
 
-#: Options whose value may itself start with "-" (compiler flags): "--flags -O0" means "--flags=-O0".
-_DASHED_VALUES = ("--flags",)
+#: Options whose value may itself start with "-" (compiler flags, a range of negative numbers):
+#: "--flags -O0" means "--flags=-O0".
+_DASHED_VALUES = ("--flags", "--range")
 
 
 def _models(path: str, only: str | None):
@@ -159,7 +173,7 @@ def cmd_check(args) -> int:
     for model in _models(args.model_file, args.model):
         _, result = build_model(model, args.output)
         report = check_model(model, load(result.path), points=args.points, seed=args.seed,
-                             tolerance=args.tolerance)
+                             tolerance=args.tolerance, ranges=args.range)
         print(report.line())
         for note in report.notes:
             print(f"  note: {note}")
@@ -257,6 +271,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=seed_value, default=0, help="seed of the random points (default: 0)")
     c.add_argument("--tolerance", type=tolerance_value, default=1e-6, metavar="REL",
                    help="largest relative error accepted (default: 1e-6)")
+    c.add_argument("--range", type=range_value, action="append", metavar="LOW:HIGH",
+                   help="draw every random value from LOW:HIGH (repeat to try several in order; default: "
+                        "0.3:0.9, then -0.9:0.9, then 1.2:2, and each op's domain for what log, acosh... read)")
     c.set_defaults(run=cmd_check)
 
     n = sub.add_parser("bench", parents=[common],

@@ -100,6 +100,17 @@ def test_check_of_a_model_without_finite_points_says_so(tmp_path, capsys):
     assert "MISMATCH" not in out and "0 directions" not in out
 
 
+def test_check_range_draws_points_where_the_model_is_defined(tmp_path, capsys):
+    path = model_file(tmp_path, """
+        w, x = sp.symbols("w x")
+        sg.Model("shifted_log", loss=sp.log(w - 5) * x + sp.sqrt(w - 5), params=[w], inputs=[x])
+    """)
+    code, out, _ = run_cli(capsys, "check", path, "-o", str(tmp_path / "out"))
+    assert code == 1 and "NOT CHECKED" in out and "symgrad check --range LOW:HIGH" in out
+    code, out, _ = run_cli(capsys, "check", path, "-o", str(tmp_path / "out"), "--range", "-2:-1", "--range", "6:9")
+    assert code == 0 and "shifted_log: ok:" in out, out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["check", "--points", "0"], "argument --points: expected a whole number of points, at least 1, got 0"),
     (["check", "--points", "two"], "argument --points: expected a whole number of points, at least 1, got 'two'"),
@@ -107,6 +118,9 @@ def test_check_of_a_model_without_finite_points_says_so(tmp_path, capsys):
     (["check", "--tolerance", "0"], "argument --tolerance: expected a relative error above 0"),
     (["check", "--tolerance", "nan"], "argument --tolerance: expected a relative error above 0"),
     (["check", "--tolerance", "tight"], "argument --tolerance: expected a relative error such as 1e-6"),
+    (["check", "--range", "3:1"], "argument --range: expected finite LOW < HIGH, got '3:1'"),
+    (["check", "--range", "five"], "argument --range: expected LOW:HIGH such as 5:10 or -2:-1"),
+    (["check", "--range", "0:inf"], "argument --range: expected finite LOW < HIGH"),
     (["bench", "--batch", "0"], "argument --batch: expected a whole number of examples, at least 1, got 0"),
     (["bench", "--batch", "-5"], "argument --batch: expected a whole number of examples, at least 1, got -5"),
     (["bench", "--batch", "1e4"], "argument --batch: expected a whole number of examples"),

@@ -231,6 +231,8 @@ def _sympy_assemble(args, attrs):
 
 def _text_assemble(args, attrs):
     shape, positions = attrs
+    if shape == () and len(args) == 1:  # the adjoint of "element [0, 0]" of a scalar: the scalar
+        return args[0]
     if shape == (1, 1) and len(args) == 1:
         return f"[[{args[0]}]]"
     return f"matrix({shape_text(shape)}; " + ", ".join(f"[{i}, {j}]: {a}" for a, (i, j) in zip(args, positions)) + ")"

@@ -18,7 +18,7 @@ import numpy as np
 import sympy as sp
 
 from . import functions as sgf
-from . import ops
+from . import ops, runtime
 from .errors import OptionError
 from .views import tree_size
 from .model import Model
@@ -52,13 +52,17 @@ class CheckReport:
     #: Set when nothing could be compared although there was something to check.
     unchecked: str | None = None
     #: Why the sympy.diff reference was not used, when it was not.
-    sympy_skipped: str = "model too large or not scalar"
+    sympy_skipped: str = "not compared"
+    #: Worst relative difference between a point's batch and the same examples repeated into a
+    #: batch that runs as several kernel calls (and on two threads); None if not compared.
+    large_batch_error: float | None = None
+    large_batch: int = 0
 
     @property
     def ok(self) -> bool:
         if self.nothing_to_check:
             return True
-        worst = max(self.finite_difference_error, self.sympy_error or 0.0)
+        worst = max(self.finite_difference_error, self.sympy_error or 0.0, self.large_batch_error or 0.0)
         return worst <= self.tolerance and self.directions > 0 and not self.unchecked
 
     def line(self) -> str:
@@ -69,9 +73,11 @@ class CheckReport:
         sym = f"skipped ({self.sympy_skipped})" if self.sympy_error is None else f"{self.sympy_error:.2e}"
         verdict = "ok" if self.ok else "MISMATCH"
         extra = f", {self.skipped_directions} directions skipped near kinks" if self.skipped_directions else ""
+        large = ("" if self.large_batch_error is None else
+                 f"; vs the same examples in a batch of {self.large_batch:,} {self.large_batch_error:.2e}")
         return (f"{self.model}: {verdict}: worst relative error vs finite differences "
                 f"{self.finite_difference_error:.2e} over {self.directions} directions{extra}; "
-                f"vs sympy.diff {sym}")
+                f"vs sympy.diff {sym}{large}")
 
 
 def _class_index_inputs(model: Model) -> dict:
@@ -224,6 +230,8 @@ def check_model(model: Model, module, *, points: int = 3, batch: int = 3, seed: 
         sym = _sympy_error(model, values, grads, batch, report)
         if sym is not None:
             report.sympy_error = max(report.sympy_error or 0.0, sym)
+        if report.large_batch_error is None and inputs:
+            _compare_large_batch(model, module, values, loss, grads, batch, report)
     tried = ", ".join(f"[{low:g}, {high:g}]" for low, high in ranges)
     if not chosen:
         tried += ", and from each op's own domain for symbols read directly by log, sqrt, acosh..."
@@ -240,6 +248,45 @@ def check_model(model: Model, module, *, points: int = 3, batch: int = 3, seed: 
         report.notes.append(f"{missed} of {points} random points had no finite loss and gradient "
                             f"and were skipped")
     return report
+
+
+def _compare_large_batch(model: Model, module, values: dict, loss: float, grads: dict, batch: int,
+                         report: CheckReport) -> None:
+    """The point's examples repeated into a batch of more than two kernel calls' slices.
+
+    A large batch runs as several kernel calls whose batch sums are added (on
+    one thread, and on two): a sum that counts a term once per example of the
+    whole batch in each call (a loss term of params only) shows here, where
+    small batches cannot show it. Repeated examples give known results: a mean
+    is unchanged, a sum grows with the repeats, per-example values repeat.
+    """
+    repeats = 2 * runtime.CHUNK // batch + 1
+    inputs = {str(s.name) for s in model.inputs}
+    big = {k: (np.concatenate([np.asarray(v)] * repeats) if k in inputs else v) for k, v in values.items()}
+    n = batch * repeats
+    scale_sum = repeats if model.reduce == "sum" else 1
+    worst = 0.0
+    try:
+        for threads in (1, 2):
+            big_loss, big_grads = module.value_and_grad(**big, threads=threads)
+            expected_loss = (np.tile(np.asarray(module.forward(**values)["loss"]), repeats)
+                             if model.reduce is None else loss * scale_sum)
+            pairs = [(big_loss, expected_loss)]
+            for name, g in grads.items():
+                g = np.asarray(g, dtype=float)
+                if name in inputs or model.reduce is None:  # per example: repeated; a mean's share shrinks
+                    expected = np.concatenate([g] * repeats) / (repeats if model.reduce == "mean" and name in inputs else 1)
+                else:
+                    expected = g * scale_sum
+                pairs.append((big_grads[name], expected))
+            for got, expected in pairs:
+                got, expected = np.asarray(got, dtype=float), np.asarray(expected, dtype=float)
+                size = max(float(np.max(np.abs(expected))), 1e-300)
+                worst = max(worst, float(np.max(np.abs(got - expected))) / size)
+    except MemoryError:
+        report.notes.append(f"a batch of {n:,} examples did not fit in memory: not compared")
+        return
+    report.large_batch_error, report.large_batch = worst, n
 
 
 def _finite_point(model, module, rng, batch, ranges, *, op_domains: bool):
@@ -267,9 +314,11 @@ def _sympy_error(model: Model, values: dict, grads: dict, batch: int, report: Ch
     evaluate is skipped with a note, never an error.
     """
     if any(isinstance(s, sp.MatrixSymbol) for s in model.params + model.inputs):
+        report.sympy_skipped = "matrix symbols: SymPy's matrix calculus is no reliable reference"
         return None
     loss_node = model.graph.results["example_loss"][0].node
     if tree_size(model.graph, loss_node, SYMPY_LIMIT) > SYMPY_LIMIT:
+        report.sympy_skipped = f"the loss written out has more than {SYMPY_LIMIT:,} terms"
         return None
     symbols = list(model.params + model.inputs)
     real = {s: sp.Dummy(str(s.name), real=True) for s in symbols}

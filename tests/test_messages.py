@@ -8,11 +8,12 @@ silently wrong result.
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sympy as sp
 
 import symgrad as sg
-from symgrad import cli
+from symgrad import cli, runtime
 from symgrad.build import MANIFEST, load
 from symgrad.check import check_model
 from symgrad.errors import BuildError, ModelError, OptionError, UnsupportedFunctionError
@@ -75,6 +76,33 @@ def test_check_model_refuses_options_it_cannot_take(options):
     a = sp.Symbol("a")
     with pytest.raises(OptionError):
         check_model(sg.Model("check_options", loss=a**2, params=[a]), module=None, **options)
+
+
+@pytest.mark.parametrize("reduce", ["mean", "sum", None])
+def test_check_compares_a_batch_of_several_kernel_calls(tmp_path, reduce):
+    """A loss term of params only, counted once per example of the whole batch in each kernel
+    call, gave right small batches and wrong large ones (issue 8, item 2): check now sees it."""
+    w, x = sp.symbols("w x")
+    model = sg.Model(f"param_term_check_{reduce}", loss=w**2 + w * x, params=[w], inputs=[x], reduce=reduce,
+                     wrt=[w, x])
+    _, result = build_model(model, tmp_path)
+    module = load(result.path)
+    report = check_model(model, module)
+    assert report.ok and report.large_batch > 2 * runtime.CHUNK, report.line()
+    assert report.large_batch_error < 1e-12 and "in a batch of" in report.line()
+
+    class SlicesCountedTwice:  # what the bug did: parameter gradients scaled by the number of calls
+        forward = staticmethod(module.forward)
+
+        @staticmethod
+        def value_and_grad(**values):
+            loss, grads = module.value_and_grad(**values)
+            calls = -(-np.size(values["x"]) // runtime.CHUNK)
+            return loss, {**grads, "w": np.asarray(grads["w"]) * (calls if reduce is not None else 1)}
+
+    if reduce is not None:
+        broken = check_model(model, SlicesCountedTwice)
+        assert not broken.ok and broken.large_batch_error > 0.5 and "MISMATCH" in broken.line()
 
 
 def test_check_of_a_model_without_loss_has_nothing_to_check(tmp_path, capsys):

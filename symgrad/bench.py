@@ -84,18 +84,22 @@ def bench_model(model: Model, module, *, batch: int = 10_000, seed: int = 0) -> 
     inputs = {str(s.name) for s in model.inputs}
     if not inputs:
         batch = 1
-    values = random_point(model, rng, 0.3, 0.9, batch)
-    single = random_point(model, rng, 0.3, 0.9, 1)
-    single = {k: (v[0] if k in inputs else v) for k, v in single.items()}
-    forward_out = module.forward(**values)
-    forward = _median_seconds(lambda: module.forward(**values, out=forward_out))
-    if model.loss is None:
-        gradient = None
-        one = _median_seconds(lambda: module.forward(**single), budget=0.2)
-    else:
-        gradient_out = module.value_and_grad(**values)
-        gradient = _median_seconds(lambda: module.value_and_grad(**values, out=gradient_out)) / batch * 1e9
-        one = _median_seconds(lambda: module.value_and_grad(**single), budget=0.2)
+    try:
+        values = random_point(model, rng, 0.3, 0.9, batch)
+        single = random_point(model, rng, 0.3, 0.9, 1)
+        single = {k: (v[0] if k in inputs else v) for k, v in single.items()}
+        forward_out = module.forward(**values)
+        forward = _median_seconds(lambda: module.forward(**values, out=forward_out))
+        if model.loss is None:
+            gradient = None
+            one = _median_seconds(lambda: module.forward(**single), budget=0.2)
+        else:
+            gradient_out = module.value_and_grad(**values)
+            gradient = _median_seconds(lambda: module.value_and_grad(**values, out=gradient_out)) / batch * 1e9
+            one = _median_seconds(lambda: module.value_and_grad(**single), budget=0.2)
+    except MemoryError:
+        raise OptionError(f"a batch of {batch:,} examples of {model.name} does not fit in memory; "
+                          f"choose a smaller --batch") from None
     return BenchReport(model.name, batch, forward / batch * 1e9, gradient, one * 1e6, has_inputs=bool(inputs))
 
 

@@ -195,6 +195,15 @@ def test_bench_prints_only_what_a_model_has(tmp_path, capsys):
     assert "note: --batch 50 ignored: no_inputs_bench has no inputs" in out
 
 
+def test_bench_says_when_a_batch_does_not_fit_in_memory(tmp_path, capsys):
+    path = model_file(tmp_path, """
+        a, x = sp.symbols("a x")
+        sg.Model("huge_batch", loss=(a * x - 1)**2, params=[a], inputs=[x])
+    """)
+    code, _, err = run_cli(capsys, "bench", path, "-o", str(tmp_path / "out"), "--batch", str(10**14))
+    assert code == 1 and "does not fit in memory; choose a smaller --batch" in err
+
+
 def test_bench_refuses_an_empty_batch_from_python():
     from symgrad.bench import bench_model
 

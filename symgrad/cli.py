@@ -328,7 +328,13 @@ def _all_actions(p: argparse.ArgumentParser) -> list:
 
 def main(argv=None) -> int:
     argv = _join_dashed_values(list(sys.argv[1:] if argv is None else argv))
-    args = parser().parse_args(argv)
+    command_line = parser()
+    args, unknown = command_line.parse_known_args(argv)
+    if unknown:
+        hint = ""
+        if any(t == "--flags" or t.startswith("--flags=") for t in argv) and unknown[0].startswith("-"):
+            hint = "; several compiler flags go in one quoted value: --flags='-O0 -g'"
+        command_line.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     try:
         return args.run(args)
     except SymgradError as exc:

@@ -348,6 +348,8 @@ def test_flags_values_may_start_with_a_dash(tmp_path, capsys):
     assert code == 1 and "--flags needs at least one compiler flag" in err
     code, _, err = run_cli(capsys, "build", path, "-o", out_dir, "--flags", "-O2", "--native")
     assert code == 1 and "--native would be ignored: add -march=native to --flags" in err
+    code, _, err = run_cli(capsys, "build", path, "--flags", "-O0", "-g")  # unquoted: -g stands alone
+    assert code == 2 and "unrecognized arguments: -g; several compiler flags go in one quoted value" in err
     # An option of symgrad's own after --flags is not taken as its value.
     code, _, err = run_cli(capsys, "build", path, "--flags", "--native")
     assert code == 2 and "argument --flags: expected one argument" in err

@@ -21,6 +21,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 from . import ops
 from .graph import Graph, live_nodes
 from .naming import display_names, formula, formula_text, inline_text, name_of, operand_text, placeholder
+from .ops.text import ATOM, NEGATION, binding
 from .plan import kernel_results
 
 #: Expanded formulas with more tree nodes than this are not printed (LaTeX).
@@ -32,7 +33,8 @@ SHARED_LIMIT = 24
 #: Gradient formulas (and intermediate values) longer than this are not written out.
 LINE_LIMIT = 400
 
-#: A shared value whose own formula is at most this long is written out at each use (``-y``).
+#: A shared value whose formula is at most this long and has no operator between two
+#: operands (``-y``, ``exp(v3)``, ``[[1]]``) is written out at each use.
 SHORT_FORMULA = 8
 
 
@@ -208,7 +210,7 @@ def gradient_formulas(graph: Graph, most: int | None = None, shared_limit: int =
     where = []
     for n in sorted(named):  # arguments first: a value's text is final before its users are written
         text = inline_text(graph, n, names, named)
-        if len(text) <= SHORT_FORMULA:
+        if len(text) <= SHORT_FORMULA and binding(text) in (NEGATION, ATOM):
             named.discard(n)
         else:
             where.append((name_of(names, n), text))

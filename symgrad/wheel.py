@@ -70,7 +70,7 @@ def write_wheel(package_path, out_dir=None) -> Path:
         raise BuildError(f"{package_path} is not a built symgrad package ({exc}); run symgrad build first") from None
     _check_name(name)
     version = f"{__version__}+{key[:16]}"
-    files = _package_files(package_path, extension_file)
+    files = package_files(package_path, extension_file)
     dist_info = f"{name}-{version}.dist-info"
     entries = [(f"{name}/{f.name}", f.read_bytes(), _mode(f)) for f in files]
     entries += [
@@ -100,7 +100,7 @@ def _check_name(name: str) -> None:
                          f"(its own requirement or Python's). Rename the model to build a wheel of it")
 
 
-def _package_files(path: Path, extension_file: str) -> list:
+def package_files(path: Path, extension_file: str) -> list:
     """The files of the package: sources, wrapper and manifest, and the one current extension."""
     files = []
     for f in sorted(path.iterdir()):

@@ -3,7 +3,8 @@
 Each stage is a function of the previous stage's result; this module only
 strings them together and times them, for ``symgrad build`` and
 :func:`symgrad.compile`, and hands the views of :mod:`symgrad.views` the
-gradient graphs they render (``symgrad show``, ``Model.gradients()``).
+gradient graphs they render (``symgrad show``, and :mod:`symgrad.symbolic`'s
+``Model.gradients()`` and LaTeX).
 
 A model is differentiated at most once per reduction (:func:`derived`): the
 kernels read the graph of the model's own reduction, the formulas that of
@@ -18,7 +19,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from . import views
+from . import symbolic, views
 from .autodiff import derive
 from .build import BuildResult, build, compiler_flags, load
 from .graph import Graph
@@ -146,7 +147,7 @@ def show_text(model: Model) -> str:
 
 def show_latex(model: Model) -> str:
     """``symgrad show --format latex``."""
-    return views.format_latex(model, derived(model, None))
+    return symbolic.format_latex(model, derived(model, None))
 
 
 def show_dot(model: Model) -> str:
@@ -161,9 +162,9 @@ def show_stats(model: Model) -> str:
 
 def gradients(model: Model) -> dict:
     """Symbol -> SymPy gradient of one example's loss (see :meth:`Model.gradients`)."""
-    return views.gradient_expressions(derived(model, None), model.symbols)
+    return symbolic.gradient_expressions(derived(model, None), model.symbols)
 
 
 def latex_summary(model: Model) -> str:
     """The loss and its gradients as LaTeX (a model's notebook display)."""
-    return views.latex_summary(model, derived(model, None))
+    return symbolic.latex_summary(model, derived(model, None))

@@ -19,7 +19,7 @@ from symgrad.pipeline import show_dot as format_dot
 from symgrad.pipeline import show_latex as format_latex
 from symgrad.pipeline import show_stats as format_stats
 from symgrad.pipeline import show_text as format_text
-from symgrad.views import simplify_for_display
+from symgrad.symbolic import simplify_for_display
 
 x, y, a, b, c = sp.symbols("x y a b c", real=True)
 

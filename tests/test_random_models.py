@@ -1937,7 +1937,7 @@ def test_scalar_times_a_product_of_1x1_matrix_powers(compile_model):
     f = lambda v: float(module.forward(W=np.array([[v]]))["loss"])  # noqa: E731
     _close(grad, [[(f(w + h) - f(w - h)) / (2 * h)]], rtol=1e-6, atol=1e-9)
     _close(evaluate(model.gradients()[W], {W: np.array([[w]])}), grad)
-    assert "W" in sg.views.latex_gradient_formulas(derived(model, None))  # (SymPy cannot print some of these)
+    assert "W" in sg.symbolic.latex_gradient_formulas(derived(model, None))  # (SymPy cannot print some of these)
 
 
 def test_piecewise_whose_condition_sympy_cannot_canonicalize(compile_model):

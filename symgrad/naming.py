@@ -112,9 +112,10 @@ def formula_text(graph: Graph, node_id: int, names: dict) -> str:
     return node_text(graph, node_id, [operand_text(graph, a, names) for a in node.args])
 
 
-def inline_text(graph: Graph, node_id: int, names: dict, stop) -> str:
+def inline_text(graph: Graph, node_id: int, names: dict, stop, limit: int | None = None):
     """A node's formula with what it depends on written out in place, down to
-    leaves and to the nodes in ``stop``, which appear under their names."""
+    leaves and to the nodes in ``stop``, which appear under their names; None
+    as soon as a part of it is longer than ``limit`` characters."""
     texts: dict = {}
     stack = [node_id]
     while stack:
@@ -130,7 +131,9 @@ def inline_text(graph: Graph, node_id: int, names: dict, stop) -> str:
         if missing:
             stack.extend(missing)
             continue
-        texts[stack.pop()] = node_text(graph, nid, [texts[a] for a in args])
+        text = texts[stack.pop()] = node_text(graph, nid, [texts[a] for a in args])
+        if limit is not None and len(text) > limit:
+            return None
     return texts[node_id]
 
 

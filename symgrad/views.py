@@ -86,16 +86,19 @@ def gradient_formulas(graph: Graph, most: int | None = None, shared_limit: int =
     named = set(_shared_values(graph, [r.node for r in results]))
     where = []
     for n in sorted(named):  # arguments first: a value's text is final before its users are written
-        text = inline_text(graph, n, names, named)
+        text = inline_text(graph, n, names, named, line_limit)
+        if text is None:
+            return None
         if len(text) <= SHORT_FORMULA and binding(text) in (NEGATION, ATOM):
             named.discard(n)
         else:
             where.append((name_of(names, n), text))
-    if len(where) > shared_limit:
-        return None
-    formulas = {r.name: name_of(names, r.node) if r.node in named else inline_text(graph, r.node, names, named)
+            if len(where) > shared_limit:
+                return None
+    formulas = {r.name: name_of(names, r.node) if r.node in named else inline_text(graph, r.node, names, named,
+                                                                                   line_limit)
                 for r in results}
-    if any(len(text) > line_limit for text in list(formulas.values()) + [t for _, t in where]):
+    if None in formulas.values():
         return None
     return formulas, where
 

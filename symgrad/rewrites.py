@@ -359,33 +359,43 @@ def stable_mul(b, args):
     return None
 
 
+def _scaled(b, node_id):
+    """``(d, X)`` with the node equal to ``d*X`` for a constant d (d = 1 for a plain X)."""
+    node = b.node(node_id)
+    if node.op == "mul" and len(node.args) == 2:
+        for d, rest in (node.args, reversed(node.args)):
+            value = _const(b, d)
+            if value is not None and value.is_Number and _const(b, rest) is None:
+                return value, rest
+    return sp.Integer(1), node_id
+
+
 def stable_add(b, args):
     """A sum in a stable form, or None to keep it.
 
-    exp(u) - 1 = expm1(u) and 1 - exp(u) = -expm1(u) (no cancellation for small u);
-    1 - cos(u) = 2*sin(u/2)**2 and cos(u) - 1 = -2*sin(u/2)**2 (the same).
+    d*exp(u) - d = d*expm1(u) (so exp(u) - 1 = expm1(u), 1 - exp(u) = -expm1(u): no
+    cancellation for small u); c - c*cos(u) = 2c*sin(u/2)**2 (the same for 1 - cos(u)).
     """
     for k, a in enumerate(args):
-        for sign in (1, -1):
-            if not _is(b, a, -sign):
+        c = _const(b, a)
+        if c is None or not c.is_Number or c.is_zero is not False:
+            continue
+        rest = [t for i, t in enumerate(args) if i != k]
+        for j, t in enumerate(rest):
+            d, term = _scaled(b, t)
+            if not (c + d).is_zero:
                 continue
-            rest = [t for i, t in enumerate(args) if i != k]
-            for j, t in enumerate(rest):
-                term = t if sign == 1 else _negation_of(b, t)
-                if term is None:
-                    continue
-                node = b.node(term)
-                others = [r for i, r in enumerate(rest) if i != j]
-                if node.op == "exp":
-                    b.note_rewrite("exp(u) - 1 -> expm1(u)")
-                    replaced = b.call("expm1", node.args[0])
-                elif node.op == "cos":
-                    b.note_rewrite("1 - cos(u) -> 2*sin(u/2)**2")
-                    half = b.call("sin", b.mul(b.const(sp.Rational(1, 2)), node.args[0]))
-                    replaced = b.mul(b.const(-2), b.powc(half, 2))
-                else:
-                    continue
-                return b.add(*(others + [replaced if sign == 1 else b.neg(replaced)]))
+            node = b.node(term)
+            if node.op == "exp":
+                b.note_rewrite("exp(u) - 1 -> expm1(u)")
+                replaced = b.mul(b.const(d), b.call("expm1", node.args[0]))
+            elif node.op == "cos":
+                b.note_rewrite("1 - cos(u) -> 2*sin(u/2)**2")
+                half = b.call("sin", b.mul(b.const(sp.Rational(1, 2)), node.args[0]))
+                replaced = b.mul(b.const(2 * c), b.powc(half, 2))
+            else:
+                continue
+            return b.add(*([r for i, r in enumerate(rest) if i != j] + [replaced]))
     return None
 
 

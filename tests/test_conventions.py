@@ -22,7 +22,7 @@ def torch_value_and_grad(f, *point):
     args = [torch.tensor(float(v), dtype=torch.float64, requires_grad=True) for v in point]
     out = f(*args)
     grads = torch.autograd.grad(out, args, allow_unused=True)
-    return float(out), [0.0 if g is None else float(g) for g in grads]
+    return out.item(), [0.0 if g is None else float(g) for g in grads]
 
 
 def assert_same(got, want, what):
@@ -174,6 +174,21 @@ def test_max_and_min_split_a_tie_half_each(compile_model, head, torch_f):
         assert_same(loss, float(out), f"{head.__name__}{point}")
         assert_same(grads["a"], float(args[0].grad), f"{head.__name__}{point}: d/da")
         assert_same(grads["b"], float(args[1].grad), f"{head.__name__}{point}: d/db")
+
+
+@pytest.mark.parametrize("head,torch_f", [(sp.Max, torch.amax), (sp.Min, torch.amin)])
+def test_max_and_min_of_several_split_a_tie_evenly_like_a_reduction(compile_model, head, torch_f):
+    a, b, c = sp.symbols("a b c", real=True)
+    module = compile_model(sg.Model(f"edge_{head.__name__}3", loss=head(a, b, c, evaluate=False),
+                                    params=[a, b, c]))
+    for point in [(1.0, 1.0, 1.0), (2.0, 2.0, -1.0), (0.5, -3.0, 0.5), (1.0, 2.0, 3.0)]:
+        values = torch.tensor(point, dtype=torch.float64, requires_grad=True)
+        out = torch_f(values, 0)
+        out.backward()
+        loss, grads = module.value_and_grad(a=point[0], b=point[1], c=point[2])
+        assert_same(loss, float(out), f"{head.__name__}{point}")
+        for name, want in zip("abc", values.grad.tolist()):
+            assert_same(grads[name], want, f"{head.__name__}{point}: d/d{name}")
 
 
 def test_heaviside_at_zero_takes_its_stated_value(compile_model):

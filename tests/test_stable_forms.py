@@ -44,15 +44,6 @@ def assert_close(got, want, rtol, what=""):
     assert abs(got - want) <= rtol * abs(want), f"{what}: got {got!r}, want {want!r} (rel {abs(got - want) / abs(want):.2e})"
 
 
-def check_against_oracle(module, expr, symbols, points, rtol=1e-9):
-    for point in points:
-        value, grads = oracle(expr, symbols, point)
-        loss, got = module.value_and_grad(**{str(s): v for s, v in zip(symbols, point)})
-        assert_close(loss, value, rtol, f"{expr} at {point}: value")
-        for s, want in zip(symbols, grads):
-            assert_close(got[str(s)], want, rtol, f"{expr} at {point}: d/d{s}")
-
-
 # The table of issue 8, item 4: formula, its symbols, extreme points, and ordinary points.
 TABLE = [
     ("log_sigmoid", sp.log(1 / (1 + sp.exp(-z))), [z], [(-750,), (750,), (-40,)], [(-2.5,), (0.3,), (4.0,)]),
@@ -79,14 +70,37 @@ TABLE = [
 ]
 
 
+def _own_symbols(name, expr, symbols):
+    """The row's formula in symbols of its own, so that all rows share one build."""
+    renamed = [sp.Symbol(f"{name}_{s}", real=True) for s in symbols]
+    return expr.subs(t, 1).xreplace(dict(zip(symbols, renamed))), renamed
+
+
+@pytest.fixture(scope="module")
+def table_module(compile_model):
+    rows = {name: _own_symbols(name, expr, symbols) for name, expr, symbols, *_ in TABLE}
+    # evaluate=False: each row stays a term of its own (SymPy would cancel exp(x) - 1 + 1 - exp(y)).
+    loss = sp.Add(*[expr for expr, _ in rows.values()], evaluate=False)
+    params = [s for _, symbols in rows.values() for s in symbols]
+    module = compile_model(sg.Model("stable_table", loss=loss, params=params,
+                                    outputs={name: expr for name, (expr, _) in rows.items()}))
+    return module, rows
+
+
 @pytest.mark.parametrize("name,expr,symbols,extreme,ordinary", TABLE, ids=[row[0] for row in TABLE])
-def test_formula_as_written_is_right_at_extremes_and_ordinary_points(compile_model, name, expr, symbols, extreme,
+def test_formula_as_written_is_right_at_extremes_and_ordinary_points(table_module, name, expr, symbols, extreme,
                                                                       ordinary):
-    expr = expr.subs(t, 1)
-    module = compile_model(sg.Model(f"stable_{name}", loss=expr, params=symbols))
-    check_against_oracle(module, expr, symbols, extreme)
-    # Ordinary inputs: as accurate as a double allows (a few ulp).
-    check_against_oracle(module, expr, symbols, ordinary, rtol=1e-14)
+    module, rows = table_module
+    expr, own = rows[name]
+    others = {str(s): 0.5 for _, symbols in rows.values() for s in symbols}
+    # Extreme points to 1e-9 of mpmath; ordinary ones as accurately as a double allows (a few ulp).
+    for point, rtol in [(p, 1e-9) for p in extreme] + [(p, 1e-14) for p in ordinary]:
+        values = {**others, **{str(s): v for s, v in zip(own, point)}}
+        want, want_grads = oracle(expr, own, point)
+        assert_close(module.forward(**values)[name], want, rtol, f"{expr} at {point}: value")
+        _, grads = module.value_and_grad(**values)
+        for s, g in zip(own, want_grads):
+            assert_close(grads[str(s)], g, rtol, f"{expr} at {point}: d/d{s}")
 
 
 def test_binary_cross_entropy_with_both_targets(compile_model):
@@ -227,3 +241,19 @@ def test_float32_stable_forms_match_float64(compile_model):
         assert float(got[0]) == pytest.approx(float(want[0]), rel=1e-6)
         for s in ("a", "b"):
             assert float(got[1][s]) == pytest.approx(float(want[1][s]), rel=2e-6, abs=1e-7)
+
+
+def test_stable_forms_apply_element_by_element_to_matrices(compile_model):
+    A, B = sp.MatrixSymbol("A", 2, 2), sp.MatrixSymbol("B", 2, 2)
+    log_sum = (A.applyfunc(sp.exp) + B.applyfunc(sp.exp)).applyfunc(sp.log)
+    norm = (sp.HadamardPower(A, 2) + sp.HadamardPower(B, 2)).applyfunc(sp.sqrt)
+    module = compile_model(sg.Model("stable_matrices", loss=sg.sum(log_sum) + sg.sum(norm) / 1e300,
+                                    params=[A, B]))
+    av = np.array([[800.0, -750.0], [3e299, 0.5]])
+    bv = np.array([[801.0, -751.0], [4e299, -0.25]])
+    loss, grads = module.value_and_grad(A=av, B=bv)
+    want = np.sum(np.logaddexp(av, bv)) + np.sum(np.hypot(av, bv)) / 1e300
+    assert float(loss) == pytest.approx(want, rel=1e-14)
+    sig = 1 / (1 + np.exp(bv - av))
+    np.testing.assert_allclose(grads["A"], sig + av / np.hypot(av, bv) / 1e300, rtol=1e-13)
+    np.testing.assert_allclose(grads["B"], 1 - sig + bv / np.hypot(av, bv) / 1e300, rtol=1e-13)

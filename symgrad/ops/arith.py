@@ -210,7 +210,7 @@ def _text_mul(args, attrs):
     numbers = [a for a in args if a.number is not None]
     others = [a for a in args if a.number is None]
     times = ".*" if sum(1 for a in others if a.shape != ()) > 1 else "*"
-    negate = len(numbers) == 1 and numbers[0].number == -1 and bool(others)
+    negate = len(numbers) == 1 and same_number(numbers[0].number, -1) and bool(others)
     first = not numbers or negate
 
     def factor(k, a):
@@ -297,7 +297,7 @@ def _pow_partials(b, node_id):
 def _c_pow(p, args, attrs):
     x, y = args
     e = y.const
-    if e is not None and e == int(e) and 1 <= abs(e) <= 4:
+    if e is not None and float(e).is_integer() and 1 <= abs(e) <= 4:
         product = " * ".join([str(x)] * int(abs(e)))
         return product if e > 0 else f"{p.literal(1)} / ({product})"
     if e == 0.5:
@@ -315,9 +315,9 @@ def _pow_cost(node, shapes):
 
 def _text_pow(args, attrs):
     base, exponent = args
-    if exponent.number == -1:
+    if same_number(exponent.number, -1):
         return f"1/{wrap(base, PRODUCT)}"
-    if exponent.number == sp.Rational(1, 2):
+    if same_number(exponent.number, sp.Rational(1, 2)):
         return f"sqrt({base})"
     return f"{wrap(base, POWER)}**{wrap(exponent, POWER)}"
 

@@ -211,18 +211,47 @@ register(
 )
 
 
-# --- max / min of two values: the derivative goes to the larger (smaller) one, half each on a tie.
+# --- max / min: the derivative goes to the larger (smaller) value, split evenly on a tie.
 
 
 def _select_partials(first_wins):
+    """Two args: heaviside(x - y, 1/2), half each on a tie. More (``Max(a, b, c)``): the
+    indicator of the args equal to the result over their count, as torch.amax and jnp.max
+    split a tie of a reduction (1/3 each for three), not 1/4, 1/4, 1/2 as nested pairs would."""
+
     def partials(b, node_id):
-        x, y = b.node(node_id).args
-        half = (sp.Rational(1, 2),)
-        dx = b.apply("heaviside", b.sub(x, y) if first_wins else b.sub(y, x), attrs=half)
-        dy = b.apply("heaviside", b.sub(y, x) if first_wins else b.sub(x, y), attrs=half)
-        return [dx, dy]
+        args = b.node(node_id).args
+        if len(args) == 2:
+            x, y = args
+            half = (sp.Rational(1, 2),)
+            dx = b.apply("heaviside", b.sub(x, y) if first_wins else b.sub(y, x), attrs=half)
+            dy = b.apply("heaviside", b.sub(y, x) if first_wins else b.sub(x, y), attrs=half)
+            return [dx, dy]
+        hits = [b.apply("eq", a, node_id) for a in args]
+        share = b.recip(b.add(*hits))
+        return [b.mul(h, share) for h in hits]
 
     return partials
+
+
+def _nested_runtime(fname):
+    def c(p, args, attrs):
+        text = str(args[-1])
+        for a in reversed(args[:-1]):
+            text = p.runtime(fname, a, text)
+        return text
+
+    return c
+
+
+def _np_reduce(f):
+    def numpy(args, attrs):
+        out = np.asarray(args[0], dtype=float)
+        for a in args[1:]:
+            out = f(out, a)
+        return out
+
+    return numpy
 
 
 for _name, _head, _np, _first in (("max", sp.Max, np.maximum, True), ("min", sp.Min, np.minimum, False)):
@@ -230,17 +259,16 @@ for _name, _head, _np, _first in (("max", sp.Max, np.maximum, True), ("min", sp.
         Op(
             name=_name,
             kind="elementwise",
-            arity=2,
             shape=elementwise_shape,
             vjp=_elementwise_vjp(_select_partials(_first)),
-            c=(lambda fname: lambda p, args, attrs: p.runtime(fname, args[0], args[1]))(_name),
-            numpy=(lambda f: lambda args, attrs: f(args[0], args[1]))(_np),
+            c=_nested_runtime(_name),
+            numpy=_np_reduce(_np),
             to_sympy=elementwise_sympy((lambda h: lambda args, attrs: _apply(h, *args))(_head)),
             domain=((-2, 2), (-2, 2)),
-            cost=elementwise_cost(1),
+            cost=lambda node, shapes: (len(shapes) - 1) * size_of(node.shape),
             commutative=True,
             sympy_heads=(_head,),
-            from_sympy=(lambda name: lambda r, e: r.fold(name, e.args))(_name),  # n-ary: pairwise
+            simplify=lambda b, args, attrs: args[0] if len(args) == 1 else None,
         )
     )
 

@@ -66,7 +66,8 @@ def _read_matpow(r, e):
     base, power = e.args
     node = r.node(base)
     if r.b.shape(node) == (1, 1) and power.is_real and power.is_number:
-        return r.b.apply("pow", r.b.apply("index", node, attrs=(0, 0)), r.b.const(power))
+        # kept a 1x1 matrix, as Trace, products and sums of it expect
+        return r.b.broadcast(r.b.apply("pow", r.b.apply("index", node, attrs=(0, 0)), r.b.const(power)), (1, 1))
     if not (power.is_Integer and power > 0):
         raise UnsupportedFunctionError(
             f"matrix power {r.describe(e)}: only positive whole powers of a square matrix are supported"

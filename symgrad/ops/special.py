@@ -17,7 +17,7 @@ from sympy.codegen import cfunctions as cf
 
 from .. import functions as sgf
 from ..errors import UnsupportedFunctionError
-from . import Op, elementwise_cost, elementwise_shape, elementwise_sympy, register
+from . import Op, elementwise_cost, elementwise_shape, elementwise_sympy, reads, register
 from .arith import _elementwise_vjp, same_number
 from .elementwise import _call, _runtime, _apply, unary
 
@@ -64,10 +64,11 @@ def _nested(p, name, args, runtime=False):
     return text
 
 
-def _hypot_vjp(b, node_id, g):
-    # d hypot / d t_i = t_i / hypot (NaN at the origin, as torch.hypot gives)
-    scale = b.mul(g, b.recip(node_id))
-    return [b.mul(t, scale) for t in b.node(node_id).args]
+def _hypot_partials(b, node_id):
+    # d hypot / d t_i = t_i / hypot (NaN at the origin, as torch.hypot gives); the ratio first,
+    # as the product of the adjoint and 1/hypot can underflow where the ratio is ordinary
+    inverse = b.recip(node_id)
+    return [b.mul(t, inverse) for t in b.node(node_id).args]
 
 
 def _np_hypot(args, attrs):
@@ -91,7 +92,7 @@ register(
         sympy_heads=(cf.hypot,),
         kind="elementwise",
         shape=elementwise_shape,
-        vjp=_hypot_vjp,
+        vjp=_elementwise_vjp(_hypot_partials),
         c=lambda p, args, attrs: _nested(p, "hypot", args),
         numpy=_np_hypot,
         to_sympy=elementwise_sympy(_sympy_hypot),
@@ -102,19 +103,16 @@ register(
 )
 
 
-def _logaddexp_vjp(b, node_id, g):
+def _logaddexp_partials(b, node_id):
     args = b.node(node_id).args
     if len(args) == 2:  # d/da log(exp(a) + exp(b)) = sigmoid(a - b): no cancellation, no overflow
         first, second = args
-        return [b.mul(g, b.call("sigmoid", b.sub(first, second))),
-                b.mul(g, b.call("sigmoid", b.sub(second, first)))]
+        return [b.call("sigmoid", b.sub(first, second)), b.call("sigmoid", b.sub(second, first))]
     # exp(a_i - m) / sum_j exp(a_j - m) with m the largest: a softmax over the args
-    m = args[0]
-    for a in args[1:]:
-        m = b.apply("max", m, a)
+    m = b.apply("max", *args)
     shifted = [b.call("exp", b.sub(a, m)) for a in args]
-    scale = b.mul(g, b.recip(b.add(*shifted)))
-    return [b.mul(e, scale) for e in shifted]
+    inverse = b.recip(b.add(*shifted))
+    return [b.mul(e, inverse) for e in shifted]
 
 
 def _np_logaddexp(args, attrs):
@@ -131,7 +129,7 @@ register(
         sympy_heads=(sgf.logaddexp,),
         kind="elementwise",
         shape=elementwise_shape,
-        vjp=_logaddexp_vjp,
+        vjp=_elementwise_vjp(_logaddexp_partials),
         c=lambda p, args, attrs: _nested(p, "logaddexp", args, runtime=True),
         numpy=_np_logaddexp,
         to_sympy=elementwise_sympy(lambda args, attrs: sgf.logaddexp(*args)),
@@ -309,9 +307,13 @@ register(
 
 # --- real and imaginary parts: a model's values are real --------------------------------------
 
+
 # SymPy writes some real functions with them (real_root(x, 3) is a Piecewise on Eq(im(x), 0)).
-unary("re", sympy_head=sp.re, c=lambda p, args, attrs: str(args[0]), numpy=np.real, domain=(-2, 2),
-      derivative=lambda b, x, y: b.const(1), simplify=lambda b, args, attrs: args[0])
-unary("im", sympy_head=sp.im, c=lambda p, args, attrs: p.literal(0), numpy=lambda x: np.zeros_like(x),
-      domain=(-2, 2), derivative=None,
-      simplify=lambda b, args, attrs: b.broadcast(b.const(0), b.shape(args[0])))
+@reads(sp.re)
+def _read_re(r, e):
+    return r.node(e.args[0])
+
+
+@reads(sp.im)
+def _read_im(r, e):
+    return r.b.broadcast(r.b.const(0), r.b.shape(r.node(e.args[0])))

@@ -171,7 +171,7 @@ def test_max_and_min_split_a_tie_half_each(compile_model, head, torch_f):
         out = torch_f(*args)
         out.backward()
         loss, grads = module.value_and_grad(a=point[0], b=point[1])
-        assert_same(loss, float(out), f"{head.__name__}{point}")
+        assert_same(loss, out.item(), f"{head.__name__}{point}")
         assert_same(grads["a"], float(args[0].grad), f"{head.__name__}{point}: d/da")
         assert_same(grads["b"], float(args[1].grad), f"{head.__name__}{point}: d/db")
 
@@ -186,7 +186,7 @@ def test_max_and_min_of_several_split_a_tie_evenly_like_a_reduction(compile_mode
         out = torch_f(values, 0)
         out.backward()
         loss, grads = module.value_and_grad(a=point[0], b=point[1], c=point[2])
-        assert_same(loss, float(out), f"{head.__name__}{point}")
+        assert_same(loss, out.item(), f"{head.__name__}{point}")
         for name, want in zip("abc", values.grad.tolist()):
             assert_same(grads[name], want, f"{head.__name__}{point}: d/d{name}")
 

@@ -18,7 +18,7 @@ from sympy.codegen import cfunctions as cf
 from .. import functions as sgf
 from ..errors import UnsupportedFunctionError
 from . import Op, elementwise_cost, elementwise_shape, elementwise_sympy, reads, register
-from .arith import _elementwise_vjp, same_number
+from .arith import _elementwise_vjp
 from .elementwise import _call, _runtime, _apply, unary
 
 
@@ -181,44 +181,43 @@ unary("loggamma", sympy_head=sp.loggamma, c=_runtime("lgamma"), numpy=_scalar_re
       domain=(0.5, 4), derivative=lambda b, x, y: b.call("digamma", x))
 # digamma(x) = polygamma(0, x); SymPy writes sp.digamma(x) as polygamma(0, x).
 unary("digamma", sympy_head=sp.digamma, c=_runtime("digamma"), numpy=_scalar_ref(lambda v: _mpmath("digamma")(v)),
-      domain=(0.5, 4), derivative=lambda b, x, y: b.apply("polygamma", b.const(1), x))
+      domain=(0.5, 4), derivative=lambda b, x, y: b.apply("polygamma", x, attrs=(1,)))
 
 
-def _simplify_polygamma(b, args, attrs):
-    order = b.const_value(args[0])
-    if order is None:
-        return None
-    if not (order.is_number and float(order).is_integer() and float(order) >= 0):
+def _read_polygamma(r, e):
+    order, x = e.args
+    if not (order.is_Integer and order >= 0):
         raise UnsupportedFunctionError(
-            f"polygamma({order}, x): the order must be a whole number 0, 1, 2, ..."
+            f"polygamma({order}, ...): the order must be a whole number 0, 1, 2, ... written in the model"
         )
-    if same_number(order, 0):
-        return b.call("digamma", args[1])
-    return None
+    return r.b.apply("polygamma", r.node(x), attrs=(int(order),))
 
 
 def _np_polygamma(args, attrs):
     psi = _mpmath("psi")
-    n, x = np.broadcast_arrays(np.asarray(args[0], dtype=float), np.asarray(args[1], dtype=float))
-    return np.vectorize(lambda k, v: float(psi(int(k), v)), otypes=[float])(n, x)
+    return np.vectorize(lambda v: float(psi(attrs[0], v)), otypes=[float])(np.asarray(args[0], dtype=float))
 
 
-# polygamma(n, x): the (n+1)-th derivative of log(Gamma(x)); the order n is a whole constant.
+# polygamma(n, x): the (n+1)-th derivative of log(Gamma(x)). attrs: (n,), a whole number;
+# polygamma(0, x) is digamma(x).
 register(
     Op(
         name="polygamma",
-        sympy_heads=(sp.polygamma,),
         kind="elementwise",
-        arity=2,
+        arity=1,
         shape=elementwise_shape,
         vjp=_elementwise_vjp(lambda b, node_id: [
-            None, b.apply("polygamma", b.add(b.node(node_id).args[0], b.const(1)), b.node(node_id).args[1])]),
-        c=lambda p, args, attrs: p.runtime("polygamma", args[0], args[1]),
+            b.apply("polygamma", b.node(node_id).args[0], attrs=(b.node(node_id).attrs[0] + 1,))]),
+        c=lambda p, args, attrs: p.runtime("polygamma", p.literal(attrs[0]), args[0]),
         numpy=_np_polygamma,
-        to_sympy=elementwise_sympy(lambda args, attrs: _apply(sp.polygamma, *args)),
-        domain=((1, 1), (0.5, 4)),
+        to_sympy=elementwise_sympy(lambda args, attrs: _apply(sp.polygamma, attrs[0], args[0])),
+        domain=((0.5, 4),),
         cost=elementwise_cost(40),
-        simplify=_simplify_polygamma,
+        simplify=lambda b, args, attrs: b.call("digamma", args[0]) if attrs[0] == 0 else None,
+        test_cases=((((),), (1,)), (((2, 3),), (2,))),
+        sympy_heads=(sp.polygamma,),
+        from_sympy=_read_polygamma,
+        sympy_children=lambda e: [e.args[1]],
     )
 )
 

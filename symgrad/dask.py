@@ -42,7 +42,6 @@ and ``progress=True`` (Dask's progress bar while the chunks run).
 from __future__ import annotations
 
 import json
-import operator
 import threading
 import weakref
 from dataclasses import dataclass
@@ -119,23 +118,21 @@ def _run(module, kind: str, arrays: dict) -> dict:
     package = _shipped(client, module)
     options = {"mean_over": n} if reduce == "mean" else {}
     fixed = dask.delayed(shared, pure=True, traverse=False)
-    pieces = {name: x.to_delayed().ravel() for name, x in batched.items()}
-    tasks = []
-    for k, (start, stop) in enumerate(zip(starts[:-1], starts[1:])):
-        if stop == start:
-            continue
-        chunk = {name: parts[k] for name, parts in pieces.items()}
-        tasks.append(dask.delayed(_chunk, pure=True)(package, kind, fixed, chunk, options, tuple(per_example)))
+    names_in, pieces = tuple(batched), [x.to_delayed().ravel() for x in batched.values()]
+    call = dask.delayed(_chunk, pure=True)
+    tasks = [call(package, kind, fixed, options, tuple(per_example), names_in, *(parts[k] for parts in pieces))
+             for k, (start, stop) in enumerate(zip(starts[:-1], starts[1:])) if stop > start]
+    if not tasks:
+        raise ArgumentError("the batch has 0 examples: pass at least one")
     sizes = [stop - start for start, stop in zip(starts[:-1], starts[1:]) if stop > start]
     reduced_names = [name for name, each in zip(names, per_example) if not each]
     results = {}
     if not any(per_example):  # only sums: one graph, chunks and tree, computed at once
         root = client.compute(_tree(tasks))
         if progress:
-            distributed.progress(root)
-        totals, _ = root.result()
-        results.update(zip(reduced_names, totals))
-        return {name: results[name] for name in names}
+            distributed.progress(root)  # the bar counts the chunks the sum depends on
+        results.update(zip(reduced_names, root.result()[0]))
+        return results
     futures = client.compute(tasks)  # per-example results stay on the workers, as futures
     if reduced_names:
         root = client.compute(_tree(futures))
@@ -283,10 +280,11 @@ def module_on_worker(package: Package):
     return module
 
 
-def _chunk(package, kind, shared, chunk, options, per_example):
-    """One kernel call on one chunk: (reduced results, per-example results), each in result order."""
+def _chunk(package, kind, shared, options, per_example, names, *chunks):
+    """One kernel call on one chunk (the inputs ``names``): (reduced results, per-example results),
+    each in result order. Positional chunks keep the graph cheap to build."""
     module = module_on_worker(package)
-    arrays = {**shared, **chunk}
+    arrays = {**shared, **dict(zip(names, chunks))}
     if kind == "forward":
         values = list(module.forward(**arrays, **options).values())
     else:
@@ -308,4 +306,4 @@ def _add(*parts):
 
 def _item(part, position):
     """The per-example result at ``position`` of a chunk."""
-    return operator.getitem(part[1], position)
+    return part[1][position]

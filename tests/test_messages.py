@@ -329,6 +329,21 @@ def test_load_refuses_a_truncated_extension_instead_of_crashing(tmp_path):
     assert load(rebuilt.path).value_and_grad(a=2.0, x=1.0)[0] == pytest.approx(1.0)
 
 
+def test_load_names_a_missing_extension_and_an_incomplete_manifest(tmp_path):
+    import json
+
+    a = sp.Symbol("a")
+    _, result = build_model(sg.Model("half_installed", loss=(a * x - 1) ** 2, params=[a], inputs=[x]), tmp_path)
+    manifest = json.loads((result.path / MANIFEST).read_text())
+    next(result.path.glob("_kernels_*")).unlink()
+    with pytest.raises(BuildError, match=r"compiled extension of .* cannot be read .*rebuild the package"):
+        load(result.path)
+    del manifest["extension_sha256"]
+    (result.path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BuildError, match=r"is incomplete \(no 'extension_sha256'\); rebuild the package"):
+        load(result.path)
+
+
 # --- build --flags and the help ----------------------------------------------------------------
 
 

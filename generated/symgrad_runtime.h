@@ -676,6 +676,35 @@ static inline void sg_softmax(int64_t nb, int64_t rows, int64_t cols,
     }
 }
 
+/* out[e] = sqrt(sum(Z[e]^2)) = m sqrt(sum((Z[e]/m)^2)) with m = max |Z[e]|: no square
+   over- or underflows (elements of 1e200 or 1e-200). */
+static inline void sg_norm(int64_t nb, int64_t rows, int64_t cols,
+                           const sg_real *z, int64_t z_es, int64_t z_rs, int64_t z_cs,
+                           sg_real *out, int64_t out_es)
+{
+    for (int64_t e = 0; e < nb; ++e) {
+        const sg_real *ze = z + e * z_es;
+        sg_real m = 0;
+        for (int64_t i = 0; i < rows; ++i)
+            for (int64_t j = 0; j < cols; ++j) {
+                const sg_real a = fabs(ze[i * z_rs + j * z_cs]);
+                if (a > m || a != a)
+                    m = a;
+            }
+        if (m == 0 || m != m || m == INFINITY) {
+            out[e * out_es] = m;
+            continue;
+        }
+        sg_acc s = 0;
+        for (int64_t i = 0; i < rows; ++i)
+            for (int64_t j = 0; j < cols; ++j) {
+                const sg_acc q = (sg_acc) ze[i * z_rs + j * z_cs] / m;
+                s += q * q;
+            }
+        out[e * out_es] = (sg_real) ((sg_acc) m * sqrt(s));
+    }
+}
+
 /* ---- class indices ---------------------------------------------------------------- */
 
 /* out[e] = element number idx[e] (row-major) of Z[e]; 1 if an index is not a

@@ -384,6 +384,26 @@ class logsumexp(_Reduction):
         return type(self)(z)
 
 
+class norm(_Reduction):
+    """sqrt(sum(z**2)) over all elements of z (the Frobenius norm), scaled by max(abs(z)) so
+    that no square over- or underflows. symgrad writes a square root of a sum of squares of
+    a matrix this way (``symgrad show`` prints it)."""
+
+    nargs = 1
+    latex_name = r"\operatorname{norm}"
+
+    @classmethod
+    def eval(cls, z):
+        if not _stand_in(z):
+            _matrix_arg("norm", z)
+
+    def doit(self, **hints):
+        z = self.args[0].doit(**hints) if hints.get("deep", True) else self.args[0]
+        if isinstance(z, MatrixBase):
+            return sp.sqrt(sp.Add(*[v**2 for v in z]))
+        return type(self)(z)
+
+
 class sum(_Reduction):  # noqa: A001 - sg.sum mirrors numpy.sum
     """The sum of all elements of a matrix."""
 

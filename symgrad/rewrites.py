@@ -172,6 +172,55 @@ def _squares(b, terms):
     return roots if any_square else None
 
 
+def _sum_of_squares_matrix(b, node_id):
+    """``z`` when the node sums the squares of all elements of the matrix ``z``:
+    ``sg.sum(z**2)``, ``sg.sum(z.*z)``, ``x.T*x`` for a column x (``x*x.T`` for a row),
+    or the single element of such a 1x1 product; else None."""
+    node = b.node(node_id)
+    if node.op == "index":
+        node = b.node(node.args[0])
+        if node.shape != (1, 1):
+            return None
+    if node.op == "sum":
+        inner = b.node(node.args[0])
+        power = _const_power(b, node.args[0])
+        if power is not None and (power[1] - 2).is_zero:
+            return power[0]
+        if inner.op == "mul" and len(inner.args) == 2 and inner.args[0] == inner.args[1]:
+            return inner.args[0]
+    if node.op == "matmul" and node.shape == (1, 1):
+        left, right = node.args
+        if b.node(left).op == "transpose" and b.node(left).args[0] == right:
+            return right
+        if b.node(right).op == "transpose" and b.node(right).args[0] == left:
+            return left
+    return None
+
+
+def _root_of_sum_of_squares(b, base):
+    """sqrt(base) when base is a sum of squares (of scalars, or of a matrix's elements, or a
+    positive multiple of one), in a scaled form; else None."""
+    node = b.node(base)
+    power = _const_power(b, base)
+    if power is not None and (power[1] - 2).is_zero:
+        b.note_rewrite("sqrt(t**2) -> abs(t)")
+        return b.call("abs", power[0])
+    if node.op == "add" and (roots := _squares(b, node.args)) is not None:
+        b.note_rewrite("sqrt(t1**2 + t2**2 + ...) -> hypot(t1, t2, ...), scaled against overflow")
+        return b.apply("hypot", *roots)
+    z = _sum_of_squares_matrix(b, base)
+    if z is not None:
+        b.note_rewrite("sqrt(sum(z**2)) -> norm(z), scaled against overflow")
+        return b.broadcast(b.call("norm", z), node.shape)
+    if node.op == "mul" and len(node.args) == 2:
+        for c, rest in (node.args, reversed(node.args)):
+            if _positive_const(b, c) and _const(b, rest) is None:
+                root = _root_of_sum_of_squares(b, rest)
+                if root is not None:
+                    return b.mul(b.const(sp.sqrt(_const(b, c))), root)
+    return None
+
+
 # --- the hooks ----------------------------------------------------------------------------
 
 
@@ -224,7 +273,8 @@ def stable_pow(b, base, exponent):
 
     1/(1 + exp(u)) = sigmoid(-u); 1/(sum of exponentials) = exp(-(its stable log));
     sqrt(t1**2 + t2**2 + ...) = hypot(t1, t2, ...) (scaled: no overflow or underflow
-    of the squares), sqrt(t**2) = abs(t), and their reciprocals; exp(u)**c = exp(c*u).
+    of the squares), sqrt(t**2) = abs(t), sqrt(sum(z**2)) = norm(z) (also x.T*x, and
+    positive multiples: the root of an mse), and their reciprocals; exp(u)**c = exp(c*u).
     """
     c = _const(b, exponent)
     if c is None or not c.is_Number:
@@ -245,14 +295,8 @@ def stable_pow(b, base, exponent):
             b.note_rewrite("1/(exp(u1) + exp(u2) + ...) -> exp(-logaddexp(u1, u2, ...))")
             return b.call("exp", b.neg(log))
     if (abs(c) - sp.Rational(1, 2)).is_zero:
-        power = _const_power(b, base)
-        if power is not None and (power[1] - 2).is_zero:
-            b.note_rewrite("sqrt(t**2) -> abs(t)")
-            root = b.call("abs", power[0])
-        elif node.op == "add" and (roots := _squares(b, node.args)) is not None:
-            b.note_rewrite("sqrt(t1**2 + t2**2 + ...) -> hypot(t1, t2, ...), scaled against overflow")
-            root = b.apply("hypot", *roots)
-        else:
+        root = _root_of_sum_of_squares(b, base)
+        if root is None:
             return None
         return root if c > 0 else b.recip(root)
     return None

@@ -207,7 +207,7 @@ RULES = {
     "heaviside": 1, "atan2": 1, "matmul": 4, "matpow": 1, "transpose": 1, "index": 3,
     "inner_product": 1, "assemble": 1, "const_matrix": 1, "identity": 1, "sum": 2, "trace": 1,
     "broadcast": 1, "softmax": 2, "stable_log": 1, "cross_entropy": 1, "mse": 1, "lambda": 3,
-    "two_arg_form": 1,
+    "two_arg_form": 1, "norm": 1,
 }
 #: The rules that make a scalar from scalars (used inside element-wise lambdas).
 SCALAR_RULES = ("unary", "add", "mul", "divide", "pow", "minmax", "piecewise", "heaviside", "atan2",
@@ -824,6 +824,17 @@ class Generator:
         self.used.add("sum")
         return Node(sg.sum(a.expr), (), iv_scale(a.shape[0] * a.shape[1], a.iv), a.depth + 1)
 
+    def rule_norm(self):
+        """sqrt(sum(M**2)), which reads as the scaled norm, kept away from 0."""
+        a = self.matrix()
+        if a is None:
+            return None
+        a = self.fit(a, 0.5, 3.0)
+        self.used.update(("norm", "sum"))
+        n = a.shape[0] * a.shape[1]
+        expr = sp.sqrt(sg.sum(sp.HadamardPower(a.expr, 2)))
+        return Node(expr, (), (math.sqrt(n) * a.iv[0] * 0.999, math.sqrt(n) * a.iv[1] * 1.001), a.depth + 1)
+
     def rule_trace(self):
         a = self.matrix(lambda n: n.shape[0] == n.shape[1])
         if a is None:
@@ -1223,6 +1234,7 @@ _NUMPY_HEADS = {
     sp.acsc: lambda x: np.arcsin(1 / x), sp.asech: lambda x: np.arccosh(1 / x),
     sp.acsch: lambda x: np.arcsinh(1 / x), sp.floor: np.floor, sp.ceiling: np.ceil,
     sp.frac: lambda x: x - np.floor(x), sgf.frac: lambda x: x - np.floor(x), sp.Mod: np.mod,
+    sgf.norm: lambda z: float(np.sqrt(np.sum(np.square(np.asarray(z, float))))),
 }
 _NUMPY_RELATIONS = {sp.StrictLessThan: np.less, sp.LessThan: np.less_equal, sp.StrictGreaterThan: np.greater,
                     sp.GreaterThan: np.greater_equal, sp.Eq: np.equal, sp.Ne: np.not_equal}

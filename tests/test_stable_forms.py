@@ -254,6 +254,27 @@ def test_stable_forms_apply_element_by_element_to_matrices(compile_model):
     loss, grads = module.value_and_grad(A=av, B=bv)
     want = np.sum(np.logaddexp(av, bv)) + np.sum(np.hypot(av, bv)) / 1e300
     assert float(loss) == pytest.approx(want, rel=1e-14)
-    sig = 1 / (1 + np.exp(bv - av))
+    sig = np.exp(-np.logaddexp(0, bv - av))  # sigmoid(a - b)
     np.testing.assert_allclose(grads["A"], sig + av / np.hypot(av, bv) / 1e300, rtol=1e-13)
     np.testing.assert_allclose(grads["B"], 1 - sig + bv / np.hypot(av, bv) / 1e300, rtol=1e-13)
+
+
+def test_square_root_of_a_matrix_sum_of_squares_is_the_scaled_norm(compile_model):
+    Z = sp.MatrixSymbol("Z", 3, 1)
+    T = sp.MatrixSymbol("T", 3, 1)
+    spellings = {
+        "hadamard_power": sp.sqrt(sg.sum(sp.HadamardPower(Z, 2))),
+        "hadamard_product": sp.sqrt(sg.sum(sp.HadamardProduct(Z, Z))),
+        "inner_product": (Z.T * Z) ** sp.S.Half,
+        "rmse": sp.sqrt(sg.mse(Z, T)) * sp.sqrt(3),
+    }
+    for name, loss in spellings.items():
+        model = sg.Model(f"stable_norm_{name}", loss=loss, params=[Z], inputs=[T])
+        assert any(node.op == "norm" for node in model.graph.nodes), name
+        module = compile_model(model)
+        for zv in ([6e200, 8e200, -1e200], [6e-200, -8e-200, 1e-200], [0.3, -1.2, 2.0]):
+            zv = np.array(zv)[:, None]
+            want = float(np.hypot.reduce(np.abs(zv[:, 0])))
+            loss_value, grads = module.value_and_grad(Z=zv, T=np.zeros((1, 3, 1)))
+            assert float(loss_value) == pytest.approx(want, rel=1e-15), name
+            np.testing.assert_allclose(grads["Z"], zv / want, rtol=1e-15, err_msg=name)

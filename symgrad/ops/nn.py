@@ -1,4 +1,4 @@
-"""Neural-network ops over a whole matrix: softmax, log-softmax, log-sum-exp.
+"""Neural-network ops over a whole matrix: softmax, log-softmax, log-sum-exp, the norm.
 
 Each works on all elements of its argument (a vector of logits, typically),
 per example, shifted by the maximum so that logits of any magnitude give
@@ -101,6 +101,40 @@ register(
         cost=lambda node, shapes: 3 * size_of(shapes[0]),
         test_cases=_CASES,
         sympy_heads=(sgf.logsumexp,),
+    )
+)
+
+
+def _norm_vjp(b, node_id, g):
+    # z_bar = g * (z / norm(z)): the ratio first (NaN at z = 0, as hypot), as g / norm can
+    # underflow where the ratio is ordinary
+    z = b.node(node_id).args[0]
+    return [b.mul(g, b.mul(z, b.recip(node_id)))]
+
+
+def _np_norm(args, attrs):
+    flat = np.abs(np.asarray(args[0], dtype=float)).reshape(-1)
+    out = 0.0
+    for v in flat:
+        out = np.hypot(out, v)
+    return out
+
+
+# sqrt(sum(z**2)) over all elements, scaled by the largest magnitude (see sg_norm).
+register(
+    Op(
+        name="norm",
+        kind="tensor",
+        arity=1,
+        shape=lambda shapes, attrs: (),
+        vjp=_norm_vjp,
+        emit=_emit_vector_function("norm"),
+        numpy=_np_norm,
+        to_sympy=lambda args, attrs: sgf.norm(args[0]) if hasattr(args[0], "shape") else sp.Abs(args[0]),
+        domain=((-3.0, 3.0),),
+        cost=lambda node, shapes: 3 * size_of(shapes[0]),
+        test_cases=_CASES,
+        sympy_heads=(sgf.norm,),
     )
 )
 

@@ -45,6 +45,7 @@ _REDUCE_TEXT = {
     "sum": "This model's loss is the sum over the batch (reduce=\"sum\"): batch does not change the results.",
     None: "This model has one loss per example (reduce=None): batch does not change the results.",
 }
+_NO_LOSS_TEXT = "This model has no loss: batch does not change the results."
 _RETURN_CODE = re.compile(r"^#define SG_(OK|ERROR_[A-Z0-9_]+) (\d+)$", re.M)
 
 
@@ -103,7 +104,7 @@ def library_files(generated) -> dict:
         "header.h.j2",
         guard=f"{prefix.upper()}_SYMGRAD_H",
         dtype_text=_DTYPE_TEXT[spec.dtype],
-        reduce_text=_REDUCE_TEXT[spec.reduce],
+        reduce_text=_REDUCE_TEXT[spec.reduce] if spec.has_loss else _NO_LOSS_TEXT,
         summary=[comment_text(line.strip()) for line in spec.summary.splitlines() if line.strip()],
     )
     files[info_name] = text("info.c.j2", source_name=info_name)
@@ -205,7 +206,8 @@ def _describe(a, spec) -> str:
     name = comment_text(a.name)
     size = _size(a.shape)
     if a.role == "count":
-        return (("examples in this call" + (" (at least 1)" if spec.reduce == "mean" else "")) if a.name == "n"
+        mean = spec.has_loss and spec.reduce == "mean"
+        return (("examples in this call" + (" (at least 1)" if mean else "")) if a.name == "n"
                 else "examples of the whole batch: the N of means (pass n for one call)")
     if a.role == "param":
         if a.by_value:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sympy as sp
 
 import symgrad as sg
 from symgrad.cli import main
@@ -218,3 +219,9 @@ def test_the_command_needs_a_format(capsys):
     with pytest.raises(SystemExit):
         main(["export", str(EXAMPLES / "fan_out.py")])
     assert "--c" in capsys.readouterr().err
+
+
+def test_a_model_without_a_loss_says_so():
+    x = sp.Symbol("x")
+    header = library_files(generate(sg.Model("no_loss", inputs=[x], outputs={"y": x**2})))["no_loss.h"]
+    assert "This model has no loss" in header and "mean over the batch" not in header

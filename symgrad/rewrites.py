@@ -141,6 +141,12 @@ def log_of_sum_of_exps(b, node_id):
     if z is not None:
         b.note_rewrite("log(sum(exp(z))) -> logsumexp(z), shifted by the maximum")
         return b.broadcast(b.call("logsumexp", z), node.shape)
+    if node.op == "mul" and len(node.args) == 2:  # a mean of exponentials: log(c) + log(sum)
+        for c, rest in (node.args, reversed(node.args)):
+            if _positive_const(b, c) and _const(b, rest) is None:
+                inner = log_of_sum_of_exps(b, rest)
+                if inner is not None:
+                    return b.add(b.const(sp.log(_const(b, c))), inner)
     return None
 
 

@@ -120,6 +120,8 @@ def test_log_of_a_matrix_sum_of_exponentials_is_logsumexp(compile_model):
     spellings = {
         "sum": sp.log(sg.sum(Z.applyfunc(sp.exp))),
         "ones": sp.log(sg.scalar(sp.OneMatrix(1, 3) * Z.applyfunc(sp.exp))),
+        "ones_element": sp.log((sp.OneMatrix(1, 3) * Z.applyfunc(sp.exp))[0, 0]),
+        "mean": sp.log(sg.sum(Z.applyfunc(sp.exp)) / 3) + sp.log(3),
     }
     reference = compile_model(sg.Model("stable_lse_ref", loss=sg.logsumexp(Z), params=[Z]))
     zv = np.array([[900.0], [901.5], [899.0]])

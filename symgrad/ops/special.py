@@ -257,7 +257,8 @@ unary("acsch", sympy_head=sp.acsch, c=_of_reciprocal("asinh"), numpy=lambda x: n
 
 
 def _noting(text):
-    """A simplify hook that records a derivative convention for ``symgrad show``."""
+    """A simplify hook that records a derivative convention for ``symgrad show`` (for the
+    derivatives between jumps that are not 0)."""
 
     def simplify(b, args, attrs):
         b.note_rewrite(text)
@@ -266,10 +267,9 @@ def _noting(text):
     return simplify
 
 
-unary("floor", sympy_head=sp.floor, c=_call("floor"), numpy=np.floor, domain=(0.1, 0.9), derivative=None,
-      simplify=_noting("floor(x): derivative taken as 0 (constant between its jumps)"))
-unary("ceiling", sympy_head=sp.ceiling, c=_call("ceil"), numpy=np.ceil, domain=(0.1, 0.9), derivative=None,
-      simplify=_noting("ceiling(x): derivative taken as 0 (constant between its jumps)"))
+# No derivative rule: symgrad show lists them among the ops whose derivative is taken as 0.
+unary("floor", sympy_head=sp.floor, c=_call("floor"), numpy=np.floor, domain=(0.1, 0.9), derivative=None)
+unary("ceiling", sympy_head=sp.ceiling, c=_call("ceil"), numpy=np.ceil, domain=(0.1, 0.9), derivative=None)
 unary("frac", sympy_head=sp.frac, display=lambda x: _apply(sgf.frac, x), c=lambda p, args, attrs: f"{args[0]} - {p.call('floor', args[0])}",
       numpy=lambda x: x - np.floor(x), domain=(0.1, 0.9), derivative=lambda b, x, y: b.const(1),
       simplify=_noting("frac(x): derivative taken as 1 (between its jumps)"))

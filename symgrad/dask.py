@@ -241,7 +241,7 @@ def _shipped(client, module):
     with _clients_lock:
         cache = _shipments.setdefault(client, {})
         future = cache.get(key)
-        if future is None:
+        if future is None or future.status != "finished":  # new, or lost (a restarted cluster)
             files = tuple((f.name, f.read_bytes()) for f in package_files(path, manifest["extension_file"]))
             package = Package(path.name, key, files)
             future = cache[key] = client.scatter(package, broadcast=True, hash=True)

@@ -141,6 +141,35 @@ static inline sg_real sg_dsinc(sg_real x)
     return (sg_real) sum;
 }
 
+/* Inverse reciprocal functions in forms that keep their digits near |x| = 1, where
+   f(1/x) of the inverse function would magnify the rounding of 1/x. */
+
+/* acoth(x) = atanh(1/x) = log1p(2/(x - 1))/2; x - 1 is exact near 1. */
+static inline sg_real sg_acoth(sg_real x)
+{
+    return log1p(2 / (x - 1)) / 2;
+}
+
+/* asec(x) = acos(1/x): the angle whose cosine is 1/x, from its tangent sqrt(x^2 - 1). */
+static inline sg_real sg_asec(sg_real x)
+{
+    const sg_real a = fabs(x);
+    return atan2(sqrt(a - 1) * sqrt(a + 1), x < 0 ? -1 : (x > 0 ? 1 : x));
+}
+
+/* acsc(x) = asin(1/x), the same way. */
+static inline sg_real sg_acsc(sg_real x)
+{
+    const sg_real a = fabs(x);
+    return atan2(x < 0 ? -1 : (x > 0 ? 1 : x), sqrt(a - 1) * sqrt(a + 1));
+}
+
+/* asech(x) = acosh(1/x) = log((1 + sqrt(1 - x^2))/x), with 1 - x^2 as (1 - x)(1 + x). */
+static inline sg_real sg_asech(sg_real x)
+{
+    return log1p(sqrt((1 - x) * (1 + x))) - log(x);
+}
+
 /* log(|Gamma(x)|), through the reentrant lgamma_r where the C library has it
    (plain lgamma writes the global signgam). */
 #if defined(__GLIBC__) || defined(__APPLE__)

@@ -90,6 +90,19 @@ def _one_minus_square(b, y):
     return b.sub(b.const(1), b.mul(y, y))
 
 
+def _one_minus_square_factored(b, x):
+    """(1 - x)(1 + x): 1 - x*x loses the digits of 1 - x where |x| is near 1."""
+    return b.mul(b.sub(b.const(1), x), b.add(b.const(1), x))
+
+
+def _inverse_sqrt_of_square_minus_one(b, x):
+    """1/sqrt(x*x - 1) as 1/(sqrt(|x| - 1) sqrt(|x| + 1)): no cancellation near |x| = 1,
+    no overflow of x*x for large |x|."""
+    a = b.call("abs", x)
+    return b.recip(b.mul(b.powc(b.add(a, b.const(-1)), sp.Rational(1, 2)),
+                         b.powc(b.add(a, b.const(1)), sp.Rational(1, 2))))
+
+
 unary("exp", sympy_head=sp.exp, c=_call("exp"), numpy=np.exp, domain=(-2, 2),
       derivative=lambda b, x, y: y, simplify=lambda b, args, attrs: rewrites.stable_exp(b, args[0]))
 unary("log", sympy_head=sp.log, c=_call("log"), numpy=np.log, domain=(0.2, 3),
@@ -109,15 +122,15 @@ unary("cosh", sympy_head=sp.cosh, c=_call("cosh"), numpy=np.cosh, domain=(-2, 2)
 unary("atan", sympy_head=sp.atan, c=_call("atan"), numpy=np.arctan, domain=(-2, 2),
       derivative=lambda b, x, y: b.recip(b.add(b.const(1), b.mul(x, x))))
 unary("asin", sympy_head=sp.asin, c=_call("asin"), numpy=np.arcsin, domain=(-0.9, 0.9),
-      derivative=lambda b, x, y: b.powc(_one_minus_square(b, x), sp.Rational(-1, 2)))
+      derivative=lambda b, x, y: b.powc(_one_minus_square_factored(b, x), sp.Rational(-1, 2)))
 unary("acos", sympy_head=sp.acos, c=_call("acos"), numpy=np.arccos, domain=(-0.9, 0.9),
-      derivative=lambda b, x, y: b.neg(b.powc(_one_minus_square(b, x), sp.Rational(-1, 2))))
+      derivative=lambda b, x, y: b.neg(b.powc(_one_minus_square_factored(b, x), sp.Rational(-1, 2))))
 unary("asinh", sympy_head=sp.asinh, c=_call("asinh"), numpy=np.arcsinh, domain=(-2, 2),
-      derivative=lambda b, x, y: b.powc(b.add(b.mul(x, x), b.const(1)), sp.Rational(-1, 2)))
+      derivative=lambda b, x, y: b.recip(b.apply("hypot", x, b.const(1))))
 unary("acosh", sympy_head=sp.acosh, c=_call("acosh"), numpy=np.arccosh, domain=(1.2, 3),
-      derivative=lambda b, x, y: b.powc(b.add(b.mul(x, x), b.const(-1)), sp.Rational(-1, 2)))
+      derivative=lambda b, x, y: _inverse_sqrt_of_square_minus_one(b, x))
 unary("atanh", sympy_head=sp.atanh, c=_call("atanh"), numpy=np.arctanh, domain=(-0.9, 0.9),
-      derivative=lambda b, x, y: b.recip(_one_minus_square(b, x)))
+      derivative=lambda b, x, y: b.recip(_one_minus_square_factored(b, x)))
 unary("erf", sympy_head=sp.erf, c=_call("erf"), numpy=lambda x: np.vectorize(_erf)(x), domain=(-2, 2),
       derivative=lambda b, x, y: b.mul(b.const(2 / sp.sqrt(sp.pi)),
                                        b.call("exp", b.neg(b.mul(x, x)))))

@@ -19,7 +19,8 @@ from .. import functions as sgf
 from ..errors import UnsupportedFunctionError
 from . import Op, elementwise_cost, elementwise_shape, elementwise_sympy, reads, register
 from .arith import _elementwise_vjp
-from .elementwise import _call, _runtime, _apply, unary
+from .elementwise import (_apply, _call, _inverse_sqrt_of_square_minus_one, _one_minus_square_factored, _runtime,
+                          unary)
 
 
 def _scalar_ref(f):
@@ -222,35 +223,38 @@ register(
 )
 
 
-# --- inverse reciprocal functions: f(1/x) of the inverse functions --------------------------
+# --- inverse reciprocal functions: runtime forms exact near |x| = 1 (acsch: asinh(1/x)) ---------
 
 
 def _of_reciprocal(cname):
     return lambda p, args, attrs: p.call(cname, f"{p.literal(1)} / {args[0]}")
 
 
-def _inv_sqrt(b, v):
-    return b.powc(v, sp.Rational(-1, 2))
+def _asec_derivative(b, x, y):
+    # 1/(x**2 sqrt(1 - 1/x**2)) = 1/(|x| sqrt(|x| - 1) sqrt(|x| + 1)): exact near |x| = 1
+    return b.mul(b.recip(b.call("abs", x)), _inverse_sqrt_of_square_minus_one(b, x))
 
 
-def _one_minus_inverse_square(b, x, sign=-1):
-    """1 - 1/x**2 (sign -1) or 1 + 1/x**2 (sign +1)."""
-    return b.add(b.const(1), b.mul(b.const(sign), b.powc(x, -2)))
+def _acsch_derivative(b, x, y):
+    # -1/(x**2 sqrt(1 + 1/x**2)) = -1/(|x| hypot(x, 1)): no overflow of x**2
+    return b.neg(b.recip(b.mul(b.call("abs", x), b.apply("hypot", x, b.const(1)))))
 
 
-unary("acoth", sympy_head=sp.acoth, c=_of_reciprocal("atanh"), numpy=lambda x: np.arctanh(1 / x),
-      domain=(1.2, 3), derivative=lambda b, x, y: b.recip(b.sub(b.const(1), b.mul(x, x))))
-unary("asec", sympy_head=sp.asec, c=_of_reciprocal("acos"), numpy=lambda x: np.arccos(1 / x),
-      domain=(1.2, 3), derivative=lambda b, x, y: b.mul(b.powc(x, -2), _inv_sqrt(b, _one_minus_inverse_square(b, x))))
-unary("acsc", sympy_head=sp.acsc, c=_of_reciprocal("asin"), numpy=lambda x: np.arcsin(1 / x),
-      domain=(1.2, 3),
-      derivative=lambda b, x, y: b.neg(b.mul(b.powc(x, -2), _inv_sqrt(b, _one_minus_inverse_square(b, x)))))
-unary("asech", sympy_head=sp.asech, c=_of_reciprocal("acosh"), numpy=lambda x: np.arccosh(1 / x),
-      domain=(0.2, 0.9),
-      derivative=lambda b, x, y: b.neg(b.mul(b.recip(x), _inv_sqrt(b, b.sub(b.const(1), b.mul(x, x))))))
+def _asech_derivative(b, x, y):
+    # -1/(x sqrt(1 - x**2)), with 1 - x**2 as (1 - x)(1 + x)
+    return b.neg(b.recip(b.mul(x, b.powc(_one_minus_square_factored(b, x), sp.Rational(1, 2)))))
+
+
+unary("acoth", sympy_head=sp.acoth, c=_runtime("acoth"), numpy=lambda x: np.arctanh(1 / x),
+      domain=(1.2, 3), derivative=lambda b, x, y: b.recip(_one_minus_square_factored(b, x)))
+unary("asec", sympy_head=sp.asec, c=_runtime("asec"), numpy=lambda x: np.arccos(1 / x),
+      domain=(1.2, 3), derivative=_asec_derivative)
+unary("acsc", sympy_head=sp.acsc, c=_runtime("acsc"), numpy=lambda x: np.arcsin(1 / x),
+      domain=(1.2, 3), derivative=lambda b, x, y: b.neg(_asec_derivative(b, x, y)))
+unary("asech", sympy_head=sp.asech, c=_runtime("asech"), numpy=lambda x: np.arccosh(1 / x),
+      domain=(0.2, 0.9), derivative=_asech_derivative)
 unary("acsch", sympy_head=sp.acsch, c=_of_reciprocal("asinh"), numpy=lambda x: np.arcsinh(1 / x),
-      domain=(0.3, 3),
-      derivative=lambda b, x, y: b.neg(b.mul(b.powc(x, -2), _inv_sqrt(b, _one_minus_inverse_square(b, x, 1)))))
+      domain=(0.3, 3), derivative=_acsch_derivative)
 
 
 # --- piecewise-constant and sawtooth functions: derivatives between the jumps ------------------

@@ -164,3 +164,17 @@ def test_functions_without_a_derivative_convention_are_still_refused():
     x = sp.Symbol("x", real=True)
     with pytest.raises(ModelError, match="zeta"):
         sg.Model("no_rule", loss=sp.zeta(x), params=[x]).graph
+
+
+def test_atan2_gradient_at_extreme_magnitudes(compile_model):
+    """x/(x**2 + y**2) overflowed to 0 at x = 1e300; the true gradient is 1e-300."""
+    y, x = sp.symbols("y x", real=True)
+    module = compile_model(sg.Model("atan2_extremes", loss=sp.atan2(y, x), params=[y, x]))
+    for yv, xv in ((1e-300, 1e300), (3e200, -4e200), (-2e-200, 1e-200), (0.3, -1.2)):
+        with mpmath.workdps(60):
+            r2 = mpmath.mpf(xv) ** 2 + mpmath.mpf(yv) ** 2
+            want = (float(mpmath.atan2(yv, xv)), float(mpmath.mpf(xv) / r2), float(-mpmath.mpf(yv) / r2))
+        loss, grads = module.value_and_grad(y=yv, x=xv)
+        assert float(loss) == pytest.approx(want[0], rel=1e-15)
+        assert grads["y"] == pytest.approx(want[1], rel=1e-14, abs=1e-320), (yv, xv)
+        assert grads["x"] == pytest.approx(want[2], rel=1e-14, abs=1e-320), (yv, xv)

@@ -177,9 +177,11 @@ def _erf(x):
 
 
 def _atan2_partials(b, node_id):
+    # x/(x**2 + y**2) and -y/(x**2 + y**2) as (x/r)/r and -(y/r)/r with r = hypot(x, y):
+    # the squares overflowed to a zero gradient at x = 1e300 (true: 1e-300)
     y, x = b.node(node_id).args
-    inverse = b.recip(b.add(b.mul(x, x), b.mul(y, y)))
-    return [b.mul(x, inverse), b.neg(b.mul(y, inverse))]
+    inverse = b.recip(b.apply("hypot", x, y))
+    return [b.mul(b.mul(x, inverse), inverse), b.neg(b.mul(b.mul(y, inverse), inverse))]
 
 
 # atan2(y, x): the angle of the point (x, y).

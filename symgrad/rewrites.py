@@ -15,12 +15,14 @@ both against mpmath).
 The hooks, and what they catch:
 
 - ``log``: :func:`stable_log` (log of an exponential, of a sigmoid, of a
-  softmax, of a sum of exponentials, of a power, of ``1 + x``).
+  softmax, of a sum or mean of exponentials, of a power, of ``1 + x``).
 - ``pow``: :func:`stable_pow` (the reciprocal of a sum of exponentials, the
-  square root of a sum of squares, powers of an exponential).
-- ``mul``: :func:`stable_mul` (products of exponentials, an exponential times
-  a sigmoid, ``sin(u)**k / u**k``, ``sign(x) * abs(x)**(1/3)``).
-- ``add``: :func:`stable_add` (``exp(u) - 1``, ``1 - cos(u)``).
+  square root of a sum of squares of scalars or of a matrix's elements,
+  powers of an exponential).
+- ``mul``: :func:`stable_mul` (products of exponentials, also one moved out of
+  a matrix product by SymPy, an exponential times a sigmoid,
+  ``sin(u)**k / u**k``, ``sign(x) * abs(x)**(1/3)``).
+- ``add``: :func:`stable_add` (``exp(u) - 1``, ``1 - cos(u)``, and multiples).
 - ``exp``: :func:`stable_exp` (``exp(z - logsumexp(z))``).
 """
 

@@ -41,7 +41,8 @@ def assert_close(got, want, rtol, what=""):
     if want == 0 or abs(want) < 1e-300:  # the true number underflows: so must the result
         assert abs(got) <= 1e-300, f"{what}: got {got!r}, want {want!r}"
         return
-    assert abs(got - want) <= rtol * abs(want), f"{what}: got {got!r}, want {want!r} (rel {abs(got - want) / abs(want):.2e})"
+    assert abs(got - want) <= rtol * abs(want), \
+        f"{what}: got {got!r}, want {want!r} (rel {abs(got - want) / abs(want):.2e})"
 
 
 # The table of issue 8, item 4: formula, its symbols, extreme points, and ordinary points.

@@ -274,7 +274,8 @@ def _noting(text):
 # No derivative rule: symgrad show lists them among the ops whose derivative is taken as 0.
 unary("floor", sympy_head=sp.floor, c=_call("floor"), numpy=np.floor, domain=(0.1, 0.9), derivative=None)
 unary("ceiling", sympy_head=sp.ceiling, c=_call("ceil"), numpy=np.ceil, domain=(0.1, 0.9), derivative=None)
-unary("frac", sympy_head=sp.frac, display=lambda x: _apply(sgf.frac, x), c=lambda p, args, attrs: f"{args[0]} - {p.call('floor', args[0])}",
+unary("frac", sympy_head=sp.frac, display=lambda x: _apply(sgf.frac, x),
+      c=lambda p, args, attrs: f"{args[0]} - {p.call('floor', args[0])}",
       numpy=lambda x: x - np.floor(x), domain=(0.1, 0.9), derivative=lambda b, x, y: b.const(1),
       simplify=_noting("frac(x): derivative taken as 1 (between its jumps)"))
 

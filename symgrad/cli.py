@@ -50,6 +50,20 @@ def tolerance_value(text: str) -> float:
     return value
 
 
+def path_value(text: str) -> str:
+    """An argparse type: a file or folder name, not empty (an empty name would mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a file or folder name, got an empty one")
+    return text
+
+
+def name_value(text: str) -> str:
+    """An argparse type: a model name, not empty."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a model name, got an empty one")
+    return text
+
+
 def range_value(text: str) -> tuple:
     """An argparse type: ``LOW:HIGH``, an interval of finite numbers with LOW < HIGH."""
     parts = text.replace(",", ":").split(":")
@@ -229,12 +243,12 @@ def parser() -> argparse.ArgumentParser:
                         help="show full tracebacks on errors")
 
     b = sub.add_parser("build", parents=[common], help="generate and compile a package per model in MODEL_FILE")
-    b.add_argument("model_file", metavar="MODEL_FILE", help=MODEL_FILE_HELP)
-    b.add_argument("-o", "--output", default="generated", metavar="DIR",
+    b.add_argument("model_file", type=path_value, metavar="MODEL_FILE", help=MODEL_FILE_HELP)
+    b.add_argument("-o", "--output", type=path_value, default="generated", metavar="DIR",
                    help="folder for the generated packages (default: generated)")
     b.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="precision of the kernels (default: float64)")
-    b.add_argument("--model", metavar="NAME", help="only the model with this name")
+    b.add_argument("--model", type=name_value, metavar="NAME", help="only the model with this name")
     b.add_argument("--force", action="store_true",
                    help="rebuild even when the cache is current, and replace a package of the other --dtype")
     b.add_argument("--native", action="store_true",
@@ -250,22 +264,22 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("show", parents=[common],
                        help="print the forward pass, backward pass and gradient formulas")
-    s.add_argument("model_file", metavar="MODEL_FILE", help=MODEL_FILE_HELP)
+    s.add_argument("model_file", type=path_value, metavar="MODEL_FILE", help=MODEL_FILE_HELP)
     s.add_argument("--format", choices=("text", "latex", "dot"), default=None,
                    help="text: the passes and formulas (default); latex: the same as LaTeX; dot: a Graphviz "
                         "graph of both passes (the default for -o FILE.dot/.svg/.png/.pdf)")
     s.add_argument("--stats", action="store_true", help="also print op counts and the gradient cost ratio")
-    s.add_argument("--model", metavar="NAME", help="only the model with this name")
-    s.add_argument("-o", "--output", metavar="FILE",
+    s.add_argument("--model", type=name_value, metavar="NAME", help="only the model with this name")
+    s.add_argument("-o", "--output", type=path_value, metavar="FILE",
                    help="write to FILE; a .svg/.png/.pdf FILE is drawn by Graphviz")
     s.set_defaults(run=cmd_show)
 
     c = sub.add_parser("check", parents=[common],
                        help="compare compiled gradients with finite differences and sympy.diff")
-    c.add_argument("model_file", metavar="MODEL_FILE", help=MODEL_FILE_HELP)
-    c.add_argument("-o", "--output", default="generated", metavar="DIR",
+    c.add_argument("model_file", type=path_value, metavar="MODEL_FILE", help=MODEL_FILE_HELP)
+    c.add_argument("-o", "--output", type=path_value, default="generated", metavar="DIR",
                    help="folder to build the packages in (default: generated)")
-    c.add_argument("--model", metavar="NAME", help="only the model with this name")
+    c.add_argument("--model", type=name_value, metavar="NAME", help="only the model with this name")
     c.add_argument("--points", type=positive_int("points"), default=3, metavar="N",
                    help="random points per model (default: 3)")
     c.add_argument("--seed", type=seed_value, default=0, help="seed of the random points (default: 0)")
@@ -278,10 +292,10 @@ def parser() -> argparse.ArgumentParser:
 
     n = sub.add_parser("bench", parents=[common],
                        help="time forward and value_and_grad of each model on a random batch")
-    n.add_argument("model_file", metavar="MODEL_FILE", help=MODEL_FILE_HELP)
-    n.add_argument("-o", "--output", default="generated", metavar="DIR",
+    n.add_argument("model_file", type=path_value, metavar="MODEL_FILE", help=MODEL_FILE_HELP)
+    n.add_argument("-o", "--output", type=path_value, default="generated", metavar="DIR",
                    help="folder to build the packages in (default: generated)")
-    n.add_argument("--model", metavar="NAME", help="only the model with this name")
+    n.add_argument("--model", type=name_value, metavar="NAME", help="only the model with this name")
     n.add_argument("--batch", type=positive_int("examples"), default=None, metavar="N",
                    help=f"examples per call (default: {DEFAULT_BATCH}; models without inputs have no batch)")
     n.add_argument("--native", action="store_true", help="time a build for this machine's CPU")
@@ -289,13 +303,13 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", parents=[common],
                        help="write each model in MODEL_FILE as a self-contained C99 library")
-    e.add_argument("model_file", metavar="MODEL_FILE", help=MODEL_FILE_HELP)
-    e.add_argument("--c", required=True, metavar="DIR", dest="c_dir",
+    e.add_argument("model_file", type=path_value, metavar="MODEL_FILE", help=MODEL_FILE_HELP)
+    e.add_argument("--c", required=True, type=path_value, metavar="DIR", dest="c_dir",
                    help="folder for the C libraries, one DIR/<model name> per model: kernel sources, "
                         "header, Makefile, CMakeLists.txt, example_main.c")
     e.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="precision of the kernels (default: float64)")
-    e.add_argument("--model", metavar="NAME", help="only the model with this name")
+    e.add_argument("--model", type=name_value, metavar="NAME", help="only the model with this name")
     e.set_defaults(run=cmd_export)
     return p
 

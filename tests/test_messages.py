@@ -152,6 +152,9 @@ def test_check_range_draws_points_where_the_model_is_defined(tmp_path, capsys):
     (["bench", "--batch", "0"], "argument --batch: expected a whole number of examples, at least 1, got 0"),
     (["bench", "--batch", "-5"], "argument --batch: expected a whole number of examples, at least 1, got -5"),
     (["bench", "--batch", "1e4"], "argument --batch: expected a whole number of examples"),
+    (["build", "-o", ""], "argument -o/--output: expected a file or folder name, got an empty one"),
+    (["check", "--model", ""], "argument --model: expected a model name, got an empty one"),
+    (["show", "-o", " "], "argument -o/--output: expected a file or folder name"),
     (["build", "--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
     (["show", "--format", "html"], "argument --format: invalid choice: 'html'"),
 ])

@@ -235,7 +235,8 @@ def _root_of_sum_of_squares(b, base):
 def stable_log(b, x):
     """``log(x)`` in a stable form, or None to keep it.
 
-    log(exp(u)) = u; log(sigmoid(u)) = -softplus(-u); log(1 - sigmoid(u)) = -softplus(u);
+    log(exp(u)) = u; log(sigmoid(u)) = -softplus(-u) (and log(1 - sigmoid(u)), which is
+    log(sigmoid(-u)), = -softplus(u));
     log(softmax(z)) = log_softmax(z); logs of sums of exponentials (see
     :func:`log_of_sum_of_exps`); log(x**c) = c*log(x) (c*log(abs(x)) for an even c,
     so log(1/x) = -log(x)); log(1 + x) = log1p(x).
@@ -256,11 +257,6 @@ def stable_log(b, x):
     if inner.op == "add":
         ones = [a for a in inner.args if _is(b, a, 1)]
         rest = [a for a in inner.args if not _is(b, a, 1)]
-        if len(ones) == 1 and len(rest) == 1:
-            negated = _negation_of(b, rest[0])
-            if negated is not None and b.node(negated).op == "sigmoid":
-                b.note_rewrite("log(1 - sigmoid(u)) -> -softplus(u)")
-                return b.neg(b.call("softplus", b.node(negated).args[0]))
         if len(ones) == 1 and rest:
             b.note_rewrite("log(1 + x) -> log1p(x)")
             return b.call("log1p", b.add(*rest))
@@ -426,7 +422,8 @@ def stable_add(b, args):
     """A sum in a stable form, or None to keep it.
 
     d*exp(u) - d = d*expm1(u) (so exp(u) - 1 = expm1(u), 1 - exp(u) = -expm1(u): no
-    cancellation for small u); c - c*cos(u) = 2c*sin(u/2)**2 (the same for 1 - cos(u)).
+    cancellation for small u); c - c*cos(u) = 2c*sin(u/2)**2 (the same for 1 - cos(u));
+    c - c*sigmoid(u) = c*sigmoid(-u) (1 - sigmoid(40) is 4e-18, not 0).
     """
     for k, a in enumerate(args):
         c = _const(b, a)
@@ -445,6 +442,9 @@ def stable_add(b, args):
                 b.note_rewrite("1 - cos(u) -> 2*sin(u/2)**2")
                 half = b.call("sin", b.mul(b.const(sp.Rational(1, 2)), node.args[0]))
                 replaced = b.mul(b.const(2 * c), b.powc(half, 2))
+            elif node.op == "sigmoid":
+                b.note_rewrite("1 - sigmoid(u) -> sigmoid(-u)")
+                replaced = b.mul(b.const(c), b.call("sigmoid", b.neg(node.args[0])))
             else:
                 continue
             return b.add(*([r for i, r in enumerate(rest) if i != j] + [replaced]))

@@ -18,11 +18,11 @@
 SG_KERNEL int logistic_regression_forward(int64_t n, int64_t batch, double p_w1, double p_w2, double p_b, const double *restrict in_x1, const double *restrict in_x2, const double *restrict in_y, double *restrict out_p, double *restrict out_loss, double *restrict work)
 {
     (void) work;
-    /* v25: batch sum starts at zero */
-    sg_acc v25 = 0;
+    /* v24: batch sum starts at zero */
+    sg_acc v24 = 0;
 
-    /* v27 = 1/N */
-    const double v27 = 1.0 / (((double) batch));
+    /* v26 = 1/N */
+    const double v26 = 1.0 / (((double) batch));
 
     for (int64_t t0 = 0; t0 < n; t0 += 256) {
         const int64_t nt = n - t0 < 256 ? n - t0 : 256;
@@ -30,8 +30,8 @@ SG_KERNEL int logistic_regression_forward(int64_t n, int64_t batch, double p_w1,
         const double *restrict x_x2 = in_x2 + t0 * 1;
         const double *restrict x_y = in_y + t0 * 1;
         double *restrict o_out_p = out_p + t0 * 1;
-        /* per example: v6 .. v25 */
-        #pragma omp simd reduction(+: v25)
+        /* per example: v6 .. v24 */
+        #pragma omp simd reduction(+: v24)
         for (int64_t e = 0; e < nt; ++e) {
             const double v6 = p_w1 * x_x1[e];  /* v6 = w1*x1 */
             const double v7 = p_w2 * x_x2[e];  /* v7 = w2*x2 */
@@ -44,18 +44,18 @@ SG_KERNEL int logistic_regression_forward(int64_t n, int64_t batch, double p_w1,
             const double v14 = x_y[e] * (-1.0) * v13;  /* v14 = -y*v13 */
             const double v16 = -x_y[e];  /* v16 = -y */
             const double v17 = 1.0 + v16;  /* v17 = 1 + v16 */
-            const double v21 = sg_softplus(v8);  /* v21 = softplus(z) */
-            const double v22 = -v21;  /* v22 = -v21 */
-            const double v23 = (-1.0) * v17 * v22;  /* v23 = -v17*v22 */
-            const double v24 = v14 + v23;  /* v24 (loss) = v14 + v23 */
-            v25 += v24;  /* v25 = batch_sum(loss) */
+            const double v20 = sg_softplus(v8);  /* v20 = softplus(z) */
+            const double v21 = -v20;  /* v21 = -v20 */
+            const double v22 = (-1.0) * v17 * v21;  /* v22 = -v17*v21 */
+            const double v23 = v14 + v22;  /* v23 (loss) = v14 + v22 */
+            v24 += v23;  /* v24 = batch_sum(loss) */
         }
     }
-    /* v28 = v25*v27 */
-    const double v28 = v25 * v27;
+    /* v27 = v24*v26 */
+    const double v27 = v24 * v26;
 
     /* result: loss */
-    out_loss[0] = v28;
+    out_loss[0] = v27;
 
     return SG_OK;
 }

@@ -18,28 +18,28 @@
 SG_KERNEL int logistic_regression_value_and_grad(int64_t n, int64_t batch, double p_w1, double p_w2, double p_b, const double *restrict in_x1, const double *restrict in_x2, const double *restrict in_y, double *restrict out_loss, double *restrict grad_w1, double *restrict grad_w2, double *restrict grad_b, double *restrict work)
 {
     (void) work;
-    /* v25: batch sum starts at zero */
-    sg_acc v25 = 0;
+    /* v24: batch sum starts at zero */
+    sg_acc v24 = 0;
 
-    /* v27 = 1/N */
-    const double v27 = 1.0 / (((double) batch));
+    /* v26 = 1/N */
+    const double v26 = 1.0 / (((double) batch));
 
-    /* v44 (b_bar): batch sum starts at zero */
+    /* v42 (b_bar): batch sum starts at zero */
+    sg_acc v42 = 0;
+
+    /* v43 (w2_bar): batch sum starts at zero */
+    sg_acc v43 = 0;
+
+    /* v44 (w1_bar): batch sum starts at zero */
     sg_acc v44 = 0;
-
-    /* v45 (w2_bar): batch sum starts at zero */
-    sg_acc v45 = 0;
-
-    /* v46 (w1_bar): batch sum starts at zero */
-    sg_acc v46 = 0;
 
     for (int64_t t0 = 0; t0 < n; t0 += 256) {
         const int64_t nt = n - t0 < 256 ? n - t0 : 256;
         const double *restrict x_x1 = in_x1 + t0 * 1;
         const double *restrict x_x2 = in_x2 + t0 * 1;
         const double *restrict x_y = in_y + t0 * 1;
-        /* per example: v6 .. v46 */
-        #pragma omp simd reduction(+: v25, v44, v45, v46)
+        /* per example: v6 .. v44 */
+        #pragma omp simd reduction(+: v24, v42, v43, v44)
         for (int64_t e = 0; e < nt; ++e) {
             const double v6 = p_w1 * x_x1[e];  /* v6 = w1*x1 */
             const double v7 = p_w2 * x_x2[e];  /* v7 = w2*x2 */
@@ -51,46 +51,46 @@ SG_KERNEL int logistic_regression_value_and_grad(int64_t n, int64_t batch, doubl
             const double v14 = x_y[e] * (-1.0) * v13;  /* v14 = -y*v13 */
             const double v16 = -x_y[e];  /* v16 = -y */
             const double v17 = 1.0 + v16;  /* v17 = 1 + v16 */
-            const double v21 = sg_softplus(v8);  /* v21 = softplus(z) */
-            const double v22 = -v21;  /* v22 = -v21 */
-            const double v23 = (-1.0) * v17 * v22;  /* v23 = -v17*v22 */
-            const double v24 = v14 + v23;  /* v24 (loss) = v14 + v23 */
-            v25 += v24;  /* v25 = batch_sum(loss) */
-            const double v32 = v9 * v17;  /* v32 = p*v17 */
-            const double v35 = sg_sigmoid(v11);  /* v35 = sigmoid(v11) */
-            const double v36 = x_y[e] * v35;  /* v36 (v11_bar) = y*v35 */
-            const double v37 = -v36;  /* v37 = -v11_bar */
-            const double v39 = v32 + v37;  /* v39 (z_bar) = v32 + v37 */
-            const double v40 = x_x2[e] * v39;  /* v40 = x2*z_bar */
-            const double v42 = x_x1[e] * v39;  /* v42 = x1*z_bar */
-            v44 += v39;  /* v44 (b_bar) = batch_sum(z_bar) */
-            v45 += v40;  /* v45 (w2_bar) = batch_sum(v40) */
-            v46 += v42;  /* v46 (w1_bar) = batch_sum(v42) */
+            const double v19 = sg_sigmoid(v11);  /* v19 = sigmoid(v11) */
+            const double v20 = sg_softplus(v8);  /* v20 = softplus(z) */
+            const double v21 = -v20;  /* v21 = -v20 */
+            const double v22 = (-1.0) * v17 * v21;  /* v22 = -v17*v21 */
+            const double v23 = v14 + v22;  /* v23 (loss) = v14 + v22 */
+            v24 += v23;  /* v24 = batch_sum(loss) */
+            const double v31 = v9 * v17;  /* v31 = p*v17 */
+            const double v34 = x_y[e] * v19;  /* v34 (v11_bar) = y*v19 */
+            const double v35 = -v34;  /* v35 = -v11_bar */
+            const double v37 = v31 + v35;  /* v37 (z_bar) = v31 + v35 */
+            const double v38 = x_x2[e] * v37;  /* v38 = x2*z_bar */
+            const double v40 = x_x1[e] * v37;  /* v40 = x1*z_bar */
+            v42 += v37;  /* v42 (b_bar) = batch_sum(z_bar) */
+            v43 += v38;  /* v43 (w2_bar) = batch_sum(v38) */
+            v44 += v40;  /* v44 (w1_bar) = batch_sum(v40) */
         }
     }
-    /* v28 = v25*v27 */
-    const double v28 = v25 * v27;
+    /* v27 = v24*v26 */
+    const double v27 = v24 * v26;
 
-    /* v47 = v27*w1_bar */
-    const double v47 = v27 * v46;
+    /* v45 = v26*w1_bar */
+    const double v45 = v26 * v44;
 
-    /* v48 = v27*w2_bar */
-    const double v48 = v27 * v45;
+    /* v46 = v26*w2_bar */
+    const double v46 = v26 * v43;
 
-    /* v49 = v27*b_bar */
-    const double v49 = v27 * v44;
+    /* v47 = v26*b_bar */
+    const double v47 = v26 * v42;
 
     /* result: loss */
-    out_loss[0] = v28;
+    out_loss[0] = v27;
 
     /* result: gradient with respect to w1 */
-    grad_w1[0] = v47;
+    grad_w1[0] = v45;
 
     /* result: gradient with respect to w2 */
-    grad_w2[0] = v48;
+    grad_w2[0] = v46;
 
     /* result: gradient with respect to b */
-    grad_b[0] = v49;
+    grad_b[0] = v47;
 
     return SG_OK;
 }

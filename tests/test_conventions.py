@@ -191,6 +191,14 @@ def test_max_and_min_of_several_split_a_tie_evenly_like_a_reduction(compile_mode
             assert_same(grads[name], want, f"{head.__name__}{point}: d/d{name}")
 
 
+def test_displayed_gradient_of_a_three_way_min():
+    """The tie indicators are numbers in the displayed formula (a sum of Eq(...) failed in SymPy)."""
+    a, b, c = sp.symbols("a b c", real=True)
+    formulas = sg.Model("edge_min3_display", loss=sp.Min(a, b**2, c), params=[a, b, c]).gradients()
+    at = {a: sp.Integer(1), b: sp.Integer(-1), c: sp.Integer(1)}
+    assert [formulas[s].subs(at) for s in (a, b, c)] == [sp.Rational(1, 3), sp.Rational(-2, 3), sp.Rational(1, 3)]
+
+
 def test_heaviside_at_zero_takes_its_stated_value(compile_model):
     x = sp.Symbol("x", real=True)
     module = compile_model(sg.Model("edge_heaviside", loss=sp.Heaviside(x) + 3 * sp.Heaviside(x, 1), params=[x]))

@@ -242,7 +242,8 @@ def _select_partials(first_wins):
             dx = b.apply("heaviside", b.sub(x, y) if first_wins else b.sub(y, x), attrs=half)
             dy = b.apply("heaviside", b.sub(y, x) if first_wins else b.sub(x, y), attrs=half)
             return [dx, dy]
-        hits = [b.apply("eq", a, node_id) for a in args]
+        one, zero = b.const(1), b.const(0)
+        hits = [b.apply("select", b.apply("eq", a, node_id), one, zero) for a in args]
         share = b.recip(b.add(*hits))
         return [b.mul(h, share) for h in hits]
 

@@ -81,17 +81,11 @@ def _exponents(b, terms):
     A term is an exponential ``exp(v)`` or a positive constant ``c = exp(log c)``;
     at least one term is an exponential.
     """
-    exponents, any_exp = [], False
-    for t in terms:
-        node = b.node(t)
-        if node.op == "exp":
-            exponents.append(node.args[0])
-            any_exp = True
-        elif _positive_const(b, t):
-            exponents.append(b.const(sp.log(_const(b, t))))
-        else:
-            return None
-    return exponents if any_exp and len(exponents) >= 2 else None
+    if len(terms) < 2 or not any(b.node(t).op == "exp" for t in terms):
+        return None
+    if not all(b.node(t).op == "exp" or _positive_const(b, t) for t in terms):
+        return None  # decided before any node is made: a rewrite that does not fire leaves none behind
+    return [b.node(t).args[0] if b.node(t).op == "exp" else b.const(sp.log(_const(b, t))) for t in terms]
 
 
 def _ones(b, node_id) -> bool:
@@ -158,26 +152,26 @@ def _squares(b, terms):
     A term is a square ``t**2``, a positive multiple of one ``c*t**2 = (sqrt(c)*t)**2``,
     or a positive constant ``c = sqrt(c)**2``; at least one is a square of a variable.
     """
-    roots, any_square = [], False
-    for t in terms:
+    def square_root_of(t):
+        """(scale, root) with t == (scale*root)**2 (root None for a constant), or None."""
         power = _const_power(b, t)
-        node = b.node(t)
         if power is not None and (power[1] - 2).is_zero:
-            roots.append(power[0])
-            any_square = True
-        elif node.op == "mul" and len(node.args) == 2 and any(_positive_const(b, a) for a in node.args):
-            c = next(a for a in node.args if _positive_const(b, a))
-            rest = next(a for a in node.args if a != c)
-            power = _const_power(b, rest)
-            if power is None or not (power[1] - 2).is_zero:
-                return None
-            roots.append(b.mul(b.const(sp.sqrt(_const(b, c))), power[0]))
-            any_square = True
-        elif _positive_const(b, t):
-            roots.append(b.const(sp.sqrt(_const(b, t))))
-        else:
-            return None
-    return roots if any_square else None
+            return sp.Integer(1), power[0]
+        node = b.node(t)
+        if node.op == "mul" and len(node.args) == 2:
+            for c, rest in (node.args, reversed(node.args)):
+                power = _const_power(b, rest)
+                if _positive_const(b, c) and power is not None and (power[1] - 2).is_zero:
+                    return sp.sqrt(_const(b, c)), power[0]
+        if _positive_const(b, t):
+            return sp.sqrt(_const(b, t)), None
+        return None
+
+    parts = [square_root_of(t) for t in terms]
+    if any(p is None for p in parts) or all(root is None for _, root in parts):
+        return None
+    return [b.const(scale) if root is None else (root if scale == 1 else b.mul(b.const(scale), root))
+            for scale, root in parts]
 
 
 def _sum_of_squares_matrix(b, node_id):

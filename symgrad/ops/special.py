@@ -212,6 +212,7 @@ register(
         c=lambda p, args, attrs: p.runtime("polygamma", p.literal(attrs[0]), args[0]),
         numpy=_np_polygamma,
         to_sympy=elementwise_sympy(lambda args, attrs: _apply(sp.polygamma, attrs[0], args[0])),
+        text=lambda args, attrs: f"polygamma({attrs[0]}, {args[0]})",
         domain=((0.5, 4),),
         cost=elementwise_cost(40),
         simplify=lambda b, args, attrs: b.call("digamma", args[0]) if attrs[0] == 0 else None,

@@ -56,7 +56,15 @@ VECTOR_MATH_FLAGS = ("-DSG_VECTOR_MATH", "-fno-builtin-sin", "-fno-builtin-cos",
                      "-fno-builtin-sinf", "-fno-builtin-cosf")
 #: The cffi wrapper only converts arguments; optimizing it costs seconds on wide models.
 WRAPPER_FLAGS = ("-O1", "-DNDEBUG")
+#: The wrapper of kernels with hundreds of arguments is compiled at -O0: at -O1 GCC
+#: takes 40 s on the wrapper of 1000 scalar arguments (-O0: 4 s); a call costs
+#: about 20 ns more.
+WIDE_WRAPPER_FLAGS = ("-O0", "-DNDEBUG")
+WIDE_WRAPPER_CDEF = 20_000  # characters of cffi declarations
 MANIFEST = ".symgrad-build.json"
+#: Added by SYMGRAD_SANITIZE=1. Such a build loads only into a Python that has the
+#: sanitizer runtimes preloaded (LD_PRELOAD of libasan.so and libubsan.so).
+SANITIZE_FLAGS = ("-fsanitize=address,undefined",)
 
 
 @dataclass
@@ -136,6 +144,8 @@ def compiler_flags(*, native: bool = False, fast_math: bool = False, source_size
         flags.append("-DSG_DISPATCH_KERNELS")
     if fast_math:
         flags.append("-ffast-math")
+    if os.environ.get("SYMGRAD_SANITIZE") == "1":  # for tests: AddressSanitizer and UBSan, see _compile
+        flags += SANITIZE_FLAGS
     return tuple(flags)
 
 
@@ -214,7 +224,7 @@ def is_current(path: Path, rendered: RenderedPackage, key: str) -> bool:
         for name, text in rendered.files.items():
             if (path / name).read_text() != text:
                 return False
-        init = finish(rendered, key=key, extension=manifest["extension"])
+        init = finish(rendered)
         return (path / "__init__.py").read_text() == init
     except (OSError, ValueError, KeyError):
         return False
@@ -289,13 +299,14 @@ def _stage(rendered: RenderedPackage, staging: Path, key: str, flags) -> list:
     built = _compile(rendered, staging, extension, flags)
     extension_file = built.name
     shutil.move(str(built), staging / extension_file)
-    (staging / "__init__.py").write_text(finish(rendered, key=key, extension=extension))
+    (staging / "__init__.py").write_text(finish(rendered))
     manifest = {
         "key": key,
         "symgrad": __version__,
         "extension": extension,
         "extension_file": extension_file,
         "extension_sha256": _sha256(staging / extension_file),
+        "init_sha256": _sha256(staging / "__init__.py"),  # the generated __init__.py checks both
         "flags": list(flags),
         "dtype": rendered.spec.dtype,
     }
@@ -332,7 +343,9 @@ def _compile(rendered: RenderedPackage, staging: Path, extension: str, flags) ->
         ffi.emit_c_code(str(wrapper))
     include = sysconfig.get_paths()["include"]
     pic = (sysconfig.get_config_var("CCSHARED") or "-fPIC").split()
-    units = [(wrapper, WRAPPER_FLAGS)] + [(staging / name, tuple(flags)) for name in rendered.c_sources]
+    sanitize = tuple(f for f in flags if f.startswith("-fsanitize"))  # the wrapper and the link need them too
+    wrapper_flags = WRAPPER_FLAGS if len(rendered.cdef) <= WIDE_WRAPPER_CDEF else WIDE_WRAPPER_FLAGS
+    units = [(wrapper, wrapper_flags + sanitize)] + [(staging / name, tuple(flags)) for name in rendered.c_sources]
     jobs = []
     for source, options in units:
         command = [cc, *pic, *options, f"-I{staging}", f"-I{include}", "-c", str(source), "-o",
@@ -347,7 +360,8 @@ def _compile(rendered: RenderedPackage, staging: Path, extension: str, flags) ->
     link = (sysconfig.get_config_var("LDSHARED") or f"{cc} -shared").split()
     link[0] = cc
     libraries = ["-lm"] + (["-lmvec"] if "-DSG_VECTOR_MATH" in flags else [])
-    command = [*link, *(str(source.with_suffix(".o")) for source, _ in units), *libraries, "-o", str(target)]
+    command = [*link, *sanitize, *(str(source.with_suffix(".o")) for source, _ in units), *libraries, "-o",
+               str(target)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=staging)
     if done.returncode != 0:
         _compile_failure(rendered, staging, [(command, done.stdout + done.stderr)])

@@ -176,13 +176,28 @@ def render(spec: PackageSpec) -> RenderedPackage:
             version=__version__, real=real, f=suffix, gemm=GEMM_BLOCKS, vector_functions=VECTOR_FUNCTIONS,
             gemm_levels=gemm_levels(spec.dtype)),
         "_runtime.py": (resources.files("symgrad") / "runtime.py").read_text(),
+        "_callplan.py": (resources.files("symgrad") / "callplan.py").read_text(),
     }
     cdef = env.get_template("cdef.h.j2").render(kernels=spec.kernels, point=common["point"])
     return RenderedPackage(spec.name, files, cdef, tuple(kernel_files), spec)
 
 
-def finish(rendered: RenderedPackage, *, key: str, extension: str) -> str:
-    """The package's ``__init__.py``, which names the compiled extension and its key."""
+def _model_file(source: str) -> str:
+    """The model file as the package names it: relative to the working folder when it is inside it,
+    so that a package built from a checkout's root is the same text wherever the checkout is."""
+    path = Path(source)
+    if source and path.is_absolute():
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            pass
+    return source
+
+
+def finish(rendered: RenderedPackage) -> str:
+    """The package's ``__init__.py``. It depends only on the model (golden copies are kept in
+    ``generated/``): it reads the compiled extension's name and key from the build manifest,
+    which must record the SHA-256 of this file as ``init_sha256``."""
     spec = rendered.spec
     params = {name: shape for name, role, shape in spec.declared if role == "param"}
     inputs = {name: shape for name, role, shape in spec.declared if role == "input"}
@@ -191,12 +206,10 @@ def finish(rendered: RenderedPackage, *, key: str, extension: str) -> str:
     return environment().get_template("__init__.py.j2").render(
         name=spec.name,
         version=__version__,
-        source=spec.source,
+        source=_model_file(spec.source),
         summary=spec.summary,
         gradient_doc=spec.gradient_doc,
         has_loss=spec.has_loss,
-        extension=extension,
-        key=key,
         dtype=spec.dtype,
         reduce=spec.reduce,
         params=params,
@@ -205,9 +218,7 @@ def finish(rendered: RenderedPackage, *, key: str, extension: str) -> str:
         wrt=tuple(spec.wrt),
         declared={name: (role, shape) for name, role, shape in spec.declared},
         kernels=[dict(kind=k.kind, function=k.function, arguments=_kernel_arguments(k), work_size=k.work_size,
-                      point=has_point_entry(k),
-                      symbols=[a.name for a in k.arguments if a.role in ("param", "input")],
-                      results=[a.name for a in k.arguments if a.role == "output"])
+                      point=has_point_entry(k))
                  for k in spec.kernels],
         loss_reduction=reduction,
     )

@@ -1,8 +1,9 @@
-"""Calling compiled kernels from Python: argument checks, batching, results.
+"""Calling compiled kernels from Python: call options, plans, batching and results.
 
 This file is copied verbatim into every generated package as ``_runtime.py``
-so that a generated module needs only NumPy and cffi. It must not import
-symgrad (except for the exception classes, when symgrad happens to be there).
+(with ``callplan.py`` as ``_callplan.py``), so that a generated module needs
+only NumPy and cffi. It must not import symgrad (except for the exception
+classes, when symgrad happens to be there).
 
 Calling convention (what a user passes):
 
@@ -12,46 +13,55 @@ Calling convention (what a user passes):
   batch with a leading axis of N examples; a column or row vector may be
   given as ``(N, length)``. Single examples next to batched inputs are
   repeated over the batch;
-* dtype: integers, booleans and floating point are converted to the
-  kernel's precision; complex, object and string data are refused.
+* dtype: booleans, floating point and integers are converted to the
+  kernel's precision; integers the kernel's dtype cannot represent exactly
+  (beyond 2**53 for float64, 2**24 for float32) and complex, object and
+  string data are refused;
+* options: ``out=`` (what an earlier call returned: results are written
+  into those arrays, which are returned), ``threads=K`` and, for
+  ``reduce="mean"`` models, ``mean_over=N`` (the number of examples the
+  mean divides by: a caller that splits a batch into parts adds the parts'
+  results). A symbol of the same name takes the name.
 
-Results are new arrays the caller owns, with the batch axis first when any
-input was batched, and plain floats for scalars otherwise. Gradients have
-the shape their symbol was passed in.
+Results are new arrays the caller owns (or the ``out=`` arrays), with the
+batch axis first when any input was batched, and plain floats for scalars
+otherwise. Gradients have the shape their symbol was passed in.
 
-The per-call path is kept short: arrays that already have the right dtype
-and layout are passed to C without a copy, and the generated module calls
-one-example kernels directly with Python numbers (see ``SCALAR_TYPES``).
+Every call goes one way: its arguments' signature selects a cached
+:class:`callplan.Plan`, which runs the one-example entry point (every
+argument a number), or the kernel, after converting only the arguments C
+cannot read as they are.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import json
+import operator
 import threading
+from pathlib import Path
 
 import numpy as np
 
-try:  # the same exception classes as symgrad.errors, when symgrad is installed
-    from symgrad.errors import ArgumentDtypeError, ArgumentError, ArgumentShapeError, KernelError
+try:  # in a generated package, where this file is _runtime.py
+    from . import _callplan as callplan
+except ImportError:  # symgrad.runtime
+    from . import callplan
+
+ArgumentError = callplan.ArgumentError
+ArgumentShapeError = callplan.ArgumentShapeError
+ArgumentDtypeError = callplan.ArgumentDtypeError
+
+try:
+    from symgrad.errors import KernelError
 except ImportError:  # a standalone generated module
-
-    class ArgumentError(TypeError):
-        """A call got a missing, unknown or malformed argument."""
-
-    class ArgumentShapeError(ArgumentError, ValueError):
-        """An argument has the wrong shape, or batch sizes disagree."""
-
-    class ArgumentDtypeError(ArgumentError):
-        """An argument has a dtype that cannot be converted without loss."""
 
     class KernelError(RuntimeError):
         """A kernel reported a failure while running."""
 
 
-#: Python and NumPy scalar types a one-example call may pass straight to C.
-SCALAR_TYPES = frozenset(
-    [float, int, bool, np.float64, np.float32, np.float16, np.bool_]
-    + [getattr(np, f"{kind}{bits}") for kind in ("int", "uint") for bits in (8, 16, 32, 64)]
-)
+SCALAR_TYPES = callplan.SCALAR_TYPES
 
 #: Batches larger than CHUNK are run as at most MAX_CHUNKS calls over slices
 #: whose boundaries depend only on the batch size, and their batch sums are
@@ -59,21 +69,16 @@ SCALAR_TYPES = frozenset(
 #: after the other or on several threads (threads=).
 CHUNK = 16384
 MAX_CHUNKS = 16
+#: Plans kept per kernel (one per call signature); more signatures start over.
+MAX_PLANS = 64
+MANIFEST = ".symgrad-build.json"
 
 KERNEL_ERRORS = {
     1: "a class index is not a whole number between 0 and the number of classes - 1",
 }
 
-
-def _shape_text(shape) -> str:
-    return "scalar" if shape == () else "x".join(str(d) for d in shape)
-
-
-def _vector_length(shape):
-    """The length of a row or column vector shape, else None."""
-    if len(shape) == 2 and (shape[0] == 1 or shape[1] == 1):
-        return shape[0] * shape[1]
-    return None
+_ndarray = np.ndarray
+_PLAIN = callplan.SCALAR_TYPES | {_ndarray}  # values a plan takes as they are
 
 
 def chunks(n: int) -> list:
@@ -99,236 +104,277 @@ def _pool(threads: int):
         return pool
 
 
-class Argument:
-    """One kernel parameter: role, user name, C type and per-example shape."""
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-    __slots__ = ("role", "name", "shape", "flat", "per_example", "by_value", "kind", "c_type")
 
-    def __init__(self, role, name, shape, per_example, by_value, kind, c_type):
-        self.role = role
-        self.name = name
-        self.shape = tuple(shape)
-        length = _vector_length(self.shape)
-        self.flat = (length,) if length is not None else self.shape  # a vector's 1-D form
-        self.per_example = per_example
-        self.by_value = by_value
-        self.kind = kind
-        self.c_type = c_type
+def load_extension(package: str, init_file: str, *, model: str, model_file: str, dtype: str):
+    """``(ffi, lib, build key)`` of a generated package's compiled extension.
+
+    The package's files are checked against the build manifest first: the
+    SHA-256 of ``init_file`` (so an ``__init__.py`` and a manifest of two
+    different builds are never used together) and of the extension, so that
+    a truncated, corrupted or mismatched file raises an ImportError naming
+    the rebuild command instead of crashing the interpreter when it loads.
+    """
+    folder = Path(init_file).resolve().parent
+    if model_file:
+        rebuild = f"symgrad build {model_file} --model {model} -o {folder.parent}"
+        rebuild += " --dtype float32" if dtype == "float32" else ""
+    else:
+        rebuild = f"symgrad.compile(model, out_dir={str(folder.parent)!r}"
+        rebuild += ", dtype='float32')" if dtype == "float32" else ")"
+
+    def fail(why):
+        raise ImportError(f"the generated package {folder} cannot be loaded: {why}. Rebuild it: {rebuild}")
+
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        extension, file_name = manifest["extension"], manifest["extension_file"]
+        expected, key = manifest["extension_sha256"], manifest["key"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        fail(f"its build manifest {MANIFEST} is missing or unreadable ({exc})")
+    if manifest.get("init_sha256") != _sha256(init_file):
+        fail(f"its __init__.py and its {MANIFEST} come from different builds (an interrupted build, or "
+             f"files copied from another build)")
+    try:
+        digest = _sha256(folder / file_name)
+    except OSError as exc:
+        fail(f"its compiled extension {file_name} cannot be read ({exc.strerror})")
+    if digest != expected:
+        fail(f"its compiled extension {file_name} is truncated or corrupted (its SHA-256 is not the one "
+             f"in {MANIFEST})")
+    module = importlib.import_module(f".{extension}", package)
+    return module.ffi, module.lib, key
+
+
+def _getter(names):
+    """A function of a dict that returns the tuple of its values under ``names``."""
+    if len(names) == 1:
+        name = names[0]
+        return lambda arrays: (arrays[name],)
+    if not names:
+        return lambda arrays: ()
+    return operator.itemgetter(*names)
 
 
 class Kernel:
-    """A compiled kernel with the Python-side checks around it."""
+    """A compiled kernel and its one-example entry point (or None), with the calls around them."""
 
-    def __init__(self, ffi, function, *, dtype, arguments, declared, work_size, reduce):
+    def __init__(self, ffi, function, point, *, dtype, arguments, declared, work_size, reduce):
         self._ffi = ffi
         self._function = function
+        self._point = point
+        self.has_point = point is not None
         self.dtype = np.dtype(dtype)
-        self.arguments = [Argument(*a) for a in arguments]
+        arguments = [callplan.Argument(*a) for a in arguments]
+        self.symbols = [a for a in arguments if a.role in ("param", "input")]
+        self.outputs = [a for a in arguments if a.role == "output"]
         self.declared = dict(declared)  # every symbol of the model: name -> (role, shape)
         self.work_size = work_size
-        self._local = threading.local()
-        self._symbols = [a for a in self.arguments if a.role in ("param", "input")]
-        self._names = frozenset(a.name for a in self._symbols)
-        self._outputs = [a for a in self.arguments if a.role == "output"]
+        self._count = len(self.symbols)
+        self._names = frozenset(a.name for a in self.symbols)
+        self._take = _getter([a.name for a in self.symbols])
+        self._results = [a.name for a in self.outputs]
+        self._gradients = self._results[1:]
+        self._result_count = len(self._results)
         self._pointer = "float *" if self.dtype == np.float32 else "double *"
-        self._mean_results = reduce == "mean" and any(not a.per_example for a in self._outputs)
+        self._reduce = reduce
+        self._mean_results = reduce == "mean" and any(not a.per_example for a in self.outputs)
+        # Call options; a symbol of the same name takes the name (None: never popped).
+        self._out, self._threads, self._mean_over = (None if name in declared else name
+                                                     for name in ("out", "threads", "mean_over"))
+        self._plans = {}
+        self._local = threading.local()
 
-    # --- the call -----------------------------------------------------------------
+    # --- the functions of a generated module --------------------------------------------
 
-    def __call__(self, arrays: dict, out=None, threads: int = 1) -> list:
-        """Run the kernel on keyword ``arrays``; returns ``[(result name, value), ...]``.
+    def function(self, form: str):
+        """A decorator that makes a module function (a stub that has only its docstring) call this kernel.
 
-        ``out``, if given, holds one array (or None) per result, in result
-        order: results are written into them instead of new arrays.
-        ``threads`` > 1 runs the chunks of a large batch on that many threads.
+        ``form`` says what it returns: ``"dict"`` ({result name: value},
+        ``forward``), ``"loss_and_dict"`` ((loss, {name: gradient}),
+        ``value_and_grad``) or ``"dict_after_loss"`` ({name: gradient}, ``grad``).
+        The plan of every call whose arguments are all floats or booleans
+        (no integers to check) is the one-example entry point, when the
+        kernel has one: the function calls it right away. Every other call
+        goes through the plan of its signature in :meth:`_call`.
         """
-        if type(threads) is not int or threads < 1:
-            raise ArgumentError(f"threads must be a whole number >= 1, got {threads!r}")
+        if form not in ("dict", "loss_and_dict", "dict_after_loss"):
+            raise ValueError(f"unknown form {form!r}")
+        take, point, unpack = self._take, self._point, self._ffi.unpack
+        count, results = self._count, self._result_count
+        first = 0 if form == "dict" else 1  # the loss is not among the gradients
+        # {name: results[k]} as a dict display: a third of the time of dict(zip(...)). Names are
+        # inserted with repr(), as string literals.
+        named = eval("lambda v: {%s}" % ", ".join(f"{name!r}: v[{k}]" for k, name in enumerate(self._results)
+                                                  if k >= first))
+        floats = callplan.FLOAT_TYPES if point is not None else frozenset()
+        call = self._call
+
+        def kernel_function(**arrays):
+            if len(arrays) == count:
+                try:
+                    values = take(arrays)
+                except KeyError:
+                    values = ()
+                if floats.issuperset(map(type, values)) and values:
+                    struct = point(*values)  # the results are read while the struct is alive
+                    values = unpack(struct.v, results)
+                    return (values[0], named(values)) if form == "loss_and_dict" else named(values)
+            values = call(arrays, form)
+            return (values[0], named(values)) if form == "loss_and_dict" else named(values)
+
+        def decorate(stub):
+            for attribute in ("__name__", "__qualname__", "__doc__", "__module__"):
+                setattr(kernel_function, attribute, getattr(stub, attribute))
+            return kernel_function
+
+        return decorate
+
+    def plan(self, arrays: dict) -> callplan.Plan:
+        """The :class:`callplan.Plan` a call with these keyword arguments runs (for tests and tools)."""
+        arrays = dict(arrays)
+        for name in (self._out, self._threads, self._mean_over):
+            arrays.pop(name, None)
+        return self._lookup(*self._values(arrays))[0]
+
+    # --- the call ------------------------------------------------------------------------
+
+    def _call(self, arrays, form) -> list:
+        """The results, in result order, of a call with keyword ``arrays``."""
+        out = threads = mean_over = None
+        if len(arrays) != self._count:
+            out, threads, mean_over = (arrays.pop(self._out, None), arrays.pop(self._threads, None),
+                                       arrays.pop(self._mean_over, None))
+            if threads is not None and (type(threads) is not int or threads < 1):
+                raise ArgumentError(f"threads must be a whole number >= 1, got {threads!r}")
+        values, extras = self._values(arrays)
+        key = callplan.signature(values)
+        plan = self._plans.get(key) if extras is None else None
+        if plan is None:
+            plan, values = self._lookup(values, extras)
+        if out is not None:
+            out = self._out_list(out, form)
+        if plan.point and mean_over is None:
+            for position in plan.point_checks:
+                callplan.check_integers(self.symbols[position], values[position], self.dtype)
+            if out is not None:
+                for k, given in enumerate(out):
+                    self._out_number(k, given)
+            struct = self._point(*values)  # the results are read while the struct is alive
+            return self._ffi.unpack(struct.v, self._result_count)
+        return self._run(plan, values, out, threads or 1, mean_over)
+
+    def _values(self, arrays):
+        """(the values of the symbols the kernel reads, the others as arrays or None)."""
         try:
-            raw = [arrays[a.name] for a in self._symbols]
+            values = self._take(arrays)
         except KeyError:
             self._check_names(arrays)
             raise
-        extra = None
-        if len(arrays) != len(raw):
-            self._check_names(arrays)
-            extra = {k: v for k, v in arrays.items() if k not in self._names}  # declared, unused here
-        else:
-            exact = self._exact(raw, out, threads)
-            if exact is not None:
-                return exact
-        values = []
-        shapes = []  # the shape each symbol came in
-        shapes_of_unread = {}  # the same, for declared symbols this kernel does not read
-        batch = None  # (N, name of the input that set it)
-        batched = set()
-        for arg, value in zip(self._symbols, raw):
-            if arg.by_value:
-                values.append(value if type(value) in SCALAR_TYPES else self._param_scalar(arg, value))
-                shapes.append(())
-                continue
-            if arg.role == "param":
-                array, is_batch = self._param(arg, value), False
-            else:
-                array, is_batch = self._input(arg, value)
-            if is_batch:
-                batched.add(arg.name)
-                if batch is None:
-                    batch = (array.shape[0], arg.name)
-                elif batch[0] != array.shape[0]:
-                    raise ArgumentShapeError(
-                        f"batch sizes disagree: input {arg.name!r} has {array.shape[0]} examples "
-                        f"but input {batch[1]!r} has {batch[0]}"
-                    )
-            values.append(array)
-            shapes.append(np.shape(value) if type(value) is not np.ndarray else value.shape)
-        for name, value in (extra or {}).items():
-            role, shape = self.declared[name]
-            shapes_of_unread[name] = np.shape(value)
-            if role == "input":  # an input this kernel does not read still says how many examples there are
-                array, is_batch = self._input(Argument("input", name, shape, True, False, "", ""), value)
-                if is_batch:
-                    batched.add(name)
-                    if batch is not None and batch[0] != array.shape[0]:
-                        raise ArgumentShapeError(
-                            f"batch sizes disagree: input {name!r} has {array.shape[0]} examples "
-                            f"but input {batch[1]!r} has {batch[0]}"
-                        )
-                    batch = batch or (array.shape[0], name)
-        n = batch[0] if batch else 1
-        if batch:  # an input given as one example next to a batch is repeated over it
-            for k, arg in enumerate(self._symbols):
-                if arg.role == "input" and arg.name not in batched:
-                    values[k] = np.ascontiguousarray(np.broadcast_to(values[k], (n,) + values[k].shape))
-        if n == 0 and self._mean_results:
+        if len(arrays) == self._count:
+            return values, None
+        self._check_names(arrays)
+        extras = {}
+        for name, value in arrays.items():
+            if name not in self._names:  # declared, not read by this kernel
+                role, shape = self.declared[name]
+                extras[name] = callplan.as_array(callplan.Argument(role, name, shape, True, False, "", ""),
+                                                 value, self.dtype)
+        return values, extras
+
+    def _lookup(self, values, extras):
+        """(the plan of a call with these values, the values as the plan takes them)."""
+        if not _PLAIN.issuperset(map(type, values)):  # lists and the like: as arrays first
+            values = tuple(v if type(v) in _PLAIN else callplan.as_array(arg, v, self.dtype)
+                           for arg, v in zip(self.symbols, values))
+        key = callplan.signature(values)
+        if extras:
+            key += tuple((name, v.dtype, v.shape) for name, v in extras.items())
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = callplan.make_plan(self, values, extras or {})
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan, values
+
+    def _run(self, plan, values, out, threads, mean_over) -> list:
+        """Run the kernel as ``plan`` says; returns the results in result order."""
+        n = plan.n
+        batch = n if mean_over is None else self._check_mean_over(mean_over, n)
+        if batch == 0 and self._mean_results:
             raise ArgumentShapeError(
-                "the batch has 0 examples: the mean over no examples is undefined; pass at least one example"
-            )
-        outputs = self._result_arrays(n, out)
-        self._launch(n, values, outputs, threads)
-        given = {a.name: s for a, s in zip(self._symbols, shapes)}
-        given.update(shapes_of_unread)
-        return self._results(outputs, batch is not None, given, batched)
-
-    def out_arrays(self, out, form: str):
-        """A call's ``out=`` as one array (or None) per result, in result order.
-
-        ``out`` is what an earlier call returned: for ``form="dict"`` a dict
-        of results by name; for ``"loss_and_dict"`` a ``(loss, gradients)``
-        pair; for ``"dict_after_loss"`` a dict of every result but the first.
-        """
-        if out is None:
-            return None
-        names = [a.name for a in self._outputs]
-        try:
-            if form == "loss_and_dict":
-                loss, rest = out
-                return [loss] + [rest.get(name) for name in names[1:]]
-            if form == "dict_after_loss":
-                return [None] + [out.get(name) for name in names[1:]]
-            return [out.get(name) for name in names]
-        except (TypeError, ValueError, AttributeError):
-            raise ArgumentError(
-                "out must be what an earlier call of the same function returned "
-                "(a dict of arrays, or a (loss, dict) pair for value_and_grad)"
-            ) from None
-
-    def _result_arrays(self, n, out) -> list:
-        """Arrays the kernel writes its results into: the caller's ``out`` arrays, or new ones."""
+                "the batch has 0 examples: the mean over no examples is undefined; pass at least one example")
+        if plan.converters:
+            values = list(values)
+            for position, convert in plan.converters:
+                values[position] = convert(values[position])
         dtype = self.dtype
-        if out is None:
-            return [np.empty((n,) + a.shape if a.per_example else a.shape, dtype=dtype) for a in self._outputs]
-        arrays = []
-        for arg, given in zip(self._outputs, out):
-            shape = (n,) + arg.shape if arg.per_example else arg.shape
-            if given is None or type(given) is float:
-                arrays.append(np.empty(shape, dtype=dtype))
-                continue
-            if (type(given) is not np.ndarray or given.dtype != dtype or given.size != int(np.prod(shape))
-                    or not given.flags.c_contiguous or not given.flags.writeable):
-                raise ArgumentError(
-                    f"out: the array for {arg.name!r} must be a writable, C-contiguous {dtype} array with "
-                    f"{int(np.prod(shape))} elements (shape {shape}); got "
-                    f"{getattr(given, 'shape', type(given).__name__)}"
-                    f"{' of ' + str(given.dtype) if hasattr(given, 'dtype') else ''}"
-                )
-            arrays.append(given.reshape(shape))
-        return arrays
-
-    def _exact(self, raw, out=None, threads=1):
-        """The results when every argument already has a layout the kernel reads as it is, else None.
-
-        That is: C-contiguous arrays of the kernel's dtype; params of their
-        declared shape (a vector may be 1-D); inputs as batches (N, *shape)
-        (a vector may be (N, length)). Most calls in a training loop look like
-        this, and they skip the flexible path's conversions.
-        """
-        dtype = self.dtype
-        n = -1
-        reshaped = None  # symbol name -> the shape its gradient must take
-        for arg, value in zip(self._symbols, raw):
-            if arg.by_value:
-                if type(value) not in SCALAR_TYPES:
-                    return None
-                continue
-            if type(value) is not np.ndarray or value.dtype is not dtype or not value.flags.c_contiguous:
-                return None
-            shape = value.shape
-            if arg.role == "param":
-                if shape != arg.shape:
-                    if shape != arg.flat:
-                        return None
-                    reshaped = reshaped or {}
-                    reshaped[arg.name] = shape
+        floats = np.empty(plan.float_count, dtype) if plan.float_count else None
+        buffers = []  # per result: its slot in ``floats``, or the array the kernel writes it into
+        for k, (mode, shape) in enumerate(plan.outputs):
+            if mode == "float":
+                if out is not None:
+                    self._out_number(k, out[k])
+                buffers.append(shape)
+            elif mode == "sum":
+                buffers.append(np.empty((n,) + self.outputs[k].shape, dtype))
+            elif out is not None and out[k] is not None:
+                buffers.append(self._out_array(k, out[k], shape))
             else:
-                rest = shape[1:]
-                if shape == arg.shape or (rest != arg.shape and rest != arg.flat) or len(shape) < 2 and arg.shape:
-                    return None  # one example (its declared shape), or a shape the flexible path sorts out
-                if n < 0:
-                    n = shape[0]
-                elif shape[0] != n:
-                    return None
-                if rest != arg.shape:
-                    reshaped = reshaped or {}
-                    reshaped[arg.name] = shape
-        if n <= 0:  # no batched input, or an empty batch: the flexible path handles these
-            return None
-        outputs = self._result_arrays(n, out)
-        self._launch(n, raw, outputs, threads)
-        results = []
-        for arg, out in zip(self._outputs, outputs):
-            if reshaped is not None and arg.kind == "gradient" and arg.name in reshaped:
-                given = reshaped[arg.name]
-                out = out.reshape(given if not arg.per_example or self.declared[arg.name][0] == "input"
-                                  else (n,) + given)
-            results.append((arg.name, float(out) if out.ndim == 0 else out))
+                buffers.append(np.empty(shape, dtype))
+        self._launch(n, batch, values, floats, buffers, threads)
+        results = list(buffers)
+        if floats is not None:
+            numbers = floats.tolist()
+            for k, slot in plan.float_outputs:
+                results[k] = numbers[slot]
+        for k, (mode, shape) in enumerate(plan.outputs):
+            if mode == "sum":  # an input repeated over the batch: its gradient sums over it
+                target = None if out is None or out[k] is None else self._out_array(k, out[k], shape)
+                total = np.sum(buffers[k], axis=0, out=None if target is None else
+                               target.reshape(self.outputs[k].shape))
+                results[k] = float(total) if shape == () else target if target is not None else total.reshape(shape)
         return results
 
-    def _launch(self, n, values, outputs, threads) -> None:
-        """Run the kernel on n examples: ``values`` per symbol (C-ordered arrays
-        with the batch axis first for inputs, or numbers), into ``outputs``."""
-        from_buffer = self._ffi.from_buffer
+    def _launch(self, n, batch, values, floats, buffers, threads) -> None:
+        """Run the kernel on n examples (``batch``: the N of means): ``values`` per symbol (C-ordered
+        arrays with the batch axis first for inputs, or numbers), into ``floats`` and ``buffers``."""
+        fb = self._ffi.from_buffer
         pointer = self._pointer
         slices = chunks(n)
         if len(slices) == 1:
-            call = [n, n] + [from_buffer(pointer, v) if type(v) is np.ndarray else v for v in values]
-            call += [from_buffer(pointer, o) for o in outputs]
+            call = [n, batch] + [fb(pointer, v) if type(v) is _ndarray else v for v in values]
+            base = None if floats is None else fb(pointer, floats, require_writable=True)
+            call += [base + b if type(b) is int else fb(pointer, b, require_writable=True) for b in buffers]
             call.append(self._workspace())
-            self._check(self._function(*call))
+            self._check(self._function(*call))  # ``base`` stays referenced while the kernel runs
             return
-        shared = [from_buffer(pointer, v) if type(v) is np.ndarray and a.role == "param" else v
-                  for a, v in zip(self._symbols, values)]
-        per_call = [k for k, a in enumerate(self._outputs) if not a.per_example]
-        parts = [[np.empty(self._outputs[k].shape, dtype=self.dtype) for k in per_call] for _ in slices]
+        shared = [fb(pointer, v) if type(v) is _ndarray and a.role == "param" else v
+                  for a, v in zip(self.symbols, values)]
+        reduced = [k for k, (a, b) in enumerate(zip(self.outputs, buffers)) if not a.per_example and type(b) is not int]
+        parts = [(None if floats is None else np.empty_like(floats),
+                  {k: np.empty_like(buffers[k]) for k in reduced}) for _ in slices]
 
         def run(index):
             start, end = slices[index]
-            call = [end - start, n]
-            for arg, value, fixed in zip(self._symbols, values, shared):
-                call.append(from_buffer(pointer, value[start:end]) if arg.role == "input" else fixed)
-            partial = iter(parts[index])
-            for arg, o in zip(self._outputs, outputs):
-                call.append(from_buffer(pointer, o[start:end] if arg.per_example else next(partial)))
+            call = [end - start, batch]
+            for arg, value, fixed in zip(self.symbols, values, shared):
+                call.append(fb(pointer, value[start:end]) if arg.role == "input" else fixed)
+            part_floats, part_arrays = parts[index]
+            base = None if part_floats is None else fb(pointer, part_floats, require_writable=True)
+            for k, (arg, b) in enumerate(zip(self.outputs, buffers)):
+                if type(b) is int:
+                    call.append(base + b)
+                else:
+                    call.append(fb(pointer, b[start:end] if arg.per_example else part_arrays[k],
+                                   require_writable=True))
             call.append(self._workspace())
             return self._function(*call)
 
@@ -338,11 +384,17 @@ class Kernel:
             statuses = [run(index) for index in range(len(slices))]
         for status in statuses:
             self._check(status)
-        for position, k in enumerate(per_call):  # batch sums, added in slice order
-            total = parts[0][position]
-            for part in parts[1:]:
-                total += part[position]
-            outputs[k][...] = total
+        # Batch sums, added in slice order.
+        if floats is not None:
+            total = parts[0][0]
+            for part, _ in parts[1:]:
+                total += part
+            floats[...] = total
+        for k in reduced:
+            total = parts[0][1][k]
+            for _, part in parts[1:]:
+                total += part[k]
+            buffers[k][...] = total
 
     @staticmethod
     def _check(status) -> None:
@@ -350,7 +402,7 @@ class Kernel:
             raise KernelError(f"the kernel failed: {KERNEL_ERRORS.get(status, f'error code {status}')}")
 
     def _workspace(self):
-        """Scratch memory for this thread, allocated on its first call and kept."""
+        """Scratch memory for this thread, allocated on its first call and kept with the array it lives in."""
         local = self._local
         work = getattr(local, "work", None)
         if work is None:
@@ -358,7 +410,57 @@ class Kernel:
             work = local.work = self._ffi.from_buffer(self._pointer, local.array, require_writable=True)
         return work
 
-    # --- arguments -------------------------------------------------------------------
+    # --- options -------------------------------------------------------------------------
+
+    def _check_mean_over(self, mean_over, n) -> int:
+        if self._reduce != "mean":
+            raise ArgumentError(f"mean_over= is an option of models with reduce='mean'; this model's "
+                                f"reduce is {self._reduce!r}")
+        try:
+            count = operator.index(mean_over) if type(mean_over) is not bool else None
+        except TypeError:
+            count = None
+        if count is None or count < max(n, 1):
+            raise ArgumentError(f"mean_over must be a whole number of examples, at least the {n} of this call "
+                                f"(and at least 1); got {mean_over!r}")
+        return count
+
+    def _out_list(self, out, form) -> list:
+        """A call's ``out=`` as one value (or None) per result, in result order.
+
+        ``out`` is what an earlier call returned: for ``form="dict"`` a dict
+        of results by name; for ``"loss_and_dict"`` a ``(loss, gradients)``
+        pair; for ``"dict_after_loss"`` a dict of every result but the first.
+        """
+        try:
+            if form == "loss_and_dict":
+                loss, rest = out
+                return [loss, *map(rest.get, self._gradients)]
+            if form == "dict_after_loss":
+                return [None, *map(out.get, self._gradients)]
+            return list(map(out.get, self._results))
+        except (TypeError, ValueError, AttributeError):
+            raise ArgumentError(
+                "out must be what an earlier call of the same function returned "
+                "(a dict of arrays, or a (loss, dict) pair for value_and_grad)"
+            ) from None
+
+    def _out_array(self, k, given, shape):
+        """The ``out=`` array of result k, after checking the kernel can write result k into it as it is."""
+        if (type(given) is _ndarray and given.shape == shape and given.dtype == self.dtype
+                and given.flags.num & callplan.WRITABLE == callplan.WRITABLE):
+            return given
+        got = f"{given.shape} of {given.dtype}" if type(given) is _ndarray else type(given).__name__
+        raise ArgumentError(f"out: the array for {self.outputs[k].name!r} must be a writable, C-contiguous "
+                            f"{self.dtype} array of shape {shape}, as an earlier call with arguments of "
+                            f"these shapes returned; got {got}")
+
+    def _out_number(self, k, given) -> None:
+        """Check the ``out=`` entry of result k, a number: numbers are returned anew."""
+        if given is not None and not isinstance(given, (float, np.floating)):
+            self._out_array(k, given, ())  # a 0-d array passes; anything else raises the error naming it
+
+    # --- arguments -------------------------------------------------------------------------
 
     def _check_names(self, arrays) -> None:
         unknown = [k for k in arrays if k not in self.declared]
@@ -366,98 +468,7 @@ class Kernel:
             raise ArgumentError(
                 f"unknown argument {unknown[0]!r}; this model takes: {', '.join(sorted(self.declared))}"
             )
-        missing = [a for a in self._symbols if a.name not in arrays]
+        missing = [a for a in self.symbols if a.name not in arrays]
         if missing:
-            described = ", ".join(
-                f"{a.name!r} ({'param' if a.role == 'param' else 'input'}, {_shape_text(a.shape)})"
-                for a in missing
-            )
+            described = ", ".join(f"{a.name!r} ({a.role}, {callplan.shape_text(a.shape)})" for a in missing)
             raise ArgumentError(f"missing argument{'s' if len(missing) > 1 else ''}: {described}")
-
-    def _as_array(self, arg, raw):
-        if type(raw) is np.ndarray:
-            array = raw
-        else:
-            try:
-                array = np.asarray(raw)
-            except Exception as exc:  # ragged lists and the like
-                raise ArgumentError(f"{arg.role} {arg.name!r} is not array-like: {exc}") from None
-        if array.dtype.kind not in "biuf":
-            raise ArgumentDtypeError(
-                f"{arg.role} {arg.name!r} has dtype {array.dtype}; expected real numbers "
-                f"(integers, booleans and floats are converted to {self.dtype})"
-            )
-        return array
-
-    def _contiguous(self, array):
-        if array.dtype == self.dtype and array.flags.c_contiguous:
-            return array
-        return np.ascontiguousarray(array, dtype=self.dtype)
-
-    def _param_scalar(self, arg, raw) -> float:
-        if type(raw) is np.ndarray and raw.ndim == 0 and raw.dtype.kind in "biuf":
-            return float(raw)
-        array = self._as_array(arg, raw)
-        if array.size != 1 or array.ndim > 1:
-            raise ArgumentShapeError(
-                f"param {arg.name!r} is one number shared by all examples; got an array of shape {array.shape}"
-            )
-        return float(array.reshape(()))
-
-    def _param(self, arg, raw):
-        """A matrix param as a C-ordered array of the kernel's dtype."""
-        array = self._as_array(arg, raw)
-        if array.shape != arg.shape and not (array.ndim == 1 and array.shape[0] == _vector_length(arg.shape)):
-            raise ArgumentShapeError(
-                f"param {arg.name!r} must have shape {arg.shape}; got {array.shape}"
-                + ("" if array.ndim <= 2 else " (params are shared by all examples and have no batch axis)")
-            )
-        return self._contiguous(array)
-
-    def _input(self, arg, raw):
-        """An input as a C-ordered array of (N, *shape) or (*shape), and whether it is a batch."""
-        array = self._as_array(arg, raw)
-        shape = arg.shape
-        given = array.shape
-        length = _vector_length(shape)
-        if given == shape:
-            batch = False
-        elif array.ndim == len(shape) + 1 and given[1:] == shape:
-            batch = True
-        elif length is not None and array.ndim == 1 and given[0] == length:
-            batch, array = False, array.reshape(shape)
-        elif length is not None and array.ndim == 2 and given[1] == length:
-            batch, array = True, array.reshape((given[0],) + shape)
-        else:
-            forms = [f"(N, {', '.join(map(str, shape))})" if shape else "(N,)"]
-            if length is not None:
-                forms.append(f"(N, {length})")
-            raise ArgumentShapeError(
-                f"input {arg.name!r} has shape {given}; expected one example of shape {shape} "
-                f"or a batch of shape {' or '.join(forms)}"
-            )
-        return self._contiguous(array), batch
-
-    # --- results -------------------------------------------------------------------------
-
-    def _results(self, outputs, batched, given_shapes, batched_names) -> list:
-        results = []
-        for arg, value in zip(self._outputs, outputs):
-            if arg.kind == "gradient":
-                given = given_shapes.get(arg.name, self.declared[arg.name][1])  # unread symbols: as declared
-                value = self._gradient(arg, value, batched, given, arg.name in batched_names)
-            elif arg.per_example and not batched:
-                value = value[0]
-            results.append((arg.name, float(value) if value.ndim == 0 else value))
-        return results
-
-    def _gradient(self, arg, value, batched, given, was_batched):
-        """A gradient in the shape its symbol was passed in."""
-        if not arg.per_example:  # a param's gradient, reduced over the batch
-            return value.reshape(given)
-        if self.declared[arg.name][0] == "param":  # per-example gradients (reduce=None)
-            return value.reshape((value.shape[0],) + given) if batched else value[0].reshape(given)
-        if was_batched:
-            return value.reshape(given)
-        # An input given once and repeated over the batch: its gradient sums over the batch.
-        return (value.sum(axis=0) if batched else value[0]).reshape(given)

@@ -168,6 +168,10 @@ def test_generated_module_imports_without_sympy(fit, build_dir):
         "import fit_all, numpy as np\n"
         "loss, g = fit_all.value_and_grad(a=1.0, b=0.0, x=np.arange(3.0), t=np.zeros(3))\n"
         "assert abs(loss - 5 / 3) < 1e-12, loss\n"
+        "assert fit_all.value_and_grad(a=1, b=0.0, x=[0, 1, 2], t=0.0)[0] == loss\n"
+        "assert fit_all.forward(a=1.0, b=0.0, x=2.0, t=0.0)['loss'] == 4.0\n"
+        "assert fit_all._runtime.__name__ == 'fit_all._runtime' and fit_all._runtime.callplan.__name__ == "
+        "'fit_all._callplan'\n"
         "try:\n    fit_all.value_and_grad(a=1.0)\nexcept TypeError as e:\n    print('error', type(e).__name__)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -186,14 +190,13 @@ def test_out_reuses_the_result_arrays(fit, rng):
     memory = {k: v.__array_interface__["data"][0] for k, v in g.items() if isinstance(v, np.ndarray)}
     loss2, g2 = fit.value_and_grad(a=1.5, b=0.2, x=xv, t=tv, out=(loss, g))
     for name, address in memory.items():
-        assert g2[name].__array_interface__["data"][0] == address  # written in place
+        assert g2[name] is g[name] and g2[name].__array_interface__["data"][0] == address  # written in place
     r = 1.5 * xv + 0.2 - tv
     np.testing.assert_allclose(g2["x"], 2 * r * 1.5 / 50)
     assert loss2 == pytest.approx(np.mean(r**2))
     out = fit.forward(a=1.0, b=0.0, x=xv, t=tv)
     again = fit.forward(a=2.0, b=0.0, x=xv, t=tv, out=out)
-    assert again["y"] is not None and again["y"].__array_interface__["data"][0] == \
-        out["y"].__array_interface__["data"][0]
+    assert again["y"] is out["y"]
     np.testing.assert_allclose(again["y"], 2 * xv)
     with pytest.raises(ArgumentError, match="out: the array for 'x'"):
         fit.value_and_grad(a=1.0, b=0.0, x=xv, t=tv, out=(None, {"x": np.zeros(3)}))
@@ -231,3 +234,53 @@ def test_threads_give_the_same_results_bit_for_bit(compile_model, rng):
                                rtol=1e-14)
     with pytest.raises(ArgumentError, match="threads must be"):
         module.value_and_grad(a=0.7, b=0.1, x=xv, t=tv, threads=0)
+
+
+def test_integers_beyond_exact_floats_are_refused(fit, compile_model):
+    from symgrad.errors import ArgumentDtypeError
+
+    assert fit.value_and_grad(a=2**53, b=0.0, x=np.array([1]), t=0.0)[0] == float(2**53) ** 2
+    for call in (dict(a=2**53 + 1), dict(a=np.uint64(2**64 - 1)), dict(x=np.array([3, -(2**53) - 1]))):
+        with pytest.raises(ArgumentDtypeError, match=r"cannot represent exactly \(its integers are exact up to 2\*\*53\)"):
+            fit.value_and_grad(**{**dict(a=1.0, b=0.0, x=1.0, t=0.0), **call})
+    single = compile_model(_fit(name="fit_float32"), dtype="float32")
+    assert single.value_and_grad(a=2**24, b=0, x=1.0, t=0.0)[0] == float(2**24) ** 2
+    with pytest.raises(ArgumentDtypeError, match=r"2\*\*24"):
+        single.value_and_grad(a=1.0, b=0.0, x=np.array([2**24 + 1], dtype=np.int32), t=0.0)
+
+
+def _built_package(tmp_path, name):
+    from symgrad.pipeline import build_model
+
+    _, result = build_model(_fit(name=name), tmp_path)
+    return result.path
+
+
+def _import_in_subprocess(path):
+    code = f"import sys; sys.path.insert(0, {str(path.parent)!r})\nimport {path.name}\nprint('imported')"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def test_a_truncated_extension_is_refused_with_the_rebuild_command(tmp_path):
+    path = _built_package(tmp_path, "fit_truncated")
+    extension = next(path.glob("_kernels_*"))
+    extension.write_bytes(extension.read_bytes()[:4096])
+    done = _import_in_subprocess(path)
+    assert done.returncode == 1 and "imported" not in done.stdout, done.stderr
+    assert "ImportError" in done.stderr and "truncated or corrupted" in done.stderr
+    assert f"Rebuild it: symgrad.compile(model, out_dir={str(tmp_path)!r})" in done.stderr
+
+
+def test_a_package_mixed_from_two_builds_is_refused(tmp_path):
+    import json
+
+    from symgrad.build import MANIFEST
+
+    path = _built_package(tmp_path, "fit_mixed")
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest["init_sha256"] = "0" * 64  # the manifest of another build
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    done = _import_in_subprocess(path)
+    assert "come from different builds" in done.stderr and "imported" not in done.stdout
+    (path / MANIFEST).unlink()
+    assert "build manifest" in _import_in_subprocess(path).stderr

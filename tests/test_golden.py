@@ -1,19 +1,24 @@
-"""The generated C of every example, compared with the copy checked in under generated/.
+"""The generated C and __init__.py of every example, compared with the copies checked in under generated/.
 
 The sources of the example packages are tracked so that a change in the
-generated code shows up in review as a diff. Regenerate them with
+generated code shows up in review as a diff. The generated __init__.py
+depends only on the model (the build key and the compiled extension's name
+are in the build manifest), so its golden copy is the file a build from
+the repository root writes. Regenerate them with
 
     SYMGRAD_UPDATE_GOLDEN=1 python -m pytest tests/test_golden.py
 
 No compiler is needed: this compares the rendered text.
 """
 
+import contextlib
 import os
 from pathlib import Path
 
 import pytest
 
 import symgrad as sg
+from symgrad.render import finish
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_FILES = sorted(p for p in (ROOT / "examples").glob("*.py") if not p.name.startswith(("run_", "_")))
@@ -24,21 +29,29 @@ def _golden_names(files):
 
 
 def _models():
-    for path in MODEL_FILES:
-        for model in sg.load_model(path):
-            yield model
+    with contextlib.chdir(ROOT):  # models name their file as `symgrad build examples/...` does
+        for path in MODEL_FILES:
+            yield from sg.load_model(path.relative_to(ROOT))
+
+
+def _check_golden(golden: Path, text: str) -> None:
+    if os.environ.get("SYMGRAD_UPDATE_GOLDEN"):
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text)
+    assert golden.is_file(), f"{golden} is missing; regenerate with SYMGRAD_UPDATE_GOLDEN=1"
+    assert text == golden.read_text(), f"{golden} differs from what symgrad generates now"
 
 
 @pytest.mark.parametrize("model", list(_models()), ids=lambda m: m.name)
 def test_generated_sources_match_the_golden_files(model):
     package = sg.generate(model).package
     for name in _golden_names(package.files):
-        golden = ROOT / "generated" / model.name / name
-        if os.environ.get("SYMGRAD_UPDATE_GOLDEN"):
-            golden.parent.mkdir(parents=True, exist_ok=True)
-            golden.write_text(package.files[name])
-        assert golden.is_file(), f"{golden} is missing; regenerate with SYMGRAD_UPDATE_GOLDEN=1"
-        assert package.files[name] == golden.read_text(), f"{golden} differs from what symgrad generates now"
+        _check_golden(ROOT / "generated" / model.name / name, package.files[name])
+
+
+@pytest.mark.parametrize("model", list(_models()), ids=lambda m: m.name)
+def test_generated_init_matches_its_golden_copy(model):
+    _check_golden(ROOT / "generated" / model.name / "__init__.py", finish(sg.generate(model).package))
 
 
 def test_runtime_header_matches_its_golden_copy():

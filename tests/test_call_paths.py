@@ -1,0 +1,276 @@
+"""Every way of calling a module gives the same numbers, and the right ones.
+
+A call runs the plan of its signature: the one-example entry point (every
+argument a number), the exact layout (arrays as the kernel reads them) or
+the general case (lists, other dtypes and layouts, broadcast examples),
+with or without ``out=`` and ``threads=``. These tests call each path on
+models with 1 to 1000 scalar arguments and on a model with matrix
+arguments, require bit-identical results across the paths, and compare
+them with NumPy written by hand. CI also runs them under
+``PYTHONMALLOC=debug``, where memory read after it is freed is garbage at
+once (the one-example entry once read its results from a freed struct).
+"""
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import symgrad as sg
+from symgrad import runtime
+from symgrad.errors import ArgumentDtypeError, ArgumentError
+
+WIDTHS = (1, 8, 64, 129, 300, 1000)
+#: The wide models only test the call path: compile them quickly (-O0; at -O3 the
+#: 1000-argument model takes half a minute, mostly in cffi's wrapper).
+QUICK_FLAGS = ("-O0",)
+
+
+def _wide_model(width):
+    """s_k for k < width: even k inputs, odd k params; loss = sum_k s_k sin(s_(k+1 mod width))."""
+    s = sp.symbols(f"s0:{width}")
+    loss = sum(s[k] * sp.sin(s[(k + 1) % width]) for k in range(width))
+    return sg.Model(f"paths_wide{width}", loss=loss, params=[v for k, v in enumerate(s) if k % 2],
+                    inputs=[v for k, v in enumerate(s) if not k % 2], wrt=list(s), outputs={"y": s[0] * s[-1]})
+
+
+def _wide_reference(values):
+    """(per-example loss, {name: per-example gradient}, y) by hand; values: (width, N)."""
+    s = np.asarray(values, dtype=float)
+    following = np.roll(s, -1, axis=0)
+    preceding = np.roll(s, 1, axis=0)
+    loss = np.sum(s * np.sin(following), axis=0)
+    grads = np.sin(following) + preceding * np.cos(s)
+    return loss, {f"s{k}": grads[k] for k in range(len(s))}, s[0] * s[-1]
+
+
+@pytest.fixture(scope="module", params=WIDTHS, ids=lambda w: f"width{w}")
+def wide(request, compile_model):
+    flags = QUICK_FLAGS if request.param > 64 else None
+    return request.param, compile_model(_wide_model(request.param), flags=flags)
+
+
+def _point(width, rng):
+    return {f"s{k}": float(v) for k, v in enumerate(rng.uniform(-1.5, 1.5, width))}
+
+
+def _same(a, b):
+    """Bit-identical results: the same keys, types and numbers."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _same(a[k], b[k])
+    elif isinstance(a, tuple):
+        for x, y in zip(a, b, strict=True):
+            _same(x, y)
+    else:
+        assert type(a) is type(b)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_one_example_through_every_path(wide, rng):
+    width, module = wide
+    kernel = module._value_and_grad
+    point = _point(width, rng)
+    assert kernel.plan(point).branch == "point"
+    fast = module.value_and_grad(**point)
+    loss, grads, y = _wide_reference([[v] for v in point.values()])
+    assert fast[0] == pytest.approx(loss[0], rel=1e-13)
+    for name, value in fast[1].items():
+        assert value == pytest.approx(grads[name][0], rel=1e-12, abs=1e-14)
+    # The same example through the kernel: numbers as 0-d arrays (params: the general branch) ...
+    zero_d = {k: np.array(v) for k, v in point.items()}
+    assert kernel.plan(zero_d).branch == ("exact" if width == 1 else "general")
+    _same(module.value_and_grad(**zero_d), fast)
+    # ... inputs as batches of one (the exact layout), params as numbers ...
+    batch_of_one = {k: np.array([v]) if int(k[1:]) % 2 == 0 else v for k, v in point.items()}
+    assert kernel.plan(batch_of_one).branch == "exact"
+    loss1, grads1 = module.value_and_grad(**batch_of_one)
+    assert loss1 == fast[0] and all(np.asarray(grads1[k]).reshape(()) == fast[1][k] for k in fast[1])
+    # ... with threads= and mean_over= (both run the kernel), and with out= (numbers are returned anew).
+    _same(module.value_and_grad(**point, threads=2), fast)
+    _same(module.value_and_grad(**point, mean_over=1), fast)
+    _same(module.value_and_grad(**point, out=fast), fast)
+    _same(module.grad(**point), fast[1])
+    forward = module.forward(**point)
+    assert forward["loss"] == fast[0] and forward["y"] == pytest.approx(y[0], rel=1e-15)
+    _same(module.forward(**zero_d), forward)
+
+
+def test_a_batch_through_every_path(wide, rng):
+    width, module = wide
+    n = 7
+    values = rng.uniform(-1.5, 1.5, (width, n))
+    params = {f"s{k}": float(values[k, 0]) for k in range(1, width, 2)}
+    values[1::2] = values[1::2, :1]  # params are shared by the batch
+    inputs = {f"s{k}": np.ascontiguousarray(values[k]) for k in range(0, width, 2)}
+    exact = {**params, **inputs}
+    kernel = module._value_and_grad
+    assert kernel.plan(exact).branch == "exact"
+    loss, grads = module.value_and_grad(**exact)
+    ref_loss, ref_grads, ref_y = _wide_reference(values)
+    assert loss == pytest.approx(np.mean(ref_loss), rel=1e-13)
+    for k in range(width):
+        name = f"s{k}"
+        if k % 2:  # a param: the mean of its per-example gradients
+            assert grads[name] == pytest.approx(np.mean(ref_grads[name]), rel=1e-12, abs=1e-14)
+        else:  # an input: the gradient of the mean loss with respect to each example
+            np.testing.assert_allclose(grads[name], ref_grads[name] / n, rtol=1e-12, atol=1e-15)
+    # The general branch: a strided view, a list, a 0-d param.
+    general = dict(exact)
+    general["s0"] = np.repeat(inputs["s0"], 2)[::2]
+    if width > 2:
+        general["s2"] = list(inputs["s2"])
+    if width > 1:
+        general["s1"] = np.array(params["s1"])
+    assert kernel.plan(general).branch == "general"
+    _same(module.value_and_grad(**general), (loss, grads))
+    # out=: the very arrays of an earlier call come back, rewritten.
+    out = module.value_and_grad(**exact)
+    again = module.value_and_grad(**exact, out=out)
+    _same(again, (loss, grads))
+    for name, value in again[1].items():
+        if isinstance(value, np.ndarray):
+            assert value is out[1][name]
+    _same(module.value_and_grad(**exact, threads=3), (loss, grads))
+    forward = module.forward(**exact)
+    np.testing.assert_allclose(forward["y"], ref_y, rtol=1e-15)
+    _same(module.forward(**exact, out=forward), module.forward(**general))
+
+
+@pytest.mark.parametrize("width", [1, 8])
+def test_batches_past_one_slice_and_the_thread_chunks(width, compile_model, rng):
+    module = compile_model(_wide_model(width))
+    for n in (runtime.CHUNK + 1, runtime.CHUNK * runtime.MAX_CHUNKS + 21):
+        values = rng.uniform(-1.5, 1.5, (width, n))
+        values[1::2] = values[1::2, :1]
+        arrays = {f"s{k}": values[k] if k % 2 == 0 else float(values[k, 0]) for k in range(width)}
+        one = module.value_and_grad(**arrays)
+        _same(module.value_and_grad(**arrays, threads=2), one)
+        _same(module.value_and_grad(**arrays, threads=5, out=module.value_and_grad(**arrays)), one)
+        ref_loss, ref_grads, _ = _wide_reference(values)
+        assert one[0] == pytest.approx(np.mean(ref_loss), rel=1e-12)
+        for k in range(width):
+            name = f"s{k}"
+            if k % 2:
+                assert one[1][name] == pytest.approx(np.mean(ref_grads[name]), rel=1e-10, abs=1e-14)
+            else:
+                np.testing.assert_allclose(one[1][name], ref_grads[name] / n, rtol=1e-12, atol=1e-18)
+
+
+def _matrix_model():
+    W, x = sp.MatrixSymbol("W", 3, 2), sp.MatrixSymbol("x", 2, 1)
+    b, t = sp.symbols("b t")
+    h = (W * x).applyfunc(sp.tanh)
+    r = sg.sum(h) + b - t
+    return sg.Model("paths_matrix", loss=r**2, params=[W, b], inputs=[x, t], wrt=[W, b, x, t], outputs={"h": h})
+
+
+def _matrix_reference(W, b, x, t):
+    """Per-example loss and gradients by hand; x: (N, 2), t: (N,)."""
+    z = x @ W.T
+    h = np.tanh(z)
+    r = h.sum(axis=1) + b - t
+    dz = 2 * r[:, None] * (1 - h**2)
+    return r**2, {"W": dz[:, :, None] * x[:, None, :], "b": 2 * r, "x": dz @ W, "t": -2 * r}, h
+
+
+@pytest.fixture(scope="module")
+def matrix(compile_model):
+    return compile_model(_matrix_model())
+
+
+@pytest.mark.parametrize("n", [1, 5, runtime.CHUNK + 3, runtime.CHUNK * runtime.MAX_CHUNKS + 40])
+def test_matrix_arguments_through_every_path(matrix, n, rng):
+    W, b = rng.normal(size=(3, 2)), 0.3
+    x, t = rng.normal(size=(n, 2)), rng.normal(size=n)
+    exact = dict(W=W, b=b, x=x.reshape(n, 2, 1), t=t)
+    kernel = matrix._value_and_grad
+    assert kernel.plan(exact).branch == "exact"
+    loss, grads = matrix.value_and_grad(**exact)
+    ref_loss, ref, ref_h = _matrix_reference(W, b, x, t)
+    assert loss == pytest.approx(ref_loss.mean(), rel=1e-12)
+    np.testing.assert_allclose(grads["W"], ref["W"].mean(axis=0), rtol=1e-10)
+    assert grads["b"] == pytest.approx(ref["b"].mean(), rel=1e-10)
+    np.testing.assert_allclose(grads["x"], ref["x"].reshape(n, 2, 1) / n, rtol=1e-10, atol=1e-300)
+    np.testing.assert_allclose(grads["t"], ref["t"] / n, rtol=1e-10)
+    # Rows of vectors as (N, 2), W in Fortran order, t as float32 values held in float64: the general branch.
+    general = dict(W=np.asfortranarray(W), b=np.float64(b), x=x, t=t.tolist() if n < 10 else t[::-1][::-1].copy())
+    assert kernel.plan(general).branch == "general"
+    loss2, grads2 = matrix.value_and_grad(**general)
+    assert loss2 == loss and grads2["x"].shape == (n, 2)
+    for name in ("W", "b", "t"):
+        np.testing.assert_array_equal(grads2[name], grads[name])
+    np.testing.assert_array_equal(grads2["x"], grads["x"].reshape(n, 2))
+    out = matrix.value_and_grad(**exact)
+    again = matrix.value_and_grad(**exact, out=out, threads=2)
+    _same(again, (loss, grads))
+    assert all(again[1][k] is out[1][k] for k in ("W", "x", "t"))
+    forward = matrix.forward(**exact, threads=2)
+    np.testing.assert_allclose(forward["h"], ref_h.reshape(n, 3, 1), rtol=1e-14)
+    # One t for the whole batch: it is repeated, and its gradient sums over the batch.
+    loss3, grads3 = matrix.value_and_grad(W=W, b=b, x=x, t=0.25)
+    ref_loss3, ref3, _ = _matrix_reference(W, b, x, np.full(n, 0.25))
+    assert loss3 == pytest.approx(ref_loss3.mean(), rel=1e-12)
+    assert grads3["t"] == pytest.approx(ref3["t"].sum() / n, rel=1e-10)
+
+
+def test_one_matrix_example_is_one_example(matrix, rng):
+    W, x = rng.normal(size=(3, 2)), rng.normal(size=2)
+    loss, grads = matrix.value_and_grad(W=W, b=0.1, x=x, t=0.5)
+    ref_loss, ref, _ = _matrix_reference(W, 0.1, x[None, :], np.array([0.5]))
+    assert isinstance(loss, float) and loss == pytest.approx(ref_loss[0], rel=1e-13)
+    assert grads["x"].shape == (2,) and isinstance(grads["t"], float)
+    np.testing.assert_allclose(grads["x"], ref["x"][0], rtol=1e-12)
+    _same(matrix.value_and_grad(W=W, b=0.1, x=x.reshape(2, 1), t=0.5)[1]["W"], grads["W"])
+
+
+def test_mean_over_lets_parts_of_a_batch_add_up(matrix, rng):
+    n = 1000
+    W, b, x, t = rng.normal(size=(3, 2)), -0.2, rng.normal(size=(n, 2)), rng.normal(size=n)
+    whole = matrix.value_and_grad(W=W, b=b, x=x, t=t)
+    parts = [matrix.value_and_grad(W=W, b=b, x=x[a:e], t=t[a:e], mean_over=n) for a, e in ((0, 300), (300, 1000))]
+    assert parts[0][0] + parts[1][0] == pytest.approx(whole[0], rel=1e-13)
+    np.testing.assert_allclose(parts[0][1]["W"] + parts[1][1]["W"], whole[1]["W"], rtol=1e-12)
+    np.testing.assert_allclose(np.concatenate([p[1]["t"] for p in parts]), whole[1]["t"], rtol=1e-13)
+    forward = [matrix.forward(W=W, b=b, x=x[a:e], t=t[a:e], mean_over=n)["loss"] for a, e in ((0, 300), (300, 1000))]
+    assert sum(forward) == pytest.approx(whole[0], rel=1e-13)
+    empty = matrix.value_and_grad(W=W, b=b, x=x[:0], t=t[:0], mean_over=n)  # an empty part adds nothing
+    assert empty[0] == 0.0 and not empty[1]["W"].any()
+    for bad in (999, 0, True, 2.5, "10"):
+        with pytest.raises(ArgumentError, match="mean_over must be"):
+            matrix.value_and_grad(W=W, b=b, x=x, t=t, mean_over=bad)
+
+
+def test_mean_over_is_for_mean_models_and_yields_to_a_symbol(compile_model):
+    x, w, mean_over = sp.symbols("x w mean_over")
+    summed = compile_model(sg.Model("paths_summed", loss=w * x, params=[w], inputs=[x], reduce="sum"))
+    with pytest.raises(ArgumentError, match="reduce='mean'"):
+        summed.value_and_grad(w=1.0, x=np.ones(3), mean_over=3)
+    named = compile_model(sg.Model("paths_named_mean_over", loss=mean_over * x, params=[mean_over], inputs=[x]))
+    loss, grads = named.value_and_grad(mean_over=2.0, x=np.array([1.0, 3.0]))
+    assert loss == 4.0 and grads["mean_over"] == 2.0
+
+
+def test_out_must_match_the_results(matrix, rng):
+    W, x, t = rng.normal(size=(3, 2)), rng.normal(size=(4, 2)), rng.normal(size=4)
+    loss, grads = matrix.value_and_grad(W=W, b=0.0, x=x, t=t)
+    for bad in (grads["W"].T, grads["W"].astype(np.float32), grads["W"].reshape(6), np.ones((3, 2), dtype=int)):
+        with pytest.raises(ArgumentError, match="out: the array for 'W'"):
+            matrix.value_and_grad(W=W, b=0.0, x=x, t=t, out=(loss, {**grads, "W": bad}))
+    frozen = grads["W"].copy()
+    frozen.flags.writeable = False
+    with pytest.raises(ArgumentError, match="writable"):
+        matrix.value_and_grad(W=W, b=0.0, x=x, t=t, out=(loss, {**grads, "W": frozen}))
+    with pytest.raises(ArgumentError, match="out: the array for 'loss'"):
+        matrix.value_and_grad(W=W, b=0.0, x=x, t=t, out=("no", grads))
+
+
+def test_integers_are_converted_only_when_exact(matrix):
+    x = np.array([[1, 2], [3, 4]])
+    ok = matrix.value_and_grad(W=np.ones((3, 2)), b=2**53, x=x, t=np.array([2**53, -2**53]))
+    assert np.isfinite(ok[0])
+    for call in (dict(b=2**53 + 1), dict(b=np.int64(2**60)), dict(t=np.array([1, 2**53 + 1])),
+                 dict(t=np.array([0, 2**64 - 1], dtype=np.uint64)), dict(W=np.full((3, 2), -2**62))):
+        arguments = {**dict(W=np.ones((3, 2)), b=0.0, x=x, t=np.zeros(2)), **call}
+        with pytest.raises(ArgumentDtypeError, match="cannot represent exactly"):
+            matrix.value_and_grad(**arguments)

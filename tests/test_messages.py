@@ -5,6 +5,8 @@ command); before, each ended in a traceback, a misleading message or a
 silently wrong result.
 """
 
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -345,6 +347,17 @@ def test_load_names_a_missing_extension_and_an_incomplete_manifest(tmp_path):
     (result.path / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(BuildError, match=r"is incomplete \(no 'extension_sha256'\); rebuild the package"):
         load(result.path)
+
+
+def test_importing_a_truncated_package_raises_instead_of_crashing(tmp_path):
+    a = sp.Symbol("a")
+    _, result = build_model(sg.Model("truncated_import", loss=(a * x - 1) ** 2, params=[a], inputs=[x]), tmp_path)
+    extension = next(result.path.glob("_kernels_*"))
+    extension.write_bytes(extension.read_bytes()[:1000])
+    done = subprocess.run([sys.executable, "-c", "import truncated_import"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 1, (done.returncode, done.stderr)  # not -7 (SIGBUS)
+    assert "ImportError" in done.stderr and "Rebuild it" in done.stderr
 
 
 # --- build --flags and the help ----------------------------------------------------------------

@@ -1332,9 +1332,9 @@ class Evaluator:
         if type(e) in _NUMPY_RELATIONS:
             return _NUMPY_RELATIONS[type(e)](ev(e.args[0]), ev(e.args[1]))
         if isinstance(e, sp.And):
-            return np.logical_and.reduce([np.asarray(ev(a), bool) for a in e.args])
+            return np.logical_and.reduce(np.broadcast_arrays(*[np.asarray(ev(a), bool) for a in e.args]))
         if isinstance(e, sp.Or):
-            return np.logical_or.reduce([np.asarray(ev(a), bool) for a in e.args])
+            return np.logical_or.reduce(np.broadcast_arrays(*[np.asarray(ev(a), bool) for a in e.args]))
         if isinstance(e, sp.Not):
             return np.logical_not(ev(e.args[0]))
         if isinstance(e, sp.ITE):

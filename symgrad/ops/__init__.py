@@ -10,7 +10,9 @@ pick it up from here.
 
 Families: :mod:`.leaf` (symbols and constants), :mod:`.arith` (+, *, powers),
 :mod:`.elementwise` (scalar functions, comparisons, selection), :mod:`.nn`
-(softmax and friends), :mod:`.linalg` (matrix products, views, reductions).
+(softmax and friends), :mod:`.linalg` (matrix products, views, reductions),
+:mod:`.special` (log1p, hypot, loggamma, floor, Mod and other C-library and
+special functions).
 """
 
 from __future__ import annotations

@@ -52,16 +52,43 @@ def differentiate(graph: Graph, wrt: Sequence[str], reduce) -> Graph:
     b = Builder(g)
     (loss,) = g.results["example_loss"]
     targets = [g.symbols[name] for name in wrt]
-    on_path = _between(g, loss.node, targets)
+    # The seed comes from every example.
+    g.adjoints.update(backpropagate(b, {loss.node: b.const(1)}, targets, reduce))
 
-    # node -> [(contribution, sent by a per-example node)]; the seed comes from every example.
-    pending: dict = {loss.node: [(b.const(1), True)]}
+    results = []
+    for name, leaf in zip(wrt, targets):
+        per_example = reduce is None or g.nodes[leaf].varying
+        gradient = g.adjoints.get(leaf)
+        if gradient is None:
+            gradient = b.broadcast(b.const(0), g.nodes[leaf].shape)
+        if reduce == "mean":
+            gradient = b.mul(b.recip(b.apply("batch_size")), gradient)
+        results.append(Result(name, gradient, per_example))
+    g.results["gradients"] = tuple(results)
+    return g
+
+
+def backpropagate(b: Builder, seeds: dict, targets: list, reduce) -> dict:
+    """Adjoints of the nodes between ``seeds`` and ``targets``.
+
+    ``seeds`` maps nodes to their adjoints' seeds (1 for a loss, a cotangent
+    symbol for the rows of a Jacobian); the contributions of per-example nodes
+    to shared ones are summed over the batch when ``reduce`` is not None.
+    Returns the adjoints (node -> adjoint node).
+    """
+    g = b.graph
+    on_path: set = set()
+    for root in seeds:
+        on_path |= _between(g, root, targets)
+    # node -> [(contribution, sent by a per-example node)]
+    pending: dict = {node: [(seed, True)] for node, seed in seeds.items()}
+    adjoints = {}
     for node_id in sorted(on_path, reverse=True):
         parts = pending.pop(node_id, None)
         if not parts:
             continue
         adjoint = _accumulate(b, node_id, parts, reduce)
-        g.adjoints[node_id] = adjoint
+        adjoints[node_id] = adjoint
         node = g.nodes[node_id]
         wanted = [a in on_path for a in node.args]
         if not any(wanted):
@@ -76,18 +103,7 @@ def differentiate(graph: Graph, wrt: Sequence[str], reduce) -> Graph:
                 continue
             contribution = b.sum_to(contribution, g.nodes[arg].shape)
             pending.setdefault(arg, []).append((contribution, node.varying))
-
-    results = []
-    for name, leaf in zip(wrt, targets):
-        per_example = reduce is None or g.nodes[leaf].varying
-        gradient = g.adjoints.get(leaf)
-        if gradient is None:
-            gradient = b.broadcast(b.const(0), g.nodes[leaf].shape)
-        if reduce == "mean":
-            gradient = b.mul(b.recip(b.apply("batch_size")), gradient)
-        results.append(Result(name, gradient, per_example))
-    g.results["gradients"] = tuple(results)
-    return g
+    return adjoints
 
 
 def _between(g: Graph, root: int, targets: list) -> set:

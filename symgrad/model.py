@@ -113,13 +113,18 @@ class Model:
             ``"sum"``, or ``None`` for one loss (and one gradient) per example.
         wrt: the symbols to differentiate with respect to (default: all
             params); inputs are allowed and get per-example gradients.
+        kernels: extra kernels to build beside forward, value_and_grad and
+            grad, any of ``"jacobian"``, ``"jvp"``, ``"hvp"``, ``"hessian"``
+            (see the generated module's docstring); the default builds none,
+            so a build costs what it did.
 
     Intermediate expressions bound to variable names where the model is made
     (``h = sg.sigmoid(W1*x + b1)``) keep those names in ``symgrad show`` and in
     comments of the generated C.
     """
 
-    def __init__(self, name, *, params=(), inputs=(), loss=None, outputs=None, reduce="mean", wrt=None):
+    def __init__(self, name, *, params=(), inputs=(), loss=None, outputs=None, reduce="mean", wrt=None,
+                 kernels=()):
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
             raise ModelError(f"model name {name!r} must be a Python identifier (letters, digits, _), "
                              f"e.g. {'linear_fit'!r}: it names the generated package")
@@ -149,6 +154,7 @@ class Model:
         if self.loss is None and not self.outputs:
             raise ModelError(f"model {name!r} has neither a loss nor outputs: give it loss=... or outputs={{...}}")
         self.wrt = self._resolve_wrt(wrt)
+        self.kernels = self._resolve_kernels(kernels)
         self.source = ""
         self.graph = build_graph(
             params=self.params,
@@ -222,6 +228,27 @@ class Model:
             raise ModelError("wrt needs a loss to differentiate; give the model loss=...")
         return tuple(names)
 
+    def _resolve_kernels(self, kernels) -> tuple:
+        from .forward import EXTRA_KERNELS
+
+        items = [kernels] if isinstance(kernels, str) else kernels
+        try:
+            items = list(items)
+        except TypeError:
+            raise ModelError(f"kernels must be a list of kernel names among {', '.join(EXTRA_KERNELS)}; "
+                             f"got {kernels!r}") from None
+        for item in items:
+            if item not in EXTRA_KERNELS:
+                raise ModelError(f"kernels names {item!r}, which is not a kernel symgrad builds; the extra kernels "
+                                 f"are {', '.join(map(repr, EXTRA_KERNELS))} (forward, value_and_grad and grad "
+                                 f"are always built)")
+            if item in ("hvp", "hessian") and self.loss is None:
+                raise ModelError(f"kernels={item!r} differentiates the loss twice; give the model loss=...")
+            if not self.wrt:
+                raise ModelError(f"kernels={item!r} differentiates with respect to wrt, which is empty; "
+                                 f"name the symbols in wrt=...")
+        return tuple(k for k in EXTRA_KERNELS if k in items)
+
     # --- views -----------------------------------------------------------------------
 
     @property
@@ -240,6 +267,18 @@ class Model:
         from .pipeline import gradients
 
         return gradients(self)
+
+    def hessian(self) -> dict:
+        """``{a: {b: SymPy expression}}``: the second derivatives of one example's loss with
+        respect to the ``wrt`` symbols a and b (for matrices, the derivative of each element of
+        a's gradient with respect to each element of b, as an array of shape ``shape(a) + shape(b)``).
+
+        Built from the graph of the ``hvp`` kernel (forward over reverse) with unit tangents, so
+        it is meant for small models, like :meth:`gradients`.
+        """
+        from .pipeline import hessian
+
+        return hessian(self)
 
     def __repr__(self) -> str:
         params = ", ".join(str(s.name) for s in self.params)

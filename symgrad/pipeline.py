@@ -19,7 +19,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from . import symbolic, views
+from . import forward, symbolic, views
 from .autodiff import derive
 from .build import BuildResult, build, compiler_flags, load
 from .graph import Graph
@@ -67,6 +67,37 @@ def derived(model: Model, reduce) -> Graph:
     return graphs[reduce]
 
 
+#: A requested extra kernel -> the kernel kinds it needs beyond forward and value_and_grad.
+_KINDS_OF = {"jvp": ("jvp",), "hvp": ("hvp",), "hessian": ("hvp",), "jacobian": ("jacobian",)}
+
+
+def kernel_kinds(model: Model) -> tuple:
+    """The kernel kinds of ``model``'s package: forward, value_and_grad when it has a loss, and
+    those its ``kernels=`` asks for (``hessian`` calls the ``hvp`` kernel with unit vectors)."""
+    kinds = ["forward"] + (["value_and_grad"] if model.loss is not None else [])
+    for extra in getattr(model, "kernels", ()):
+        kinds += [k for k in _KINDS_OF[extra] if k not in kinds]
+    return tuple(kinds)
+
+
+def kernel_graph(model: Model, kind: str) -> Graph:
+    """The graph the ``kind`` kernel of ``model`` is planned from, derived on first use."""
+    graphs = _DERIVED.setdefault(model, {})
+    key = ("kernel", kind)
+    if key not in graphs:
+        if kind in ("forward", "value_and_grad"):
+            graphs[key] = derived(model, model.reduce)
+        elif kind == "jvp":
+            graphs[key] = forward.jvp_graph(model.graph, model.wrt)
+        elif kind == "hvp":
+            graphs[key] = forward.hvp_graph(derived(model, model.reduce), model.wrt)
+        elif kind == "jacobian":
+            graphs[key] = forward.jacobian_graph(model.graph, model.wrt)
+        else:
+            raise ValueError(f"unknown kernel kind {kind!r}")
+    return graphs[key]
+
+
 def generate(model: Model, *, dtype: str = "float64") -> Generated:
     """Differentiate, plan, emit and render ``model`` (no compiler involved)."""
     if dtype not in DTYPES:
@@ -77,8 +108,10 @@ def generate(model: Model, *, dtype: str = "float64") -> Generated:
     graph = derived(model, model.reduce)
     one_example = derived(model, None)
     clock.lap("differentiate")
-    kinds = ("forward", "value_and_grad") if model.loss is not None else ("forward",)
-    plans = [plan_kernel(graph, kind, model=model.name, dtype=dtype) for kind in kinds]
+    kinds = kernel_kinds(model)
+    graphs = {kind: kernel_graph(model, kind) for kind in kinds}
+    clock.lap("differentiate")
+    plans = [plan_kernel(graphs[kind], kind, model=model.name, dtype=dtype) for kind in kinds]
     clock.lap("plan")
     kernels = tuple(emit_kernel(plan) for plan in plans)
     clock.lap("emit")

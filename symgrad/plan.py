@@ -33,7 +33,7 @@ from .naming import c_identifiers, node_var
 from .ops import size_of
 from .printer import REAL_TYPES, Operand
 
-KINDS = ("forward", "value_and_grad")
+KINDS = ("forward", "value_and_grad", "jvp", "hvp", "jacobian")
 ALIGN = 8  # elements; buffers start on 64-byte boundaries for doubles
 TILE_BUDGET = 65536  # elements of per-tile scratch to aim for (512 KiB of doubles)
 MAX_TILE = 256
@@ -140,6 +140,12 @@ def kernel_results(graph: Graph, kind: str) -> list:
         return list(graph.results.get("outputs", ())) + list(graph.results.get("loss", ()))
     if kind == "value_and_grad":
         return list(graph.results.get("loss", ())) + list(graph.results.get("gradients", ()))
+    if kind == "jvp":  # graphs of symgrad.forward: the outputs and the loss, then their tangents
+        return kernel_results(graph, "forward") + list(graph.results["tangents"])
+    if kind == "hvp":
+        return list(graph.results["hvp"])
+    if kind == "jacobian":  # columns by forward sweeps, or rows by reverse ones
+        return list(graph.results.get("jacobian") or graph.results["jacobian_rows"])
     raise ValueError(f"kernel kind must be one of {KINDS}, got {kind!r}")
 
 
@@ -273,10 +279,19 @@ def _arguments(plan: KernelPlan) -> list:
             plan.operands[nid] = dense(f"p_{ident}", node.shape, False)
     gradients = set(g.results.get("gradients", ()))
     losses = set(g.results.get("loss", ()))
-    plain_ids = c_identifiers([r.name for r in plan.results if r not in gradients])
+    tangents = set(g.results.get("tangents", ()))
+    # Second-order and Jacobian results: gradients (shaped like their symbol) or tangents of outputs.
+    per_symbol = set(g.results.get("hvp", ())) | set(g.results.get("jacobian_rows", ()))
+    jacobian = set(g.results.get("jacobian", ()))
+    plain_ids = c_identifiers([r.name for r in plan.results if r not in gradients | per_symbol | tangents | jacobian])
+    tangent_ids = c_identifiers([r.name for r in plan.results if r in tangents | jacobian])
     for r in plan.results:
         if r in gradients:
             kind, c_name = "gradient", f"grad_{symbol_ids[r.name]}"
+        elif r in per_symbol:
+            kind, c_name = "gradient", f"d_{symbol_ids[r.name]}"
+        elif r in tangents or r in jacobian:
+            kind, c_name = "tangent", f"tan_{tangent_ids[r.name]}"
         else:
             kind, c_name = ("loss" if r in losses else "output"), f"out_{plain_ids[r.name]}"
         arguments.append(Argument(c_name, f"{real} *", "output", r.name, g.nodes[r.node].shape, r.per_example,

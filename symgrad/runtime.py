@@ -175,6 +175,8 @@ class Kernel:
         self.symbols = [a for a in arguments if a.role in ("param", "input")]
         self.outputs = [a for a in arguments if a.role == "output"]
         self.declared = dict(declared)  # every symbol of the model: name -> (role, shape)
+        for a in self.symbols:  # and the tangent arguments of the derivative kernels (``v[x]``)
+            self.declared.setdefault(a.name, (a.role, a.shape))
         self.work_size = work_size
         self._count = len(self.symbols)
         self._names = frozenset(a.name for a in self.symbols)
@@ -235,6 +237,67 @@ class Kernel:
             return kernel_function
 
         return decorate
+
+    def tangent_function(self, option: str, wrt, form: str):
+        """A decorator like :meth:`function` for the functions that take tangents: ``jvp``
+        (``option="tangents"``, ``form="outputs_and_tangents"``: (outputs and loss, their
+        tangents)) and ``hvp`` (``option="v"``, ``form="dict"``: {name: Hessian times v}).
+
+        The tangents come as a dict by the names of ``wrt`` symbols, each of its symbol's shape
+        (an input's: one example, or one per example); a name left out has a zero tangent.
+        ``option`` may also be given first, by position (a symbol of that name takes the keyword).
+        """
+        if form not in ("outputs_and_tangents", "dict"):
+            raise ValueError(f"unknown form {form!r}")
+        primal = sum(1 for a in self.outputs if a.kind != "tangent")
+        names = self._results
+
+        def kernel_function(*given, **arrays):
+            values = self.call_with(option, wrt, self._tangents_given(option, given, arrays), arrays)
+            if form == "dict":
+                return dict(zip(names, values))
+            return dict(zip(names[:primal], values[:primal])), dict(zip(names[primal:], values[primal:]))
+
+        def decorate(stub):
+            for attribute in ("__name__", "__qualname__", "__doc__", "__module__"):
+                setattr(kernel_function, attribute, getattr(stub, attribute))
+            return kernel_function
+
+        return decorate
+
+    def _tangents_given(self, option, given, arrays):
+        if len(given) > 1:
+            raise ArgumentError(f"pass the {option} dict as the one positional argument and every param and "
+                                f"input by name; got {len(given)} positional arguments")
+        if given:
+            return given[0]
+        if option in self.declared or option not in arrays:
+            raise ArgumentError(f"{option}= is missing: pass {option}={{name: array}} with a tangent for "
+                                f"(some of) the symbols differentiated")
+        return arrays.pop(option)
+
+    def call_with(self, option: str, wrt, tangents, arrays) -> list:
+        """The results, in result order, of a call with ``arrays`` and the tangents ``tangents``
+        ({wrt name: value}) as the kernel arguments ``option[name]``; zeros where left out."""
+        if not hasattr(tangents, "items"):
+            raise ArgumentError(f"{option} must be a dict {{name: array}} over the symbols differentiated "
+                                f"({', '.join(wrt)}); got {type(tangents).__name__}")
+        unknown = [name for name in tangents if name not in wrt]
+        if unknown:
+            raise ArgumentError(f"{option}: {unknown[0]!r} is not among the symbols differentiated; "
+                                f"{option} takes: {', '.join(wrt)}")
+        if self._out is not None and self._out in arrays:
+            raise ArgumentError("out= is not an option of the functions that take tangents")
+        arrays = dict(arrays)
+        for name in wrt:
+            key = f"{option}[{name}]"
+            if key in self._names:
+                value = tangents.get(name)
+                if value is None:
+                    shape = self.declared[key][1]
+                    value = 0.0 if shape == () else np.zeros(shape, self.dtype)
+                arrays[key] = value
+        return self._call(arrays, "dict")
 
     def plan(self, arrays: dict) -> callplan.Plan:
         """The :class:`callplan.Plan` a call with these keyword arguments runs (for tests and tools)."""
@@ -472,3 +535,147 @@ class Kernel:
         if missing:
             described = ", ".join(f"{a.name!r} ({a.role}, {callplan.shape_text(a.shape)})" for a in missing)
             raise ArgumentError(f"missing argument{'s' if len(missing) > 1 else ''}: {described}")
+
+
+# --- Hessians and Jacobians from sweeps of the hvp and jacobian kernels ------------------------
+
+
+def _units(shape, dtype):
+    """The unit vectors of a value of ``shape``, in C order, each of that shape (floats for ())."""
+    size = int(np.prod(shape, dtype=np.int64))
+    for k in range(size):
+        if shape == ():
+            yield 1.0
+        else:
+            e = np.zeros(size, dtype)
+            e[k] = 1.0
+            yield e.reshape(shape)
+
+
+def _lead(kernel, plan, position) -> tuple:
+    """The batch axis (or none) of result ``position`` of a call planned as ``plan``."""
+    arg = kernel.outputs[position]
+    mode = plan.outputs[position][0]
+    return (plan.n,) if arg.per_example and plan.batched and mode != "sum" else ()
+
+
+def _swap(block, lead: int, first: tuple, second: tuple):
+    """``block`` of shape lead + first + second as lead + second + first."""
+    a, b = len(first), len(second)
+    return np.transpose(block, tuple(range(lead)) + tuple(range(lead + a, lead + a + b))
+                        + tuple(range(lead, lead + a)))
+
+
+def hessian_of(value_and_grad, hvp: Kernel, wrt):
+    """A decorator that makes a module's ``hessian`` function (a stub with its docstring):
+    ``(loss, grads, H)`` with ``H[a][b]`` of shape ``shape(a) + shape(b)`` (a batch axis first for
+    blocks of an input: the examples' blocks, those between different examples being zero).
+
+    One ``hvp`` sweep per element of the ``wrt`` symbols, with a unit vector for v; block
+    ``[a][b]`` comes from b's sweeps where that is right for every example, else it is the
+    transpose of block ``[b][a]`` (a param's row against an input's column sums over the
+    examples), and the Hessian is made symmetric from one triangle.
+    """
+    wrt = tuple(wrt)
+    position = {name: k for k, name in enumerate(hvp._results)}
+
+    def hessian(**arrays):
+        loss, grads = value_and_grad(**dict(arrays))
+        options = {k: arrays.pop(k) for k in (hvp._threads, hvp._mean_over) if k is not None and k in arrays}
+        zero = {name: None for name in wrt}
+        sample = {f"v[{name}]": (0.0 if hvp.declared[name][1] == () else np.zeros(hvp.declared[name][1]))
+                  for name in wrt if f"v[{name}]" in hvp._names}
+        plan = hvp.plan({**arrays, **sample})
+        shapes = {name: tuple(hvp.declared[name][1]) for name in wrt}
+        leads = {name: _lead(hvp, plan, position[name]) for name in wrt}
+        varying = {name: hvp.declared[name][0] == "input" and plan.batched for name in wrt}
+        columns = {}
+        for b in wrt:
+            sweeps = []
+            for unit in _units(shapes[b], hvp.dtype):
+                values = hvp.call_with("v", wrt, {**zero, b: unit}, {**arrays, **options})
+                sweeps.append({a: np.asarray(values[position[a]], dtype=hvp.dtype).reshape(leads[a] + shapes[a])
+                               for a in wrt})
+            columns[b] = {a: np.stack([s[a] for s in sweeps], axis=-1).reshape(leads[a] + shapes[a] + shapes[b])
+                          for a in wrt}
+
+        def right(a, b):  # block [a][b] read from b's sweeps holds every example's own block
+            return not (varying[b] and not leads[a])
+
+        H = {a: {} for a in wrt}
+        for i, a in enumerate(wrt):
+            for b in wrt[i:]:
+                if a == b:
+                    block = columns[a][a]
+                    lead = len(leads[a])
+                    size = int(np.prod(shapes[a], dtype=np.int64))
+                    square = block.reshape(leads[a] + (size, size))
+                    upper = np.triu(square)
+                    square = upper + np.swapaxes(np.triu(square, 1), -1, -2)
+                    H[a][a] = square.reshape(block.shape)
+                    continue
+                if right(a, b):
+                    block = columns[b][a]
+                    H[a][b], H[b][a] = block, _swap(block, len(leads[a]), shapes[a], shapes[b])
+                else:
+                    block = columns[a][b]
+                    H[b][a], H[a][b] = block, _swap(block, len(leads[b]), shapes[b], shapes[a])
+        for a in wrt:
+            for b in wrt:
+                if H[a][b].shape == ():
+                    H[a][b] = float(H[a][b])
+        return loss, grads, {a: {b: H[a][b] for b in wrt} for a in wrt}
+
+    def decorate(stub):
+        for attribute in ("__name__", "__qualname__", "__doc__", "__module__"):
+            setattr(hessian, attribute, getattr(stub, attribute))
+        return hessian
+
+    return decorate
+
+
+def jacobian_of(kernel: Kernel, wrt, rows):
+    """A decorator that makes a module's ``jacobian`` function: ``{row: {symbol: array}}`` for every
+    output and "loss" (the rows) and every ``wrt`` symbol, of shape ``(N, *row_shape, *symbol_shape)``
+    per example (no N for one example). The kernel is a forward one (its tangents, one sweep per
+    element of the wrt symbols) or a reverse one (gradients weighted by cotangents, one sweep per
+    element of the rows); the module's build chose the one with fewer sweeps."""
+    wrt, rows = tuple(wrt), tuple(rows)
+    reverse = all(a.kind == "gradient" for a in kernel.outputs)
+    position = {name: k for k, name in enumerate(kernel._results)}
+
+    def jacobian(**arrays):
+        options = {k: arrays.pop(k) for k in (kernel._threads, kernel._mean_over) if k is not None and k in arrays}
+        option = "cotangents" if reverse else "tangents"
+        over = rows if reverse else wrt
+        shapes = {}
+        for name in over:
+            shapes[name] = tuple(kernel.declared[f"{option}[{name}]"][1])
+        zero = {name: None for name in over}
+        sample = {f"{option}[{name}]": (0.0 if shapes[name] == () else np.zeros(shapes[name])) for name in over}
+        plan = kernel.plan({**arrays, **sample})
+        result_shapes = {a.name: (tuple(kernel.declared[a.name][1]) if reverse else a.shape) for a in kernel.outputs}
+        leads = {a.name: _lead(kernel, plan, k) for k, a in enumerate(kernel.outputs)}
+        J = {row: {} for row in rows}
+        for name in over:
+            sweeps = []
+            for unit in _units(shapes[name], kernel.dtype):
+                values = kernel.call_with(option, over, {**zero, name: unit}, {**arrays, **options})
+                sweeps.append({r: np.asarray(values[position[r]], dtype=kernel.dtype).reshape(leads[r] + result_shapes[r])
+                               for r in position})
+            for r in position:
+                lead = leads[r]
+                if reverse:  # row ``name``, column ``r``: stack the sweeps on the row axis
+                    block = np.stack([s[r] for s in sweeps], axis=len(lead)).reshape(lead + shapes[name] + result_shapes[r])
+                    J[name][r] = block
+                else:
+                    block = np.stack([s[r] for s in sweeps], axis=-1).reshape(lead + result_shapes[r] + shapes[name])
+                    J[r][name] = block
+        return {row: {b: (float(J[row][b]) if J[row][b].shape == () else J[row][b]) for b in wrt} for row in rows}
+
+    def decorate(stub):
+        for attribute in ("__name__", "__qualname__", "__doc__", "__module__"):
+            setattr(jacobian, attribute, getattr(stub, attribute))
+        return jacobian
+
+    return decorate

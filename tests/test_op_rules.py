@@ -1,9 +1,11 @@
-"""Every op's derivative rule against central differences, driven by the registry.
+"""Every op's derivative rules against central differences, driven by the registry.
 
 Each differentiable op is evaluated with the NumPy reference interpreter on
 random points of the domain its registry entry declares, and the adjoint
-contributions its VJP builds are compared with finite differences of the
-op's own NumPy implementation. A new op is tested the moment it is registered.
+contributions its VJP builds, and the tangent its JVP builds (or the JVP
+transposed from its VJP, for an op without one), are compared with finite
+differences of the op's own NumPy implementation. A new op is tested the
+moment it is registered.
 """
 
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 import sympy as sp
 
 from symgrad import ops
+from symgrad.forward import transposed_vjp
 from symgrad.graph import Builder, Graph, Node
 from symgrad.interpret import evaluate
 
@@ -83,6 +86,36 @@ def test_vjp_matches_central_differences(op_name, rng):
                                        err_msg=f"{op_name} arg {k} shapes {shapes}")
 
 
+@pytest.mark.parametrize("transposed", [False, True], ids=["jvp", "transposed_vjp"])
+@pytest.mark.parametrize("op_name", DIFFERENTIABLE)
+def test_jvp_matches_central_differences(op_name, transposed, rng):
+    """The forward-mode rule (and the rule transposed from the VJP that an op without one
+    gets) against the directional derivative of the op's NumPy form along random tangents."""
+    op = ops.get(op_name)
+    rule = transposed_vjp if transposed or op.jvp is None else op.jvp
+    for shapes, attrs in _cases(op):
+        g, b, leaves, out = _graph_for(op_name, shapes, attrs, op.domain)
+        values = _random_args(op, shapes, rng)
+        directions = [rng.standard_normal(shape) for shape in shapes]
+        tangents = [b.apply("symbol", attrs=(f"t{k}", "param", shape,
+                                             sp.MatrixSymbol(f"t{k}", *shape) if shape else sp.Symbol(f"t{k}")))
+                    for k, shape in enumerate(shapes)]
+        env = {f"a{k}": v for k, v in enumerate(values)} | {f"t{k}": d for k, d in enumerate(directions)}
+        for k in range(len(shapes)):  # along one arg at a time
+            tangent = rule(b, out, [tangents[i] if i == k else None for i in range(len(shapes))])
+            got = 0.0 if tangent is None else evaluate(g, env, [tangent])[tangent]
+            got = np.broadcast_to(got, g.nodes[out].shape)
+
+            def along(h, k=k):
+                args = list(values)
+                args[k] = values[k] + h * directions[k]
+                return np.asarray(op.numpy(args, attrs), dtype=float)
+
+            expected = (along(1e-6) - along(-1e-6)) / 2e-6
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7,
+                                       err_msg=f"{op_name} arg {k} shapes {shapes}")
+
+
 SCALAR_FUNCTIONS = [
     (name, op) for name, op in sorted(ops.REGISTRY.items())
     if op.kind == "elementwise" and op.arity == 1 and op.vjp is not None and op.domain and not op.test_cases
@@ -116,3 +149,4 @@ def test_every_registered_op_has_what_the_engine_needs():
             assert op.view is not None, f"{name} has no view rule"
         if op.differentiable and op.arity != 0:
             assert op.vjp is not None, f"{name} is differentiable but has no rule"
+            assert op.jvp is not None, f"{name} is differentiable but has no forward-mode (jvp) rule"

@@ -41,6 +41,12 @@ class Op:
             the adjoint contributions this node sends to each arg, as graph
             nodes. ``None`` means "no derivative flows" (constant or
             non-differentiable arg).
+        jvp: ``(builder, node_id, arg_tangents) -> tangent node or None``: the
+            forward-mode rule, the directional derivative of the node given one
+            tangent (or ``None``, zero) per arg; ``None`` for a zero tangent. Ops
+            without one get a rule transposed from their ``vjp``
+            (:func:`symgrad.forward.transposed_vjp`); :func:`linear_jvp` serves
+            linear ops.
         c: for elementwise ops, ``(printer, arg_strings, attrs) -> C expression``.
         view: for view ops, ``(arg_operand, attrs, shape) -> operand``: how the
             result is read out of its argument's storage.
@@ -85,6 +91,7 @@ class Op:
     to_sympy: Callable[[list, tuple], Any]
     numpy: Callable[[list, tuple], Any]
     vjp: Optional[Callable] = None
+    jvp: Optional[Callable] = None
     c: Optional[Callable] = None
     view: Optional[Callable] = None
     emit: Optional[Callable] = None
@@ -174,6 +181,16 @@ def supported_heads() -> list:
 
 def get(name: str) -> Op:
     return REGISTRY[name]
+
+
+def linear_jvp(b, node_id, tangents):
+    """The JVP of an op that is linear in its args (transpose, sum, element access, batch
+    sums...): the op itself applied to the tangents, a zero for an arg without one."""
+    node = b.node(node_id)
+    if all(t is None for t in tangents):
+        return None
+    args = [b.broadcast(b.const(0), b.shape(a)) if t is None else t for a, t in zip(node.args, tangents)]
+    return b.apply(node.op, *args, attrs=node.attrs)
 
 
 # --- shape helpers shared by the families -------------------------------------

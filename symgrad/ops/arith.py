@@ -80,6 +80,24 @@ def _elementwise_vjp(partials):
     return vjp
 
 
+def _elementwise_jvp(partials):
+    """A JVP from the same local partials: tangent = sum_i d(out)/d(arg_i) * tangent_i."""
+
+    def jvp(b, node_id, tangents):
+        wanted = [t is not None for t in tangents]
+        if not any(wanted):
+            return None
+        terms = [b.mul(p, t) for p, t in zip(partials(b, node_id), tangents) if t is not None and p is not None]
+        return b.broadcast(b.add(*terms), b.shape(node_id)) if terms else None
+
+    return jvp
+
+
+def _add_jvp(b, node_id, tangents):
+    terms = [t for t in tangents if t is not None]
+    return b.broadcast(b.add(*terms), b.shape(node_id)) if terms else None
+
+
 def _unbroadcast(b, args):
     """Args with ``broadcast(x)`` replaced by ``x`` where the other args already give the shape.
 
@@ -137,6 +155,7 @@ register(
         kind="elementwise",
         shape=elementwise_shape,
         vjp=lambda b, node_id, g: [g] * len(b.node(node_id).args),
+        jvp=_add_jvp,
         c=lambda p, args, attrs: " + ".join(str(a) for a in args),
         text=_text_add,
         numpy=lambda args, attrs: sum(args[1:], args[0]),
@@ -233,6 +252,7 @@ register(
         kind="elementwise",
         shape=elementwise_shape,
         vjp=_elementwise_vjp(_mul_partials),
+        jvp=_elementwise_jvp(_mul_partials),
         c=_c_mul,
         text=_text_mul,
         numpy=lambda args, attrs: np.prod(np.broadcast_arrays(*args), axis=0),
@@ -329,6 +349,7 @@ register(
         arity=2,
         shape=elementwise_shape,
         vjp=_elementwise_vjp(_pow_partials),
+        jvp=_elementwise_jvp(_pow_partials),
         c=_c_pow,
         text=_text_pow,
         numpy=lambda args, attrs: np.power(args[0], args[1]),

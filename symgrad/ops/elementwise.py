@@ -14,7 +14,7 @@ import sympy as sp
 from .. import functions as sgf
 from .. import rewrites
 from . import Op, reads, broadcast_shapes, elementwise_cost, elementwise_shape, elementwise_sympy, register, size_of
-from .arith import _elementwise_vjp
+from .arith import _elementwise_jvp, _elementwise_vjp
 from .text import COMPARISON, call, number, wrap
 
 
@@ -66,6 +66,7 @@ def unary(name, *, sympy_head, c, numpy, derivative, domain, cost=1, simplify=No
             arity=1,
             shape=elementwise_shape,
             vjp=_elementwise_vjp(partials) if derivative is not None else None,
+            jvp=_elementwise_jvp(partials) if derivative is not None else None,
             c=c,
             numpy=lambda args, attrs: numpy(args[0]),
             to_sympy=elementwise_sympy(lambda args, attrs: show(*args)),
@@ -192,6 +193,7 @@ register(
         arity=2,
         shape=elementwise_shape,
         vjp=_elementwise_vjp(_atan2_partials),
+        jvp=_elementwise_jvp(_atan2_partials),
         c=lambda p, args, attrs: p.call("atan2", args[0], args[1]),
         numpy=lambda args, attrs: np.arctan2(args[0], args[1]),
         to_sympy=elementwise_sympy(lambda args, attrs: sp.atan2(args[0], args[1])),
@@ -277,6 +279,7 @@ for _name, _head, _np, _first in (("max", sp.Max, np.maximum, True), ("min", sp.
             kind="elementwise",
             shape=elementwise_shape,
             vjp=_elementwise_vjp(_select_partials(_first)),
+            jvp=_elementwise_jvp(_select_partials(_first)),
             c=_nested_runtime(_name),
             numpy=_np_reduce(_np),
             to_sympy=elementwise_sympy((lambda h: lambda args, attrs: _apply(h, *args))(_head)),
@@ -413,6 +416,17 @@ def _select_vjp(b, node_id, g):
     return contributions
 
 
+def _select_jvp(b, node_id, tangents):
+    """The select of the values' tangents under the same conditions."""
+    args = b.node(node_id).args
+    values = [k for k in range(len(args)) if k % 2 == 1 or k == len(args) - 1]
+    if all(tangents[k] is None for k in values):
+        return None
+    zero = b.const(0)
+    routed = [a if k not in values else (zero if tangents[k] is None else tangents[k]) for k, a in enumerate(args)]
+    return b.broadcast(b.apply("select", *routed), b.shape(node_id))
+
+
 def _c_select(p, args, attrs):
     text = str(args[-1])
     for k in range(len(args) - 3, -1, -2):
@@ -458,6 +472,7 @@ register(
         kind="elementwise",
         shape=elementwise_shape,
         vjp=_select_vjp,
+        jvp=_select_jvp,
         c=_c_select,
         numpy=_np_select,
         to_sympy=elementwise_sympy(_sympy_select),

@@ -18,7 +18,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement
 
 from ..errors import ModelShapeError, UnsupportedFunctionError
 from .. import functions as sgf
-from . import Op, elementwise_shape, reads, register, size_of
+from . import Op, elementwise_shape, linear_jvp, reads, register, size_of
 from .text import POWER, PRODUCT, call, number, shape as shape_text, wrap
 
 
@@ -95,6 +95,13 @@ def _emit_matmul_batch_sum(p, acc, args, attrs):
                           acc.text, b.cols, 1, "scratch")]
 
 
+def _matmul_jvp(b, n, tangents):
+    """(A B)' = A' B + A B'."""
+    (x, y), (tx, ty) = b.node(n).args, tangents
+    terms = ([b.matmul(tx, y)] if tx is not None else []) + ([b.matmul(x, ty)] if ty is not None else [])
+    return b.add(*terms) if terms else None
+
+
 register(
     Op(
         name="matmul",
@@ -105,6 +112,7 @@ register(
             b.matmul(g, b.transpose(b.node(n).args[1])),
             b.matmul(b.transpose(b.node(n).args[0]), g),
         ],
+        jvp=_matmul_jvp,
         emit=_emit_matmul,
         emit_batch_sum=_emit_matmul_batch_sum,
         scratch=lambda node: GEMM_SCRATCH,
@@ -145,6 +153,7 @@ register(
         arity=1,
         shape=lambda shapes, attrs: (shapes[0][1], shapes[0][0]) if shapes[0] else (),
         vjp=lambda b, n, g: [b.transpose(g)],
+        jvp=linear_jvp,
         numpy=lambda args, attrs: np.transpose(args[0]),
         to_sympy=lambda args, attrs: sp.Transpose(args[0]) if hasattr(args[0], "shape") else args[0],
         text=lambda args, attrs: f"{wrap(args[0], POWER)}.T" if args[0].shape else args[0],
@@ -182,6 +191,7 @@ register(
         arity=1,
         shape=_index_shape,
         vjp=lambda b, n, g: [b.apply("assemble", g, attrs=(b.shape(b.node(n).args[0]), (b.node(n).attrs,)))],
+        jvp=linear_jvp,
         numpy=lambda args, attrs: np.asarray(args[0])[attrs],
         # MatrixElement, not M[i, j]: indexing makes SymPy write a matrix product out element by element.
         to_sympy=lambda args, attrs: MatrixElement(args[0], *attrs) if hasattr(args[0], "shape") else args[0],
@@ -255,6 +265,7 @@ register(
         kind="tensor",
         shape=_assemble_shape,
         vjp=lambda b, n, g: [b.apply("index", g, attrs=pos) for pos in b.node(n).attrs[1]],
+        jvp=linear_jvp,
         emit=_emit_assemble,
         numpy=_np_assemble,
         to_sympy=_sympy_assemble,
@@ -284,6 +295,7 @@ register(
         shape=lambda shapes, attrs: (),
         vjp=lambda b, n, g: [b.broadcast(g, b.shape(b.node(n).args[0]))],
         emit=_emit_runtime_reduction("sum"),
+        jvp=linear_jvp,
         numpy=lambda args, attrs: np.sum(args[0]),
         to_sympy=lambda args, attrs: sgf.sum(args[0]) if hasattr(args[0], "shape") else args[0],
         domain=((-1.0, 1.0),),
@@ -309,6 +321,7 @@ register(
         arity=1,
         shape=_trace_shape,
         vjp=lambda b, n, g: [b.mul(g, b.apply("identity", attrs=(b.shape(b.node(n).args[0])[0],)))],
+        jvp=linear_jvp,
         emit=_emit_runtime_reduction("trace"),
         numpy=lambda args, attrs: np.trace(args[0]),
         to_sympy=lambda args, attrs: sp.Trace(args[0]),
@@ -362,6 +375,7 @@ register(
         shape=_sum_to_shape,
         vjp=lambda b, n, g: [b.broadcast(g, b.shape(b.node(n).args[0]))],
         emit=_emit_sum_to,
+        jvp=linear_jvp,
         numpy=_np_sum_to,
         to_sympy=_sympy_sum_to,
         text=lambda args, attrs: call("sum_to", [args[0], shape_text(attrs[0])]) if attrs[0] else call("sum", args),
@@ -391,6 +405,7 @@ register(
         arity=1,
         shape=lambda shapes, attrs: elementwise_shape([shapes[0], attrs[0]], ()),
         vjp=lambda b, n, g: [b.sum_to(g, b.shape(b.node(n).args[0]))],
+        jvp=linear_jvp,
         c=lambda p, args, attrs: str(args[0]),
         numpy=lambda args, attrs: np.broadcast_to(args[0], attrs[0]).copy(),
         to_sympy=_sympy_broadcast,
@@ -488,6 +503,15 @@ def _emit_reduce_batch(p, out, args, attrs):
     return [p.helper_call("reduce_batch", "nt", a.rows, a.cols, a.strides_text(), out.text)]
 
 
+def _reduce_batch_jvp(b, n, tangents):
+    """The batch sum of the tangent; a tangent the same for every example (that of a param)
+    sums to the number of examples of the call times it, as in the reverse pass."""
+    (t,) = tangents
+    if t is None:
+        return None
+    return b.apply("reduce_batch", t) if b.node(t).varying else b.mul(b.apply("call_size"), t)
+
+
 register(
     Op(
         name="reduce_batch",
@@ -496,6 +520,7 @@ register(
         shape=lambda shapes, attrs: shapes[0],
         vjp=lambda b, n, g: [g],
         emit=_emit_reduce_batch,
+        jvp=_reduce_batch_jvp,
         numpy=lambda args, attrs: args[0],
         to_sympy=lambda args, attrs: sp.Function("batch_sum")(args[0]),
         text=lambda args, attrs: call("batch_sum", args),
@@ -525,6 +550,7 @@ register(
             b.mul(g, b.apply("one_hot", b.node(n).args[1], attrs=(b.shape(b.node(n).args[0]),))),
             None,
         ],
+        jvp=lambda b, n, tangents: None if tangents[0] is None else b.apply("take", tangents[0], b.node(n).args[1]),
         emit=_emit_take,
         numpy=lambda args, attrs: np.asarray(args[0]).reshape(-1)[int(args[1])],
         to_sympy=lambda args, attrs: sp.Add(*[

@@ -51,6 +51,31 @@ def _logsumexp_vjp(b, node_id, g):
     return [b.mul(g, b.call("softmax", z))]
 
 
+# Forward-mode rules: the Jacobians of softmax and log-softmax are symmetric (softmax) or
+# read off the same formulas, so each JVP is its VJP's formula applied to the tangent.
+
+
+def _softmax_jvp(b, node_id, tangents):
+    (t,) = tangents
+    return None if t is None else _softmax_vjp(b, node_id, t)[0]
+
+
+def _log_softmax_jvp(b, node_id, tangents):
+    # t - sum(softmax(z) * t)
+    (t,) = tangents
+    return None if t is None else b.sub(t, b.sum(b.mul(b.call("exp", node_id), t)))
+
+
+def _logsumexp_jvp(b, node_id, tangents):
+    (t,) = tangents
+    return None if t is None else b.sum(b.mul(t, b.call("softmax", b.node(node_id).args[0])))
+
+
+def _norm_jvp(b, node_id, tangents):
+    (t,) = tangents
+    return None if t is None else b.sum(b.mul(t, b.mul(b.node(node_id).args[0], b.recip(node_id))))
+
+
 _CASES = ((((4, 1),), ()), (((1, 3),), ()), (((2, 3),), ()))
 
 register(
@@ -60,6 +85,7 @@ register(
         arity=1,
         shape=lambda shapes, attrs: shapes[0],
         vjp=_softmax_vjp,
+        jvp=_softmax_jvp,
         emit=_emit_vector_function("softmax"),
         numpy=lambda args, attrs: np.exp(np.asarray(args[0]) - _np_logsumexp(args[0])),
         to_sympy=lambda args, attrs: sgf.softmax(args[0]),
@@ -77,6 +103,7 @@ register(
         arity=1,
         shape=lambda shapes, attrs: shapes[0],
         vjp=_log_softmax_vjp,
+        jvp=_log_softmax_jvp,
         emit=_emit_vector_function("log_softmax"),
         numpy=lambda args, attrs: np.asarray(args[0]) - _np_logsumexp(args[0]),
         to_sympy=lambda args, attrs: sgf.log_softmax(args[0]),
@@ -94,6 +121,7 @@ register(
         arity=1,
         shape=lambda shapes, attrs: (),
         vjp=_logsumexp_vjp,
+        jvp=_logsumexp_jvp,
         emit=_emit_vector_function("logsumexp"),
         numpy=lambda args, attrs: _np_logsumexp(args[0]),
         to_sympy=lambda args, attrs: sgf.logsumexp(args[0]),
@@ -128,6 +156,7 @@ register(
         arity=1,
         shape=lambda shapes, attrs: (),
         vjp=_norm_vjp,
+        jvp=_norm_jvp,
         emit=_emit_vector_function("norm"),
         numpy=_np_norm,
         to_sympy=lambda args, attrs: sgf.norm(args[0]) if hasattr(args[0], "shape") else sp.Abs(args[0]),

@@ -18,7 +18,7 @@ from sympy.codegen import cfunctions as cf
 from .. import functions as sgf
 from ..errors import UnsupportedFunctionError
 from . import Op, elementwise_cost, elementwise_shape, elementwise_sympy, reads, register
-from .arith import _elementwise_vjp
+from .arith import _elementwise_jvp, _elementwise_vjp
 from .elementwise import (_apply, _call, _inverse_sqrt_of_square_minus_one, _one_minus_square_factored, _runtime,
                           unary)
 
@@ -94,6 +94,7 @@ register(
         kind="elementwise",
         shape=elementwise_shape,
         vjp=_elementwise_vjp(_hypot_partials),
+        jvp=_elementwise_jvp(_hypot_partials),
         c=lambda p, args, attrs: _nested(p, "hypot", args),
         numpy=_np_hypot,
         to_sympy=elementwise_sympy(_sympy_hypot),
@@ -131,6 +132,7 @@ register(
         kind="elementwise",
         shape=elementwise_shape,
         vjp=_elementwise_vjp(_logaddexp_partials),
+        jvp=_elementwise_jvp(_logaddexp_partials),
         c=lambda p, args, attrs: _nested(p, "logaddexp", args, runtime=True),
         numpy=_np_logaddexp,
         to_sympy=elementwise_sympy(lambda args, attrs: sgf.logaddexp(*args)),
@@ -199,6 +201,10 @@ def _np_polygamma(args, attrs):
     return np.vectorize(lambda v: float(psi(attrs[0], v)), otypes=[float])(np.asarray(args[0], dtype=float))
 
 
+def _polygamma_partials(b, node_id):
+    return [b.apply("polygamma", b.node(node_id).args[0], attrs=(b.node(node_id).attrs[0] + 1,))]
+
+
 # polygamma(n, x): the (n+1)-th derivative of log(Gamma(x)). attrs: (n,), a whole number;
 # polygamma(0, x) is digamma(x).
 register(
@@ -207,8 +213,8 @@ register(
         kind="elementwise",
         arity=1,
         shape=elementwise_shape,
-        vjp=_elementwise_vjp(lambda b, node_id: [
-            b.apply("polygamma", b.node(node_id).args[0], attrs=(b.node(node_id).attrs[0] + 1,))]),
+        vjp=_elementwise_vjp(_polygamma_partials),
+        jvp=_elementwise_jvp(_polygamma_partials),
         c=lambda p, args, attrs: p.runtime("polygamma", p.literal(attrs[0]), args[0]),
         numpy=_np_polygamma,
         to_sympy=elementwise_sympy(lambda args, attrs: _apply(sp.polygamma, attrs[0], args[0])),
@@ -300,6 +306,7 @@ register(
         arity=2,
         shape=elementwise_shape,
         vjp=_elementwise_vjp(_mod_partials),
+        jvp=_elementwise_jvp(_mod_partials),
         c=lambda p, args, attrs: p.runtime("mod", args[0], args[1]),
         numpy=_np_mod,
         to_sympy=elementwise_sympy(lambda args, attrs: _apply(sp.Mod, *args)),

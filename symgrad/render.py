@@ -38,6 +38,9 @@ POINT_STACK_LIMIT = 16384
 KERNEL_DOCS = {
     "forward": "the outputs and the loss of every example of the batch.",
     "value_and_grad": "the loss and its gradients, reduced over the batch as the model says.",
+    "jvp": "the outputs and the loss with their directional derivatives along the tangents.",
+    "hvp": "the Hessian of the reduced loss times v (forward over reverse), reduced like the gradients.",
+    "jacobian": "per example, one sweep of the Jacobian of the outputs and the loss (a column or a row).",
 }
 
 

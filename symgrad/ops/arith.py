@@ -88,7 +88,9 @@ def _elementwise_jvp(partials):
         if not any(wanted):
             return None
         terms = [b.mul(p, t) for p, t in zip(partials(b, node_id), tangents) if t is not None and p is not None]
-        return b.broadcast(b.add(*terms), b.shape(node_id)) if terms else None
+        # A term repeated (the two args of x*x) is counted, not added to itself: 2*(x*t).
+        counted = [t if terms.count(t) == 1 else b.mul(b.const(terms.count(t)), t) for t in dict.fromkeys(terms)]
+        return b.broadcast(b.add(*counted), b.shape(node_id)) if counted else None
 
     return jvp
 

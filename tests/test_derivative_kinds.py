@@ -1,0 +1,374 @@
+"""The extra kernel kinds (jacobian, jvp, hvp, hessian) against PyTorch float64 torch.func and
+central differences of the kernel one order below.
+
+Each case is a small model built once (module scope) with every extra kernel, with a PyTorch
+function of one example as the reference: scalar and matrix models, an MLP, inputs in ``wrt``,
+``reduce="mean"``, ``"sum"`` and ``None``, and a float32 build. Hessian-vector products and
+Hessians are also checked across the batch size at which the runtime cuts a batch into slices
+(and on two threads) against the one-example results added up.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import symgrad as sg
+from symgrad.errors import ModelError
+
+torch = pytest.importorskip("torch")
+from torch.func import hessian as t_hessian, jacfwd, jacrev, jvp as t_jvp, vmap  # noqa: E402
+
+KINDS = ("jacobian", "jvp", "hvp", "hessian")
+N = 5
+
+
+class Case:
+    """A model, its values, and the same model of one example in PyTorch."""
+
+    def __init__(self, model, params, data, reference, dtype="float64"):
+        self.model, self.params, self.data, self.reference, self.dtype = model, params, data, reference, dtype
+        self.wrt = model.wrt
+        self.roles = {str(s.name): "param" for s in model.params} | {str(s.name): "input" for s in model.inputs}
+
+    # --- the reference ------------------------------------------------------------------
+
+    def _tensors(self, values):
+        return {k: torch.tensor(np.asarray(v, dtype=np.float64)) for k, v in values.items()}
+
+    def batch_fn(self, *wrt_values):
+        """Outputs of every example and the reduced loss, as functions of the wrt values
+        (an input's: the whole batch)."""
+        p, d = self._tensors(self.params), self._tensors(self.data)
+        for name, value in zip(self.wrt, wrt_values):
+            (p if self.roles[name] == "param" else d)[name] = value
+        names = list(d)
+        per = vmap(lambda *xs: self.reference(p, dict(zip(names, xs))))(*[d[k] for k in names])
+        loss = per["loss"]
+        reduced = loss.mean() if self.model.reduce == "mean" else loss.sum() if self.model.reduce == "sum" else loss
+        return {**{k: v for k, v in per.items() if k != "loss"}, "loss": reduced}
+
+    def wrt_values(self):
+        return tuple(torch.tensor(np.asarray((self.params | self.data)[n], dtype=np.float64)) for n in self.wrt)
+
+    def example_fn(self, n):
+        """Outputs and loss of example n as functions of the wrt values (an input's: example n's)."""
+        p, d = self._tensors(self.params), self._tensors(self.data)
+        d = {k: v[n] for k, v in d.items()}
+
+        def f(*wrt_values):
+            pp, dd = dict(p), dict(d)
+            for name, value in zip(self.wrt, wrt_values):
+                (pp if self.roles[name] == "param" else dd)[name] = value
+            return self.reference(pp, dd)
+
+        values = tuple(torch.tensor(np.asarray(p[name] if self.roles[name] == "param" else d[name],
+                                               dtype=np.float64)) for name in self.wrt)
+        return f, values
+
+    def arrays(self):
+        return self.params | self.data
+
+
+def _tol(case):
+    return dict(rtol=2e-3, atol=2e-4) if case.dtype == "float32" else dict(rtol=1e-9, atol=1e-10)
+
+
+def _fit_case():
+    x = sp.MatrixSymbol("x", 3, 1)
+    t = sp.Symbol("t")
+    k, c = sp.symbols("k c")
+    r = sp.Matrix([k * x[0] - t, c * x[1] ** 2 - t, x[2] * k * c])
+    model = sg.Model("dk_fit", params=[k, c], inputs=[x, t], outputs={"r": r},
+                     loss=sg.sum(r.applyfunc(lambda u: u ** 2)), kernels=KINDS)
+    rng = np.random.default_rng(0)
+
+    def reference(p, d):
+        x, t, k, c = d["x"], d["t"], p["k"], p["c"]
+        r = torch.stack([k * x[0] - t, c * x[1] ** 2 - t, x[2] * k * c]).reshape(3, 1)
+        return {"r": r, "loss": (r ** 2).sum()}
+
+    return Case(model, {"k": 1.3, "c": -0.7}, {"x": rng.standard_normal((N, 3, 1)), "t": rng.standard_normal(N)},
+                reference)
+
+
+def _mlp_case():
+    x, target = sp.MatrixSymbol("x", 4, 1), sp.MatrixSymbol("target", 2, 1)
+    W1, b1 = sp.MatrixSymbol("W1", 3, 4), sp.MatrixSymbol("b1", 3, 1)
+    W2, b2 = sp.MatrixSymbol("W2", 2, 3), sp.MatrixSymbol("b2", 2, 1)
+    h = (W1 * x + b1).applyfunc(sp.tanh)
+    logits = W2 * h + b2
+    model = sg.Model("dk_mlp", loss=sg.cross_entropy(logits, target), params=[W1, b1, W2, b2],
+                     inputs=[x, target], outputs={"logits": logits}, reduce="sum", kernels=KINDS)
+    rng = np.random.default_rng(1)
+    params = {"W1": rng.standard_normal((3, 4)), "b1": rng.standard_normal((3, 1)),
+              "W2": rng.standard_normal((2, 3)), "b2": rng.standard_normal((2, 1))}
+    target_values = rng.uniform(size=(N, 2, 1))
+    data = {"x": rng.standard_normal((N, 4, 1)), "target": target_values / target_values.sum(axis=1, keepdims=True)}
+
+    def reference(p, d):
+        logits = p["W2"] @ torch.tanh(p["W1"] @ d["x"] + p["b1"]) + p["b2"]
+        return {"logits": logits, "loss": -(d["target"] * torch.log_softmax(logits, dim=0)).sum()}
+
+    return Case(model, params, data, reference)
+
+
+def _scalar32_case():
+    w, x, y = sp.symbols("w x y")
+    model = sg.Model("dk_scalar32", params=[w], inputs=[x, y], loss=(w * sg.sigmoid(x) - y) ** 2 + sp.exp(w * x) / 4,
+                     outputs={"o": w * sp.sin(x)}, wrt=[w, x], reduce=None, kernels=KINDS)
+    rng = np.random.default_rng(2)
+
+    def reference(p, d):
+        w, x, y = p["w"], d["x"], d["y"]
+        return {"o": w * torch.sin(x), "loss": (w * torch.sigmoid(x) - y) ** 2 + torch.exp(w * x) / 4}
+
+    return Case(model, {"w": 0.6}, {"x": rng.uniform(-1, 1, N), "y": rng.uniform(-1, 1, N)}, reference, "float32")
+
+
+def _inputs_case():
+    a, z = sp.MatrixSymbol("a", 2, 1), sp.MatrixSymbol("z", 2, 1)
+    s = sp.Symbol("s")
+    u = sp.Matrix([a[0] * z[1], s * z[0], s])
+    loss = sg.scalar(a.T * z) ** 2 * s + sp.log(1 + s ** 2 * sg.scalar(z.T * z))
+    model = sg.Model("dk_inputs", params=[a, s], inputs=[z], loss=loss, outputs={"u": u}, wrt=[a, s, z],
+                     kernels=KINDS)
+    rng = np.random.default_rng(3)
+
+    def reference(p, d):
+        a, s, z = p["a"], p["s"], d["z"]
+        u = torch.stack([a[0, 0] * z[1, 0], s * z[0, 0], s]).reshape(3, 1)
+        return {"u": u, "loss": (a.T @ z)[0, 0] ** 2 * s + torch.log(1 + s ** 2 * (z.T @ z)[0, 0])}
+
+    return Case(model, {"a": rng.standard_normal((2, 1)), "s": 0.8}, {"z": rng.standard_normal((N, 2, 1))},
+                reference)
+
+
+CASES = {"fit": _fit_case, "mlp": _mlp_case, "scalar32": _scalar32_case, "inputs": _inputs_case}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def built(request, compile_model):
+    case = CASES[request.param]()
+    return case, compile_model(case.model, dtype=case.dtype)
+
+
+def _np(x):
+    return x.detach().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _shape(symbol):
+    return tuple(int(d) for d in symbol.shape) if hasattr(symbol, "shape") else ()
+
+
+def _random_tangents(case, rng, batched=True):
+    out = {}
+    for name in case.wrt:
+        value = np.asarray(case.arrays()[name])
+        out[name] = rng.standard_normal(value.shape) if value.shape else float(rng.standard_normal())
+    return out
+
+
+# --- jvp -------------------------------------------------------------------------------
+
+
+def test_jvp_matches_torch_and_central_differences(built):
+    case, m = built
+    rng = np.random.default_rng(10)
+    tangents = _random_tangents(case, rng)
+    outputs, got = m.jvp(tangents=tangents, **case.arrays())
+    primal, expected = t_jvp(case.batch_fn, case.wrt_values(),
+                             tuple(torch.tensor(np.asarray(tangents[n], dtype=np.float64)) for n in case.wrt))
+    assert set(got) == set(expected) == set(outputs)
+    forward = m.forward(**case.arrays())
+    for name in expected:
+        np.testing.assert_allclose(outputs[name], forward[name], rtol=1e-12)
+        np.testing.assert_allclose(np.reshape(got[name], np.shape(_np(expected[name]))), _np(expected[name]),
+                                   **_tol(case), err_msg=name)
+    if case.dtype == "float64":  # central differences of the forward kernel
+        h = 1e-6
+        plus = m.forward(**{**case.arrays(), **{n: np.asarray(case.arrays()[n]) + h * np.asarray(tangents[n])
+                                                for n in case.wrt}})
+        minus = m.forward(**{**case.arrays(), **{n: np.asarray(case.arrays()[n]) - h * np.asarray(tangents[n])
+                                                 for n in case.wrt}})
+        for name in got:
+            np.testing.assert_allclose(got[name], (np.asarray(plus[name]) - np.asarray(minus[name])) / (2 * h),
+                                       rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_jvp_of_one_example_and_missing_tangents_are_zero(built):
+    case, m = built
+    one = {k: (v[0] if k in case.data else v) for k, v in case.arrays().items()}
+    outputs, got = m.jvp({}, **one)  # the tangents dict by position; nothing given: all zero
+    for name, value in got.items():
+        assert np.all(np.asarray(value) == 0), name
+        assert np.shape(value) == np.shape(outputs[name])
+
+
+# --- hvp and hessian --------------------------------------------------------------------
+
+
+def _reference_hessian(case):
+    """H[a][b] of the reduced loss in symgrad's layout (per-example blocks for inputs)."""
+    names = case.wrt
+    if case.model.reduce is None:  # everything per example
+        blocks = []
+        for n in range(N):
+            f, values = case.example_fn(n)
+            blocks.append(t_hessian(lambda *v: f(*v)["loss"], argnums=tuple(range(len(names))))(*values))
+        return {a: {b: np.stack([_np(blocks[n][i][j]) for n in range(N)]) for j, b in enumerate(names)}
+                for i, a in enumerate(names)}
+    full = t_hessian(lambda *v: case.batch_fn(*v)["loss"], argnums=tuple(range(len(names))))(*case.wrt_values())
+    H = {a: {} for a in names}
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            block = _np(full[i][j])
+            ia, ib = case.roles[a] == "input", case.roles[b] == "input"
+            sa = np.shape(case.arrays()[a])[1:] if ia else np.shape(case.arrays()[a])
+            if ia and ib:  # (N, *sa, N, *sb): each example's own block
+                block = np.stack([block[(n,) + (slice(None),) * len(sa) + (n,)] for n in range(N)])
+            elif ib:  # (*sa, N, *sb) -> (N, *sa, *sb)
+                block = np.moveaxis(block, len(sa), 0)
+            H[a][b] = block
+    return H
+
+
+def test_hessian_matches_torch_and_is_symmetric(built):
+    case, m = built
+    loss, grads, H = m.hessian(**case.arrays())
+    expected_loss, expected_grads = m.value_and_grad(**case.arrays())
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-12)
+    reference = _reference_hessian(case)
+    for a in case.wrt:
+        np.testing.assert_allclose(grads[a], expected_grads[a], rtol=1e-12)
+        for b in case.wrt:
+            np.testing.assert_allclose(H[a][b], reference[a][b], **_tol(case), err_msg=f"H[{a}][{b}]")
+            sa, sb = _shape(case.model.symbols[a]), _shape(case.model.symbols[b])
+            lead = np.ndim(H[a][b]) - len(sa) - len(sb)
+            flipped = np.transpose(H[b][a], tuple(range(lead)) + tuple(range(lead + len(sb), lead + len(sb) + len(sa)))
+                                   + tuple(range(lead, lead + len(sb))))
+            np.testing.assert_array_equal(H[a][b], flipped)  # symmetric by construction, to the bit
+
+
+def test_hvp_matches_torch_and_the_gradient_by_central_differences(built):
+    case, m = built
+    rng = np.random.default_rng(11)
+    v = {}
+    for name in case.wrt:
+        shape = np.shape(case.arrays()[name])
+        v[name] = rng.standard_normal(shape) if shape else float(rng.standard_normal())
+    got = m.hvp(v=v, **case.arrays())
+    if case.model.reduce is None:
+        expected = {}
+        for n in range(N):
+            f, values = case.example_fn(n)
+            tangent = tuple(torch.tensor(np.asarray(v[name] if case.roles[name] == "param" else v[name][n],
+                                                    dtype=np.float64)) for name in case.wrt)
+            grad = jacrev(lambda *w: f(*w)["loss"], argnums=tuple(range(len(case.wrt))))
+            _, out = t_jvp(grad, values, tangent)
+            for name, value in zip(case.wrt, out):
+                expected.setdefault(name, []).append(_np(value))
+        expected = {k: np.stack(v) for k, v in expected.items()}
+    else:
+        grad = jacrev(lambda *w: case.batch_fn(*w)["loss"], argnums=tuple(range(len(case.wrt))))
+        _, out = t_jvp(grad, case.wrt_values(), tuple(torch.tensor(np.asarray(v[n], dtype=np.float64))
+                                                     for n in case.wrt))
+        expected = {name: _np(value) for name, value in zip(case.wrt, out)}
+    for name in case.wrt:
+        np.testing.assert_allclose(np.reshape(got[name], expected[name].shape), expected[name], **_tol(case),
+                                   err_msg=name)
+    if case.dtype == "float64":  # central differences of value_and_grad's gradient
+        h = 1e-6
+        step = lambda sign: {n: np.asarray(case.arrays()[n]) + sign * h * np.asarray(v[n]) for n in case.wrt}
+        plus = m.grad(**{**case.arrays(), **step(1)})
+        minus = m.grad(**{**case.arrays(), **step(-1)})
+        for name in case.wrt:
+            np.testing.assert_allclose(got[name], (plus[name] - minus[name]) / (2 * h), rtol=1e-5, atol=1e-7)
+
+
+# --- jacobian ------------------------------------------------------------------------------
+
+
+def test_jacobian_matches_torch_per_example(built):
+    case, m = built
+    J = m.jacobian(**case.arrays())
+    rows = list(case.model.outputs) + ["loss"]
+    assert list(J) == rows
+    for n in range(N):
+        f, values = case.example_fn(n)
+        reference = jacrev(f, argnums=tuple(range(len(case.wrt))))(*values)
+        forward_reference = jacfwd(f, argnums=tuple(range(len(case.wrt))))(*values)
+        for row in rows:
+            for j, name in enumerate(case.wrt):
+                expected = _np(reference[row][j])
+                np.testing.assert_allclose(_np(forward_reference[row][j]), expected, rtol=1e-12, atol=1e-14)
+                np.testing.assert_allclose(np.asarray(J[row][name])[n], expected, **_tol(case),
+                                           err_msg=f"J[{row}][{name}] example {n}")
+
+
+def test_jacobian_of_one_example_has_no_batch_axis(built):
+    case, m = built
+    one = {k: (v[0] if k in case.data else v) for k, v in case.arrays().items()}
+    J = m.jacobian(**one)
+    batch = m.jacobian(**case.arrays())
+    for row in J:
+        for name in J[row]:
+            np.testing.assert_allclose(J[row][name], np.asarray(batch[row][name])[0], rtol=1e-6 if case.dtype == "float32"
+                                       else 1e-13, atol=1e-12)
+
+
+def test_jacobian_mode_is_the_one_with_fewer_sweeps():
+    from symgrad.forward import jacobian_mode
+
+    assert jacobian_mode(_fit_case().model.graph, ("k", "c")) == "forward"  # 2 sweeps, not 4
+    mlp = _mlp_case().model
+    assert jacobian_mode(mlp.graph, mlp.wrt) == "reverse"  # 3 sweeps, not 23
+
+
+# --- across the batch thresholds ------------------------------------------------------------
+
+
+def test_hvp_and_hessian_across_slices_and_threads_equal_the_examples_summed(compile_model):
+    """A batch of more than one slice (16,384 examples), on one and two threads, against the
+    one-example results (each one its own example's mean) averaged."""
+    case = _fit_case()
+    m = compile_model(case.model)
+    rng = np.random.default_rng(12)
+    count = 16384 + 700
+    X, T = rng.standard_normal((count, 3, 1)), rng.standard_normal(count)
+    v = {"k": 0.3, "c": -1.1}
+    singles = [m.hvp(v=v, k=1.3, c=-0.7, x=X[n], t=float(T[n])) for n in range(count)]
+    expected = {name: sum(s[name] for s in singles) / count for name in ("k", "c")}
+    for threads in (1, 2):
+        got = m.hvp(v=v, k=1.3, c=-0.7, x=X, t=T, threads=threads)
+        for name in expected:
+            np.testing.assert_allclose(got[name], expected[name], rtol=1e-11)
+        _, _, H = m.hessian(k=1.3, c=-0.7, x=X, t=T, threads=threads)
+        np.testing.assert_allclose(H["k"]["k"] * v["k"] + H["k"]["c"] * v["c"], expected["k"], rtol=1e-11)
+        np.testing.assert_allclose(H["c"]["k"] * v["k"] + H["c"]["c"] * v["c"], expected["c"], rtol=1e-11)
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def test_bad_tangents_raise_errors_that_name_them(compile_model):
+    case = _fit_case()
+    m = compile_model(case.model)
+    arrays = case.arrays()
+    with pytest.raises(sg.errors.ArgumentError, match="'x' is not among the symbols differentiated"):
+        m.hvp(v={"x": 1.0}, **arrays)
+    with pytest.raises(sg.errors.ArgumentError, match="v= is missing"):
+        m.hvp(**arrays)
+    with pytest.raises(sg.errors.ArgumentError, match="must be a dict"):
+        m.jvp(tangents=[1.0, 2.0], **arrays)
+    with pytest.raises(sg.errors.ArgumentShapeError, match=r"v\[k\]"):
+        m.hvp(v={"k": np.ones(3)}, **arrays)
+
+
+def test_unknown_kernel_names_are_refused_with_the_valid_ones():
+    k = sp.Symbol("k")
+    with pytest.raises(ModelError, match="'hessians'.*'jacobian', 'jvp', 'hvp', 'hessian'"):
+        sg.Model("dk_bad", params=[k], loss=k ** 2, kernels=("hessians",))
+    with pytest.raises(ModelError, match="loss"):
+        sg.Model("dk_bad", params=[k], outputs={"o": k}, kernels=("hvp",))

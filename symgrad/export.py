@@ -91,14 +91,14 @@ def library_files(generated) -> dict:
         real=spec.kernels[0].real,
         kernels=kernels,
         codes=return_codes(runtime),
-        sources=list(package.c_sources) + [info_name],
+        sources=list(package.kernel_sources) + [info_name],
     )
     env = _render.environment()
 
     def text(template, **extra):
         return env.get_template(f"export/{template}").render(**common, **extra)
 
-    files = {name: package.files[name] for name in package.c_sources}
+    files = {name: package.files[name] for name in package.kernel_sources}
     files["symgrad_runtime.h"] = runtime
     files[f"{spec.name}.h"] = text(
         "header.h.j2",

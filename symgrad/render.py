@@ -24,6 +24,7 @@ from . import __version__
 from .naming import c_identifiers
 from .printer import comment_text
 from .emit import KernelSpec
+from .flat import flat_context
 from .ops.linalg import GEMM_BLOCKS
 
 #: Functions of one argument with SIMD variants in glibc 2.35's libmvec.
@@ -71,9 +72,14 @@ class RenderedPackage:
     c_sources: tuple  # names in ``files`` that are compiled
     spec: PackageSpec
 
+    @property
+    def kernel_sources(self) -> tuple:
+        """The kernels' C files, without the flat-vector wrappers (which only the Python package uses)."""
+        return tuple(name for name in self.c_sources if name != f"{self.name}_flat.c")
+
     def source_size(self) -> int:
-        """Characters of compiled C source: how long the kernels take to compile."""
-        return sum(len(self.files[name]) for name in self.c_sources)
+        """Characters of the kernels' C source: how long they take to compile."""
+        return sum(len(self.files[name]) for name in self.kernel_sources)
 
     def calls_vector_math(self) -> bool:
         """Whether the kernels call a math function that has SIMD variants (tanh, exp...):
@@ -168,6 +174,9 @@ def render(spec: PackageSpec) -> RenderedPackage:
         header_name=f"{spec.name}.h",
         guard=f"SYMGRAD_{c_identifiers([spec.name])[spec.name].upper()}_H",
     )
+    # The flat-vector wrappers of the kernels (symgrad.flat): declared in the header and the cdef.
+    flat = flat_context(spec)
+    common["flat_declarations"] = env.get_template("flat.h.j2").render(**flat)
     kernel_files = {}
     for k in spec.kernels:  # one C file per kernel: they compile in parallel
         name = f"{spec.name}_{k.kind}.c"
@@ -181,8 +190,12 @@ def render(spec: PackageSpec) -> RenderedPackage:
         "_runtime.py": (resources.files("symgrad") / "runtime.py").read_text(),
         "_callplan.py": (resources.files("symgrad") / "callplan.py").read_text(),
     }
-    cdef = env.get_template("cdef.h.j2").render(kernels=spec.kernels, point=common["point"])
-    return RenderedPackage(spec.name, files, cdef, tuple(kernel_files), spec)
+    flat_name = f"{spec.name}_flat.c"
+    files[flat_name] = env.get_template("flat.c.j2").render(**common, **flat, source_name=flat_name)
+    files["_flatcall.py"] = (resources.files("symgrad") / "flatcall.py").read_text()
+    cdef = env.get_template("cdef.h.j2").render(kernels=spec.kernels, point=common["point"],
+                                                flat_declarations=common["flat_declarations"])
+    return RenderedPackage(spec.name, files, cdef, tuple(kernel_files) + (flat_name,), spec)
 
 
 def _model_file(source: str) -> str:

@@ -174,7 +174,7 @@ def test_the_library_needs_nothing_of_python_and_reuses_the_kernel_sources():
     package = generated.package
     assert set(files) == {"digits_softmax_forward.c", "digits_softmax_value_and_grad.c", "digits_softmax_info.c",
                           "digits_softmax.h", "symgrad_runtime.h", "example_main.c", "Makefile", "CMakeLists.txt"}
-    for name in package.c_sources:
+    for name in package.kernel_sources:
         assert files[name] == package.files[name]  # the Python build's kernels, as they are
     includes = set(re.findall(r"^\s*#\s*include\s*([<\"][^>\"]+[>\"])", "\n".join(files.values()), re.M))
     standard = {"<stdint.h>", "<math.h>", "<string.h>", "<stdio.h>", "<stdlib.h>"}

@@ -25,4 +25,29 @@ int affine_square_value_and_grad(int64_t n, int64_t batch, double p_a, double p_
 struct affine_square_value_and_grad_values { double v[4]; };
 struct affine_square_value_and_grad_values affine_square_value_and_grad_point(double p_a, double p_b, double in_x);
 
+/* Flat-vector calls (symgrad.scipy, symgrad.flatcall): theta holds the
+   differentiated symbols one after the other, each in C order:
+     x at [0:1] (scalar)
+     a at [1:2] (scalar)
+     b at [2:3] (scalar)
+   (3 values). Everything else is bound once in this struct. */
+struct affine_square_flat_data {
+    int64_t n;      /* examples in the bound data */
+    int64_t batch;  /* the N of means: n */
+    /* values of the declared symbols outside theta, by declaration order (NULL for those in theta):
+       [0] param a (scalar): in theta
+       [1] param b (scalar): in theta
+       [2] input x (scalar): in theta
+     */
+    const double *symbol[3];
+    double *partial;  /* batch sums of a slice after the first: 1 elements */
+    double *unit;     /* a unit vector of theta's length, for the sweeps */
+    double *spare;    /* what the dense Jacobian's sweeps keep (see affine_square_jacobian_dense) */
+    double *work;     /* the kernels' scratch memory: 1 elements */
+};
+/* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
+int affine_square_forward_flat(const double *theta, const double *tangent, const struct affine_square_flat_data *d, double *value, double *out);
+/* value_and_grad with theta (and tangent) as vectors: the loss into value, the other results into out. */
+int affine_square_value_and_grad_flat(const double *theta, const double *tangent, const struct affine_square_flat_data *d, double *value, double *out);
+
 #endif /* SYMGRAD_AFFINE_SQUARE_H */

@@ -17,4 +17,33 @@ int digits_mlp_forward(int64_t n, int64_t batch, const double *restrict p_W1, co
    work: 188704 elements of scratch memory. */
 int digits_mlp_value_and_grad(int64_t n, int64_t batch, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, const double *restrict p_b2, const double *restrict in_x, const double *restrict in_target, double *restrict out_loss, double *restrict grad_W1, double *restrict grad_b1, double *restrict grad_W2, double *restrict grad_b2, double *restrict work);
 
+/* Flat-vector calls (symgrad.scipy, symgrad.flatcall): theta holds the
+   differentiated symbols one after the other, each in C order:
+     W1 at [0:8192] (128x64)
+     b1 at [8192:8320] (128x1)
+     W2 at [8320:9600] (10x128)
+     b2 at [9600:9610] (10x1)
+   (9610 values). Everything else is bound once in this struct. */
+struct digits_mlp_flat_data {
+    int64_t n;      /* examples in the bound data */
+    int64_t batch;  /* the N of means: n */
+    /* values of the declared symbols outside theta, by declaration order (NULL for those in theta):
+       [0] param W1 (128x64): in theta
+       [1] param b1 (128x1): in theta
+       [2] param W2 (10x128): in theta
+       [3] param b2 (10x1): in theta
+       [4] input x (64x1)
+       [5] input target (10x1)
+     */
+    const double *symbol[6];
+    double *partial;  /* batch sums of a slice after the first: 9611 elements */
+    double *unit;     /* a unit vector of theta's length, for the sweeps */
+    double *spare;    /* what the dense Jacobian's sweeps keep (see digits_mlp_jacobian_dense) */
+    double *work;     /* the kernels' scratch memory: 188705 elements */
+};
+/* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
+int digits_mlp_forward_flat(const double *theta, const double *tangent, const struct digits_mlp_flat_data *d, double *value, double *out);
+/* value_and_grad with theta (and tangent) as vectors: the loss into value, the other results into out. */
+int digits_mlp_value_and_grad_flat(const double *theta, const double *tangent, const struct digits_mlp_flat_data *d, double *value, double *out);
+
 #endif /* SYMGRAD_DIGITS_MLP_H */

@@ -17,4 +17,29 @@ int digits_softmax_forward(int64_t n, int64_t batch, const double *restrict p_W,
    work: 147744 elements of scratch memory. */
 int digits_softmax_value_and_grad(int64_t n, int64_t batch, const double *restrict p_W, const double *restrict p_b, const double *restrict in_x, const double *restrict in_c, double *restrict out_loss, double *restrict grad_W, double *restrict grad_b, double *restrict work);
 
+/* Flat-vector calls (symgrad.scipy, symgrad.flatcall): theta holds the
+   differentiated symbols one after the other, each in C order:
+     W at [0:640] (10x64)
+     b at [640:650] (10x1)
+   (650 values). Everything else is bound once in this struct. */
+struct digits_softmax_flat_data {
+    int64_t n;      /* examples in the bound data */
+    int64_t batch;  /* the N of means: n */
+    /* values of the declared symbols outside theta, by declaration order (NULL for those in theta):
+       [0] param W (10x64): in theta
+       [1] param b (10x1): in theta
+       [2] input x (64x1)
+       [3] input c (scalar)
+     */
+    const double *symbol[4];
+    double *partial;  /* batch sums of a slice after the first: 651 elements */
+    double *unit;     /* a unit vector of theta's length, for the sweeps */
+    double *spare;    /* what the dense Jacobian's sweeps keep (see digits_softmax_jacobian_dense) */
+    double *work;     /* the kernels' scratch memory: 147745 elements */
+};
+/* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
+int digits_softmax_forward_flat(const double *theta, const double *tangent, const struct digits_softmax_flat_data *d, double *value, double *out);
+/* value_and_grad with theta (and tangent) as vectors: the loss into value, the other results into out. */
+int digits_softmax_value_and_grad_flat(const double *theta, const double *tangent, const struct digits_softmax_flat_data *d, double *value, double *out);
+
 #endif /* SYMGRAD_DIGITS_SOFTMAX_H */

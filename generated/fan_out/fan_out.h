@@ -25,4 +25,25 @@ int fan_out_value_and_grad(int64_t n, int64_t batch, const double *restrict in_x
 struct fan_out_value_and_grad_values { double v[2]; };
 struct fan_out_value_and_grad_values fan_out_value_and_grad_point(double in_x);
 
+/* Flat-vector calls (symgrad.scipy, symgrad.flatcall): theta holds the
+   differentiated symbols one after the other, each in C order:
+     x at [0:1] (scalar)
+   (1 values). Everything else is bound once in this struct. */
+struct fan_out_flat_data {
+    int64_t n;      /* examples in the bound data */
+    int64_t batch;  /* the N of means: n */
+    /* values of the declared symbols outside theta, by declaration order (NULL for those in theta):
+       [0] input x (scalar): in theta
+     */
+    const double *symbol[1];
+    double *partial;  /* batch sums of a slice after the first: 1 elements */
+    double *unit;     /* a unit vector of theta's length, for the sweeps */
+    double *spare;    /* what the dense Jacobian's sweeps keep (see fan_out_jacobian_dense) */
+    double *work;     /* the kernels' scratch memory: 1 elements */
+};
+/* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
+int fan_out_forward_flat(const double *theta, const double *tangent, const struct fan_out_flat_data *d, double *value, double *out);
+/* value_and_grad with theta (and tangent) as vectors: the loss into value, the other results into out. */
+int fan_out_value_and_grad_flat(const double *theta, const double *tangent, const struct fan_out_flat_data *d, double *value, double *out);
+
 #endif /* SYMGRAD_FAN_OUT_H */

@@ -25,4 +25,27 @@ int log_sin_value_and_grad(int64_t n, int64_t batch, const double *restrict in_x
 struct log_sin_value_and_grad_values { double v[3]; };
 struct log_sin_value_and_grad_values log_sin_value_and_grad_point(double in_x1, double in_x2);
 
+/* Flat-vector calls (symgrad.scipy, symgrad.flatcall): theta holds the
+   differentiated symbols one after the other, each in C order:
+     x1 at [0:1] (scalar)
+     x2 at [1:2] (scalar)
+   (2 values). Everything else is bound once in this struct. */
+struct log_sin_flat_data {
+    int64_t n;      /* examples in the bound data */
+    int64_t batch;  /* the N of means: n */
+    /* values of the declared symbols outside theta, by declaration order (NULL for those in theta):
+       [0] input x1 (scalar): in theta
+       [1] input x2 (scalar): in theta
+     */
+    const double *symbol[2];
+    double *partial;  /* batch sums of a slice after the first: 1 elements */
+    double *unit;     /* a unit vector of theta's length, for the sweeps */
+    double *spare;    /* what the dense Jacobian's sweeps keep (see log_sin_jacobian_dense) */
+    double *work;     /* the kernels' scratch memory: 1 elements */
+};
+/* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
+int log_sin_forward_flat(const double *theta, const double *tangent, const struct log_sin_flat_data *d, double *value, double *out);
+/* value_and_grad with theta (and tangent) as vectors: the loss into value, the other results into out. */
+int log_sin_value_and_grad_flat(const double *theta, const double *tangent, const struct log_sin_flat_data *d, double *value, double *out);
+
 #endif /* SYMGRAD_LOG_SIN_H */

@@ -25,4 +25,32 @@ int logistic_regression_value_and_grad(int64_t n, int64_t batch, double p_w1, do
 struct logistic_regression_value_and_grad_values { double v[4]; };
 struct logistic_regression_value_and_grad_values logistic_regression_value_and_grad_point(double p_w1, double p_w2, double p_b, double in_x1, double in_x2, double in_y);
 
+/* Flat-vector calls (symgrad.scipy, symgrad.flatcall): theta holds the
+   differentiated symbols one after the other, each in C order:
+     w1 at [0:1] (scalar)
+     w2 at [1:2] (scalar)
+     b at [2:3] (scalar)
+   (3 values). Everything else is bound once in this struct. */
+struct logistic_regression_flat_data {
+    int64_t n;      /* examples in the bound data */
+    int64_t batch;  /* the N of means: n */
+    /* values of the declared symbols outside theta, by declaration order (NULL for those in theta):
+       [0] param w1 (scalar): in theta
+       [1] param w2 (scalar): in theta
+       [2] param b (scalar): in theta
+       [3] input x1 (scalar)
+       [4] input x2 (scalar)
+       [5] input y (scalar)
+     */
+    const double *symbol[6];
+    double *partial;  /* batch sums of a slice after the first: 4 elements */
+    double *unit;     /* a unit vector of theta's length, for the sweeps */
+    double *spare;    /* what the dense Jacobian's sweeps keep (see logistic_regression_jacobian_dense) */
+    double *work;     /* the kernels' scratch memory: 1 elements */
+};
+/* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
+int logistic_regression_forward_flat(const double *theta, const double *tangent, const struct logistic_regression_flat_data *d, double *value, double *out);
+/* value_and_grad with theta (and tangent) as vectors: the loss into value, the other results into out. */
+int logistic_regression_value_and_grad_flat(const double *theta, const double *tangent, const struct logistic_regression_flat_data *d, double *value, double *out);
+
 #endif /* SYMGRAD_LOGISTIC_REGRESSION_H */

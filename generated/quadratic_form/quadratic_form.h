@@ -17,4 +17,27 @@ int quadratic_form_forward(int64_t n, int64_t batch, const double *restrict p_A,
    work: 144392 elements of scratch memory. */
 int quadratic_form_value_and_grad(int64_t n, int64_t batch, const double *restrict p_A, const double *restrict in_x, double *restrict out_loss, double *restrict grad_x, double *restrict grad_A, double *restrict work);
 
+/* Flat-vector calls (symgrad.scipy, symgrad.flatcall): theta holds the
+   differentiated symbols one after the other, each in C order:
+     x at [0:4] (4x1)
+     A at [4:20] (4x4)
+   (20 values). Everything else is bound once in this struct. */
+struct quadratic_form_flat_data {
+    int64_t n;      /* examples in the bound data */
+    int64_t batch;  /* the N of means: n */
+    /* values of the declared symbols outside theta, by declaration order (NULL for those in theta):
+       [0] param A (4x4): in theta
+       [1] input x (4x1): in theta
+     */
+    const double *symbol[2];
+    double *partial;  /* batch sums of a slice after the first: 1 elements */
+    double *unit;     /* a unit vector of theta's length, for the sweeps */
+    double *spare;    /* what the dense Jacobian's sweeps keep (see quadratic_form_jacobian_dense) */
+    double *work;     /* the kernels' scratch memory: 144393 elements */
+};
+/* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
+int quadratic_form_forward_flat(const double *theta, const double *tangent, const struct quadratic_form_flat_data *d, double *value, double *out);
+/* value_and_grad with theta (and tangent) as vectors: the loss into value, the other results into out. */
+int quadratic_form_value_and_grad_flat(const double *theta, const double *tangent, const struct quadratic_form_flat_data *d, double *value, double *out);
+
 #endif /* SYMGRAD_QUADRATIC_FORM_H */

@@ -17,4 +17,33 @@ int xor_forward(int64_t n, int64_t batch, const double *restrict p_W1, const dou
    work: 142368 elements of scratch memory. */
 int xor_value_and_grad(int64_t n, int64_t batch, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, double p_b2, const double *restrict in_x, const double *restrict in_t, double *restrict out_loss, double *restrict grad_W1, double *restrict grad_b1, double *restrict grad_W2, double *restrict grad_b2, double *restrict work);
 
+/* Flat-vector calls (symgrad.scipy, symgrad.flatcall): theta holds the
+   differentiated symbols one after the other, each in C order:
+     W1 at [0:4] (2x2)
+     b1 at [4:6] (1x2)
+     W2 at [6:8] (2x1)
+     b2 at [8:9] (scalar)
+   (9 values). Everything else is bound once in this struct. */
+struct xor_flat_data {
+    int64_t n;      /* examples in the bound data */
+    int64_t batch;  /* the N of means: n */
+    /* values of the declared symbols outside theta, by declaration order (NULL for those in theta):
+       [0] param W1 (2x2): in theta
+       [1] param b1 (1x2): in theta
+       [2] param W2 (2x1): in theta
+       [3] param b2 (scalar): in theta
+       [4] input x (1x2)
+       [5] input t (scalar)
+     */
+    const double *symbol[6];
+    double *partial;  /* batch sums of a slice after the first: 10 elements */
+    double *unit;     /* a unit vector of theta's length, for the sweeps */
+    double *spare;    /* what the dense Jacobian's sweeps keep (see xor_jacobian_dense) */
+    double *work;     /* the kernels' scratch memory: 142369 elements */
+};
+/* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
+int xor_forward_flat(const double *theta, const double *tangent, const struct xor_flat_data *d, double *value, double *out);
+/* value_and_grad with theta (and tangent) as vectors: the loss into value, the other results into out. */
+int xor_value_and_grad_flat(const double *theta, const double *tangent, const struct xor_flat_data *d, double *value, double *out);
+
 #endif /* SYMGRAD_XOR_H */

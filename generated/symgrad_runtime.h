@@ -47,6 +47,20 @@ typedef double sg_real;
 /* Sums over many terms (batch reductions, softmax denominators) use double. */
 typedef double sg_acc;
 
+/* The Python build compiles the helpers that take pointers (matrix products,
+   reductions, the softmax family: called once per tile) once per machine and
+   flag set into a cached object linked into every model's extension
+   (symgrad_runtime.c); kernels see their prototypes only. The build finds them
+   by their layout: a definition whose parameters include a pointer, with the
+   braces of its body alone on their lines. Helpers of scalars stay inline here,
+   so that the SIMD loops of the kernels inline them. Hidden: each extension
+   keeps its own copy, whatever else the process has loaded. */
+#if defined(__GNUC__) && defined(__ELF__)
+#define SG_RUNTIME_API __attribute__((visibility("hidden")))
+#else
+#define SG_RUNTIME_API
+#endif
+
 /* Kernel return codes. */
 #define SG_OK 0
 #define SG_ERROR_CLASS_INDEX 1
@@ -286,68 +300,15 @@ typedef sg_real sg_vec_avx512 __attribute__((vector_size(8 * sizeof(sg_real)), a
 
 /* avx512: C[0:mr, 0:nc] += a packed SG_MR x kc sliver of A times a packed
    kc x 16 panel of B. Eight vector accumulators (4 rows x 2 vectors) stay in registers. */
-__attribute__((target("arch=x86-64-v4"))) static void sg_gemm_block_avx512(
+SG_RUNTIME_API void sg_gemm_block_avx512(
     int64_t kc, const sg_real *restrict ap, const sg_real *restrict bp,
-    sg_real *c, int64_t c_rs, int64_t c_cs, int64_t mr, int64_t nc)
-{
-    typedef sg_vec_avx512 vec;
-    vec c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
-    for (int64_t l = 0; l < kc; ++l) {
-        const vec b0 = *(const vec *) (bp + l * 16);
-        const vec b1 = *(const vec *) (bp + l * 16 + 8);
-        const sg_real *al = ap + l * SG_MR;
-        c00 += al[0] * b0; c01 += al[0] * b1;
-        c10 += al[1] * b0; c11 += al[1] * b1;
-        c20 += al[2] * b0; c21 += al[2] * b1;
-        c30 += al[3] * b0; c31 += al[3] * b1;
-    }
-    if (c_cs == 1 && mr == SG_MR && nc == 16) {
-        *(vec *) (c) += c00; *(vec *) (c + 8) += c01;
-        *(vec *) (c + c_rs) += c10; *(vec *) (c + c_rs + 8) += c11;
-        *(vec *) (c + 2 * c_rs) += c20; *(vec *) (c + 2 * c_rs + 8) += c21;
-        *(vec *) (c + 3 * c_rs) += c30; *(vec *) (c + 3 * c_rs + 8) += c31;
-        return;
-    }
-    sg_real block[SG_MR][16];  /* an edge block, or a strided C: store through a local tile */
-    *(vec *) &block[0][0] = c00; *(vec *) &block[0][8] = c01;
-    *(vec *) &block[1][0] = c10; *(vec *) &block[1][8] = c11;
-    *(vec *) &block[2][0] = c20; *(vec *) &block[2][8] = c21;
-    *(vec *) &block[3][0] = c30; *(vec *) &block[3][8] = c31;
-    for (int64_t r = 0; r < mr; ++r)
-        for (int64_t q = 0; q < nc; ++q)
-            c[r * c_rs + q * c_cs] += block[r][q];
-}
+    sg_real *c, int64_t c_rs, int64_t c_cs, int64_t mr, int64_t nc);
 
 /* avx512: C += A B by blocks, B packed in panels of 16 columns, A in slivers of SG_MR rows. */
-__attribute__((target("arch=x86-64-v4"))) static void sg_gemm_packed_avx512(
+SG_RUNTIME_API void sg_gemm_packed_avx512(
     int64_t m, int64_t n, int64_t k, const sg_real *a, int64_t a_rs, int64_t a_cs,
     const sg_real *b, int64_t b_rs, int64_t b_cs, sg_real *c, int64_t c_rs, int64_t c_cs,
-    sg_real *restrict scratch)
-{
-    sg_real *restrict bp = scratch;
-    sg_real *restrict ap = scratch + SG_KC * SG_NC;
-    for (int64_t jc = 0; jc < n; jc += SG_NC) {
-        const int64_t nc = n - jc < SG_NC ? n - jc : SG_NC;
-        for (int64_t pc = 0; pc < k; pc += SG_KC) {
-            const int64_t kc = k - pc < SG_KC ? k - pc : SG_KC;
-            for (int64_t q0 = 0; q0 < nc; q0 += 16) {  /* pack B, zero-padded */
-                sg_real *panel = bp + q0 * kc;
-                for (int64_t l = 0; l < kc; ++l)
-                    for (int64_t q = 0; q < 16; ++q)
-                        panel[l * 16 + q] = q0 + q < nc ? b[(pc + l) * b_rs + (jc + q0 + q) * b_cs] : 0;
-            }
-            for (int64_t i0 = 0; i0 < m; i0 += SG_MR) {
-                const int64_t mr = m - i0 < SG_MR ? m - i0 : SG_MR;
-                for (int64_t l = 0; l < kc; ++l)  /* pack A, zero-padded */
-                    for (int64_t r = 0; r < SG_MR; ++r)
-                        ap[l * SG_MR + r] = r < mr ? a[(i0 + r) * a_rs + (pc + l) * a_cs] : 0;
-                for (int64_t q0 = 0; q0 < nc; q0 += 16)
-                    sg_gemm_block_avx512(kc, ap, bp + q0 * kc, c + i0 * c_rs + (jc + q0) * c_cs, c_rs,
-                                                  c_cs, mr, nc - q0 < 16 ? nc - q0 : 16);
-            }
-        }
-    }
-}
+    sg_real *restrict scratch);
 #endif
 
 #ifdef SG_GEMM_LEVELS
@@ -356,68 +317,15 @@ typedef sg_real sg_vec_avx2 __attribute__((vector_size(4 * sizeof(sg_real)), ali
 
 /* avx2: C[0:mr, 0:nc] += a packed SG_MR x kc sliver of A times a packed
    kc x 8 panel of B. Eight vector accumulators (4 rows x 2 vectors) stay in registers. */
-__attribute__((target("arch=x86-64-v3"))) static void sg_gemm_block_avx2(
+SG_RUNTIME_API void sg_gemm_block_avx2(
     int64_t kc, const sg_real *restrict ap, const sg_real *restrict bp,
-    sg_real *c, int64_t c_rs, int64_t c_cs, int64_t mr, int64_t nc)
-{
-    typedef sg_vec_avx2 vec;
-    vec c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
-    for (int64_t l = 0; l < kc; ++l) {
-        const vec b0 = *(const vec *) (bp + l * 8);
-        const vec b1 = *(const vec *) (bp + l * 8 + 4);
-        const sg_real *al = ap + l * SG_MR;
-        c00 += al[0] * b0; c01 += al[0] * b1;
-        c10 += al[1] * b0; c11 += al[1] * b1;
-        c20 += al[2] * b0; c21 += al[2] * b1;
-        c30 += al[3] * b0; c31 += al[3] * b1;
-    }
-    if (c_cs == 1 && mr == SG_MR && nc == 8) {
-        *(vec *) (c) += c00; *(vec *) (c + 4) += c01;
-        *(vec *) (c + c_rs) += c10; *(vec *) (c + c_rs + 4) += c11;
-        *(vec *) (c + 2 * c_rs) += c20; *(vec *) (c + 2 * c_rs + 4) += c21;
-        *(vec *) (c + 3 * c_rs) += c30; *(vec *) (c + 3 * c_rs + 4) += c31;
-        return;
-    }
-    sg_real block[SG_MR][8];  /* an edge block, or a strided C: store through a local tile */
-    *(vec *) &block[0][0] = c00; *(vec *) &block[0][4] = c01;
-    *(vec *) &block[1][0] = c10; *(vec *) &block[1][4] = c11;
-    *(vec *) &block[2][0] = c20; *(vec *) &block[2][4] = c21;
-    *(vec *) &block[3][0] = c30; *(vec *) &block[3][4] = c31;
-    for (int64_t r = 0; r < mr; ++r)
-        for (int64_t q = 0; q < nc; ++q)
-            c[r * c_rs + q * c_cs] += block[r][q];
-}
+    sg_real *c, int64_t c_rs, int64_t c_cs, int64_t mr, int64_t nc);
 
 /* avx2: C += A B by blocks, B packed in panels of 8 columns, A in slivers of SG_MR rows. */
-__attribute__((target("arch=x86-64-v3"))) static void sg_gemm_packed_avx2(
+SG_RUNTIME_API void sg_gemm_packed_avx2(
     int64_t m, int64_t n, int64_t k, const sg_real *a, int64_t a_rs, int64_t a_cs,
     const sg_real *b, int64_t b_rs, int64_t b_cs, sg_real *c, int64_t c_rs, int64_t c_cs,
-    sg_real *restrict scratch)
-{
-    sg_real *restrict bp = scratch;
-    sg_real *restrict ap = scratch + SG_KC * SG_NC;
-    for (int64_t jc = 0; jc < n; jc += SG_NC) {
-        const int64_t nc = n - jc < SG_NC ? n - jc : SG_NC;
-        for (int64_t pc = 0; pc < k; pc += SG_KC) {
-            const int64_t kc = k - pc < SG_KC ? k - pc : SG_KC;
-            for (int64_t q0 = 0; q0 < nc; q0 += 8) {  /* pack B, zero-padded */
-                sg_real *panel = bp + q0 * kc;
-                for (int64_t l = 0; l < kc; ++l)
-                    for (int64_t q = 0; q < 8; ++q)
-                        panel[l * 8 + q] = q0 + q < nc ? b[(pc + l) * b_rs + (jc + q0 + q) * b_cs] : 0;
-            }
-            for (int64_t i0 = 0; i0 < m; i0 += SG_MR) {
-                const int64_t mr = m - i0 < SG_MR ? m - i0 : SG_MR;
-                for (int64_t l = 0; l < kc; ++l)  /* pack A, zero-padded */
-                    for (int64_t r = 0; r < SG_MR; ++r)
-                        ap[l * SG_MR + r] = r < mr ? a[(i0 + r) * a_rs + (pc + l) * a_cs] : 0;
-                for (int64_t q0 = 0; q0 < nc; q0 += 8)
-                    sg_gemm_block_avx2(kc, ap, bp + q0 * kc, c + i0 * c_rs + (jc + q0) * c_cs, c_rs,
-                                                  c_cs, mr, nc - q0 < 8 ? nc - q0 : 8);
-            }
-        }
-    }
-}
+    sg_real *restrict scratch);
 #endif
 
 /* baseline: vectors of 2 elements (GCC vector extensions; may be unaligned). */
@@ -425,331 +333,98 @@ typedef sg_real sg_vec_baseline __attribute__((vector_size(2 * sizeof(sg_real)),
 
 /* baseline: C[0:mr, 0:nc] += a packed SG_MR x kc sliver of A times a packed
    kc x 4 panel of B. Eight vector accumulators (4 rows x 2 vectors) stay in registers. */
-static void sg_gemm_block_baseline(
+SG_RUNTIME_API void sg_gemm_block_baseline(
     int64_t kc, const sg_real *restrict ap, const sg_real *restrict bp,
-    sg_real *c, int64_t c_rs, int64_t c_cs, int64_t mr, int64_t nc)
-{
-    typedef sg_vec_baseline vec;
-    vec c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
-    for (int64_t l = 0; l < kc; ++l) {
-        const vec b0 = *(const vec *) (bp + l * 4);
-        const vec b1 = *(const vec *) (bp + l * 4 + 2);
-        const sg_real *al = ap + l * SG_MR;
-        c00 += al[0] * b0; c01 += al[0] * b1;
-        c10 += al[1] * b0; c11 += al[1] * b1;
-        c20 += al[2] * b0; c21 += al[2] * b1;
-        c30 += al[3] * b0; c31 += al[3] * b1;
-    }
-    if (c_cs == 1 && mr == SG_MR && nc == 4) {
-        *(vec *) (c) += c00; *(vec *) (c + 2) += c01;
-        *(vec *) (c + c_rs) += c10; *(vec *) (c + c_rs + 2) += c11;
-        *(vec *) (c + 2 * c_rs) += c20; *(vec *) (c + 2 * c_rs + 2) += c21;
-        *(vec *) (c + 3 * c_rs) += c30; *(vec *) (c + 3 * c_rs + 2) += c31;
-        return;
-    }
-    sg_real block[SG_MR][4];  /* an edge block, or a strided C: store through a local tile */
-    *(vec *) &block[0][0] = c00; *(vec *) &block[0][2] = c01;
-    *(vec *) &block[1][0] = c10; *(vec *) &block[1][2] = c11;
-    *(vec *) &block[2][0] = c20; *(vec *) &block[2][2] = c21;
-    *(vec *) &block[3][0] = c30; *(vec *) &block[3][2] = c31;
-    for (int64_t r = 0; r < mr; ++r)
-        for (int64_t q = 0; q < nc; ++q)
-            c[r * c_rs + q * c_cs] += block[r][q];
-}
+    sg_real *c, int64_t c_rs, int64_t c_cs, int64_t mr, int64_t nc);
 
 /* baseline: C += A B by blocks, B packed in panels of 4 columns, A in slivers of SG_MR rows. */
-static void sg_gemm_packed_baseline(
+SG_RUNTIME_API void sg_gemm_packed_baseline(
     int64_t m, int64_t n, int64_t k, const sg_real *a, int64_t a_rs, int64_t a_cs,
     const sg_real *b, int64_t b_rs, int64_t b_cs, sg_real *c, int64_t c_rs, int64_t c_cs,
-    sg_real *restrict scratch)
-{
-    sg_real *restrict bp = scratch;
-    sg_real *restrict ap = scratch + SG_KC * SG_NC;
-    for (int64_t jc = 0; jc < n; jc += SG_NC) {
-        const int64_t nc = n - jc < SG_NC ? n - jc : SG_NC;
-        for (int64_t pc = 0; pc < k; pc += SG_KC) {
-            const int64_t kc = k - pc < SG_KC ? k - pc : SG_KC;
-            for (int64_t q0 = 0; q0 < nc; q0 += 4) {  /* pack B, zero-padded */
-                sg_real *panel = bp + q0 * kc;
-                for (int64_t l = 0; l < kc; ++l)
-                    for (int64_t q = 0; q < 4; ++q)
-                        panel[l * 4 + q] = q0 + q < nc ? b[(pc + l) * b_rs + (jc + q0 + q) * b_cs] : 0;
-            }
-            for (int64_t i0 = 0; i0 < m; i0 += SG_MR) {
-                const int64_t mr = m - i0 < SG_MR ? m - i0 : SG_MR;
-                for (int64_t l = 0; l < kc; ++l)  /* pack A, zero-padded */
-                    for (int64_t r = 0; r < SG_MR; ++r)
-                        ap[l * SG_MR + r] = r < mr ? a[(i0 + r) * a_rs + (pc + l) * a_cs] : 0;
-                for (int64_t q0 = 0; q0 < nc; q0 += 4)
-                    sg_gemm_block_baseline(kc, ap, bp + q0 * kc, c + i0 * c_rs + (jc + q0) * c_cs, c_rs,
-                                                  c_cs, mr, nc - q0 < 4 ? nc - q0 : 4);
-            }
-        }
-    }
-}
+    sg_real *restrict scratch);
 
 /* C = A B (accumulate = 0) or C += A B, for an m x k A and a k x n B with any
    strides. Large products are packed into blocks (scratch: SG_GEMM_SCRATCH
    elements) and run with the widest vectors the CPU has; small ones run as
    plain loops. */
-static void sg_gemm(int64_t m, int64_t n, int64_t k,
+SG_RUNTIME_API void sg_gemm(int64_t m, int64_t n, int64_t k,
                     const sg_real *a, int64_t a_rs, int64_t a_cs,
                     const sg_real *b, int64_t b_rs, int64_t b_cs,
                     sg_real *c, int64_t c_rs, int64_t c_cs, int accumulate,
-                    sg_real *restrict scratch)
-{
-    if (c_rs == 1 && c_cs != 1 && n > 1) {
-        /* C is stored by columns: compute C^T = B^T A^T, whose rows are contiguous. */
-        sg_gemm(n, m, k, b, b_cs, b_rs, a, a_cs, a_rs, c, c_cs, c_rs, accumulate, scratch);
-        return;
-    }
-    if (!accumulate)
-        for (int64_t i = 0; i < m; ++i)
-            for (int64_t j = 0; j < n; ++j)
-                c[i * c_rs + j * c_cs] = 0;
-    if (m * n * k < 512 || scratch == NULL) {
-        for (int64_t i = 0; i < m; ++i)
-            for (int64_t l = 0; l < k; ++l) {
-                const sg_real ail = a[i * a_rs + l * a_cs];
-                for (int64_t j = 0; j < n; ++j)
-                    c[i * c_rs + j * c_cs] += ail * b[l * b_rs + j * b_cs];
-            }
-        return;
-    }
-#ifdef SG_GEMM_LEVELS
-    if (__builtin_cpu_supports("avx512f")) {
-        sg_gemm_packed_avx512(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, c_rs, c_cs, scratch);
-        return;
-    }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        sg_gemm_packed_avx2(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, c_rs, c_cs, scratch);
-        return;
-    }
-#endif
-    sg_gemm_packed_baseline(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, c_rs, c_cs, scratch);
-}
+                    sg_real *restrict scratch);
 
 /* C[e] = A[e] B[e] for the nb examples of a tile. When one factor is shared
    and the other is a vector per example, the whole tile is one product. */
-static inline void sg_matmul(int64_t nb, int64_t m, int64_t n, int64_t k,
+SG_RUNTIME_API void sg_matmul(int64_t nb, int64_t m, int64_t n, int64_t k,
                              const sg_real *a, int64_t a_es, int64_t a_rs, int64_t a_cs,
                              const sg_real *b, int64_t b_es, int64_t b_rs, int64_t b_cs,
-                             sg_real *c, int64_t c_es, int64_t c_rs, int64_t c_cs, sg_real *scratch)
-{
-    if (nb > 1 && a_es == 0 && n == 1) {
-        /* [C[0] .. C[nb-1]] (m x nb) = A (m x k) [B[0] .. B[nb-1]] (k x nb) */
-        sg_gemm(m, nb, k, a, a_rs, a_cs, b, b_rs, b_es, c, c_rs, c_es, 0, scratch);
-        return;
-    }
-    if (nb > 1 && b_es == 0 && m == 1) {
-        /* rows C[e] (nb x n) = rows A[e] (nb x k) B (k x n) */
-        sg_gemm(nb, n, k, a, a_es, a_cs, b, b_rs, b_cs, c, c_es, c_cs, 0, scratch);
-        return;
-    }
-    for (int64_t e = 0; e < nb; ++e)
-        sg_gemm(m, n, k, a + e * a_es, a_rs, a_cs, b + e * b_es, b_rs, b_cs,
-                c + e * c_es, c_rs, c_cs, 0, scratch);
-}
+                             sg_real *c, int64_t c_es, int64_t c_rs, int64_t c_cs, sg_real *scratch);
 
 /* C += sum over the nb examples of A[e] B[e]: a batch sum fused with the product.
    For vectors per example (outer products) the sum is one product over the tile. */
-static inline void sg_matmul_batch_sum(int64_t nb, int64_t m, int64_t n, int64_t k,
+SG_RUNTIME_API void sg_matmul_batch_sum(int64_t nb, int64_t m, int64_t n, int64_t k,
                                        const sg_real *a, int64_t a_es, int64_t a_rs, int64_t a_cs,
                                        const sg_real *b, int64_t b_es, int64_t b_rs, int64_t b_cs,
-                                       sg_real *c, int64_t c_rs, int64_t c_cs, sg_real *scratch)
-{
-    if (k == 1 && a_es != 0 && b_es != 0) {
-        /* sum_e A[e] B[e] = [A[0] .. A[nb-1]] (m x nb) [B[0]; ..; B[nb-1]] (nb x n) */
-        sg_gemm(m, n, nb, a, a_rs, a_es, b, b_es, b_cs, c, c_rs, c_cs, 1, scratch);
-        return;
-    }
-    for (int64_t e = 0; e < nb; ++e)
-        sg_gemm(m, n, k, a + e * a_es, a_rs, a_cs, b + e * b_es, b_rs, b_cs, c, c_rs, c_cs, 1, scratch);
-}
+                                       sg_real *c, int64_t c_rs, int64_t c_cs, sg_real *scratch);
 
 /* ---- reductions ------------------------------------------------------------------ */
 
 /* out[e] = sum of all elements of A[e]. */
-static inline void sg_sum(int64_t nb, int64_t rows, int64_t cols,
+SG_RUNTIME_API void sg_sum(int64_t nb, int64_t rows, int64_t cols,
                           const sg_real *a, int64_t a_es, int64_t a_rs, int64_t a_cs,
-                          sg_real *out, int64_t out_es)
-{
-    for (int64_t e = 0; e < nb; ++e) {
-        sg_acc s = 0;
-        for (int64_t i = 0; i < rows; ++i)
-            for (int64_t j = 0; j < cols; ++j)
-                s += a[e * a_es + i * a_rs + j * a_cs];
-        out[e * out_es] = (sg_real) s;
-    }
-}
+                          sg_real *out, int64_t out_es);
 
 /* out[e] = trace of the square matrix A[e]. */
-static inline void sg_trace(int64_t nb, int64_t rows, int64_t cols,
+SG_RUNTIME_API void sg_trace(int64_t nb, int64_t rows, int64_t cols,
                             const sg_real *a, int64_t a_es, int64_t a_rs, int64_t a_cs,
-                            sg_real *out, int64_t out_es)
-{
-    (void) cols;
-    for (int64_t e = 0; e < nb; ++e) {
-        sg_acc s = 0;
-        for (int64_t i = 0; i < rows; ++i)
-            s += a[e * a_es + i * (a_rs + a_cs)];
-        out[e * out_es] = (sg_real) s;
-    }
-}
+                            sg_real *out, int64_t out_es);
 
 /* out[e] (out_rows x out_cols, dense) = A[e] summed over the axes where out has extent 1. */
-static inline void sg_sum_to(int64_t nb, int64_t rows, int64_t cols,
+SG_RUNTIME_API void sg_sum_to(int64_t nb, int64_t rows, int64_t cols,
                              const sg_real *a, int64_t a_es, int64_t a_rs, int64_t a_cs,
-                             sg_real *out, int64_t out_es, int64_t out_rows, int64_t out_cols)
-{
-    for (int64_t e = 0; e < nb; ++e) {
-        sg_real *o = out + e * out_es;
-        for (int64_t q = 0; q < out_rows * out_cols; ++q)
-            o[q] = 0;
-        for (int64_t i = 0; i < rows; ++i)
-            for (int64_t j = 0; j < cols; ++j)
-                o[(out_rows == 1 ? 0 : i) * out_cols + (out_cols == 1 ? 0 : j)] +=
-                    a[e * a_es + i * a_rs + j * a_cs];
-    }
-}
+                             sg_real *out, int64_t out_es, int64_t out_rows, int64_t out_cols);
 
 /* acc (dense) += A[e] for the nb examples of a tile, one example after the other. */
-static inline void sg_reduce_batch(int64_t nb, int64_t rows, int64_t cols,
+SG_RUNTIME_API void sg_reduce_batch(int64_t nb, int64_t rows, int64_t cols,
                                    const sg_real *a, int64_t a_es, int64_t a_rs, int64_t a_cs,
-                                   sg_real *restrict acc)
-{
-    if (sizeof(sg_real) == sizeof(sg_acc) && a_cs == 1 && (rows == 1 || a_rs == cols)) {
-        /* each example's elements are contiguous: add them example after example */
-        for (int64_t e = 0; e < nb; ++e) {
-            const sg_real *ae = a + e * a_es;
-            for (int64_t q = 0; q < rows * cols; ++q)
-                acc[q] += ae[q];
-        }
-        return;
-    }
-    for (int64_t i = 0; i < rows; ++i)  /* each element's sum over the tile in sg_acc precision */
-        for (int64_t j = 0; j < cols; ++j) {
-            sg_acc s = 0;
-            for (int64_t e = 0; e < nb; ++e)
-                s += a[e * a_es + i * a_rs + j * a_cs];
-            acc[i * cols + j] += (sg_real) s;
-        }
-}
+                                   sg_real *restrict acc);
 
 /* ---- softmax family, over all elements of each example, shifted by the maximum ---- */
 
-static inline sg_real sg_max_element(int64_t rows, int64_t cols, const sg_real *z, int64_t rs, int64_t cs)
-{
-    sg_real m = -INFINITY;
-    for (int64_t i = 0; i < rows; ++i)
-        for (int64_t j = 0; j < cols; ++j) {
-            const sg_real v = z[i * rs + j * cs];
-            if (v > m || v != v)
-                m = v;
-        }
-    return isfinite(m) ? m : (m != m ? m : 0);
-}
+SG_RUNTIME_API sg_real sg_max_element(int64_t rows, int64_t cols, const sg_real *z, int64_t rs, int64_t cs);
 
 /* The largest element m of Z[e] and s = sum(exp(Z[e] - m)), in sg_acc precision. */
-static inline sg_acc sg_shifted_sum(int64_t rows, int64_t cols, const sg_real *z, int64_t rs, int64_t cs,
-                                    sg_real *m)
-{
-    *m = sg_max_element(rows, cols, z, rs, cs);
-    sg_acc s = 0;
-    for (int64_t i = 0; i < rows; ++i)
-        for (int64_t j = 0; j < cols; ++j)
-            s += exp(z[i * rs + j * cs] - *m);
-    return s;
-}
+SG_RUNTIME_API sg_acc sg_shifted_sum(int64_t rows, int64_t cols, const sg_real *z, int64_t rs, int64_t cs,
+                                    sg_real *m);
 
 /* out[e] = log(sum(exp(Z[e]))) = m + log(s) */
-static inline void sg_logsumexp(int64_t nb, int64_t rows, int64_t cols,
+SG_RUNTIME_API void sg_logsumexp(int64_t nb, int64_t rows, int64_t cols,
                                 const sg_real *z, int64_t z_es, int64_t z_rs, int64_t z_cs,
-                                sg_real *out, int64_t out_es)
-{
-    for (int64_t e = 0; e < nb; ++e) {
-        sg_real m;
-        const sg_acc s = sg_shifted_sum(rows, cols, z + e * z_es, z_rs, z_cs, &m);
-        out[e * out_es] = (sg_real) ((sg_acc) m + log(s));
-    }
-}
+                                sg_real *out, int64_t out_es);
 
 /* OUT[e] (dense) = (Z[e] - m) - log(s): never Z[e] - logsumexp(Z[e]), whose rounding
    of a large logsumexp would swamp small results (float32 logits near 800). */
-static inline void sg_log_softmax(int64_t nb, int64_t rows, int64_t cols,
+SG_RUNTIME_API void sg_log_softmax(int64_t nb, int64_t rows, int64_t cols,
                                   const sg_real *z, int64_t z_es, int64_t z_rs, int64_t z_cs,
-                                  sg_real *out, int64_t out_es)
-{
-    for (int64_t e = 0; e < nb; ++e) {
-        const sg_real *ze = z + e * z_es;
-        sg_real m;
-        const sg_acc log_s = log(sg_shifted_sum(rows, cols, ze, z_rs, z_cs, &m));
-        for (int64_t i = 0; i < rows; ++i)
-            for (int64_t j = 0; j < cols; ++j)
-                out[e * out_es + i * cols + j] = (sg_real) ((sg_acc) (ze[i * z_rs + j * z_cs] - m) - log_s);
-    }
-}
+                                  sg_real *out, int64_t out_es);
 
 /* OUT[e] (dense) = exp(Z[e] - m) / s */
-static inline void sg_softmax(int64_t nb, int64_t rows, int64_t cols,
+SG_RUNTIME_API void sg_softmax(int64_t nb, int64_t rows, int64_t cols,
                               const sg_real *z, int64_t z_es, int64_t z_rs, int64_t z_cs,
-                              sg_real *out, int64_t out_es)
-{
-    for (int64_t e = 0; e < nb; ++e) {
-        const sg_real *ze = z + e * z_es;
-        sg_real m;
-        const sg_acc inv = 1 / sg_shifted_sum(rows, cols, ze, z_rs, z_cs, &m);
-        for (int64_t i = 0; i < rows; ++i)
-            for (int64_t j = 0; j < cols; ++j)
-                out[e * out_es + i * cols + j] = (sg_real) (exp(ze[i * z_rs + j * z_cs] - m) * inv);
-    }
-}
+                              sg_real *out, int64_t out_es);
 
 /* out[e] = sqrt(sum(Z[e]^2)) = m sqrt(sum((Z[e]/m)^2)) with m = max |Z[e]|: no square
    over- or underflows (elements of 1e200 or 1e-200). */
-static inline void sg_norm(int64_t nb, int64_t rows, int64_t cols,
+SG_RUNTIME_API void sg_norm(int64_t nb, int64_t rows, int64_t cols,
                            const sg_real *z, int64_t z_es, int64_t z_rs, int64_t z_cs,
-                           sg_real *out, int64_t out_es)
-{
-    for (int64_t e = 0; e < nb; ++e) {
-        const sg_real *ze = z + e * z_es;
-        sg_real m = 0;
-        for (int64_t i = 0; i < rows; ++i)
-            for (int64_t j = 0; j < cols; ++j) {
-                const sg_real a = fabs(ze[i * z_rs + j * z_cs]);
-                if (a > m || a != a)
-                    m = a;
-            }
-        if (m == 0 || m != m || m == INFINITY) {
-            out[e * out_es] = m;
-            continue;
-        }
-        sg_acc s = 0;
-        for (int64_t i = 0; i < rows; ++i)
-            for (int64_t j = 0; j < cols; ++j) {
-                const sg_acc q = (sg_acc) ze[i * z_rs + j * z_cs] / m;
-                s += q * q;
-            }
-        out[e * out_es] = (sg_real) ((sg_acc) m * sqrt(s));
-    }
-}
+                           sg_real *out, int64_t out_es);
 
 /* ---- class indices ---------------------------------------------------------------- */
 
 /* out[e] = element number idx[e] (row-major) of Z[e]; 1 if an index is not a
    whole number in range, 0 otherwise. */
-static inline int sg_take(int64_t nb, int64_t rows, int64_t cols,
+SG_RUNTIME_API int sg_take(int64_t nb, int64_t rows, int64_t cols,
                           const sg_real *z, int64_t z_es, int64_t z_rs, int64_t z_cs,
-                          const sg_real *idx, int64_t idx_es, sg_real *out, int64_t out_es)
-{
-    for (int64_t e = 0; e < nb; ++e) {
-        const sg_real v = idx[e * idx_es];
-        if (!(v >= 0 && v < (sg_real) (rows * cols)) || v != (sg_real) (int64_t) v)
-            return 1;
-        const int64_t c = (int64_t) v;
-        out[e * out_es] = z[e * z_es + (c / cols) * z_rs + (c % cols) * z_cs];
-    }
-    return 0;
-}
+                          const sg_real *idx, int64_t idx_es, sg_real *out, int64_t out_es);
 
 #endif /* SYMGRAD_RUNTIME_H */

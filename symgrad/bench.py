@@ -45,14 +45,15 @@ class BenchReport:
                 lines.append(f"  value_and_grad  {self.value_and_grad_ns / 1e3:10.2f} us per call "
                              f"({self.ratio:.2f}x forward)")
             return lines
+        per_call = f", {self.forward_ns * self.batch / 1e3:,.1f} us per call"
         lines = [f"{self.model}: batch of {self.batch:,}",
-                 f"  forward         {self.forward_ns:10.2f} ns per example"]
+                 f"  forward         {self.forward_ns:10.2f} ns per example{per_call}"]
         if self.value_and_grad_ns is None:
             lines.append("  (no loss: the model has only forward, no value_and_grad to time)")
             lines.append(f"  one example     {self.single_call_us:10.2f} us per forward call")
         else:
             lines.append(f"  value_and_grad  {self.value_and_grad_ns:10.2f} ns per example "
-                         f"({self.ratio:.2f}x forward)")
+                         f"({self.ratio:.2f}x forward), {self.value_and_grad_ns * self.batch / 1e3:,.1f} us per call")
             lines.append(f"  one example     {self.single_call_us:10.2f} us per value_and_grad call")
         return lines
 

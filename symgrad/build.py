@@ -39,7 +39,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import BuildError, CompileError, CompilerNotFoundError, OutputDirectoryError
-from .render import RenderedPackage, finish
+from .render import RUNTIME_SOURCE, RenderedPackage, finish
 
 #: Flags of every kernel build: -fopenmp-simd honours the SIMD loops of the
 #: generated code (no OpenMP runtime is involved); -fno-math-errno lets math
@@ -62,6 +62,12 @@ WRAPPER_FLAGS = ("-O1", "-DNDEBUG")
 WIDE_WRAPPER_FLAGS = ("-O0", "-DNDEBUG")
 WIDE_WRAPPER_CDEF = 20_000  # characters of cffi declarations
 MANIFEST = ".symgrad-build.json"
+#: The runtime object (the helpers of symgrad_runtime.c, see render.split_runtime) is
+#: compiled with the kernels' flags minus these (they change nothing in it), so one
+#: object serves every model built with the same flags, and with these: each helper
+#: in its own section, so the link drops the ones a model does not call.
+RUNTIME_UNUSED_FLAGS = ("-DSG_DISPATCH_KERNELS",)
+RUNTIME_FLAGS = ("-ffunction-sections", "-fdata-sections")
 #: Added by SYMGRAD_SANITIZE=1. Such a build loads only into a Python that has the
 #: sanitizer runtimes preloaded (LD_PRELOAD of libasan.so and libubsan.so).
 SANITIZE_FLAGS = ("-fsanitize=address,undefined",)
@@ -77,6 +83,9 @@ class BuildResult:
     extension: str
     files: list = field(default_factory=list)
     seconds: float = 0.0
+    #: Where the runtime helpers came from: "cached" (the object under cache_dir()), "compiled"
+    #: (with the kernels, then cached), or None (a cache hit of the whole package).
+    runtime: str | None = None
 
 
 def compiler_command() -> str:
@@ -178,6 +187,63 @@ def cache_key(rendered: RenderedPackage, flags) -> str:
     return h.hexdigest()
 
 
+def cache_dir() -> Path:
+    """Where compiled runtime objects are kept: ``$SYMGRAD_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/symgrad``, else ``~/.cache/symgrad``."""
+    if os.environ.get("SYMGRAD_CACHE_DIR"):
+        return Path(os.environ["SYMGRAD_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "symgrad"
+
+
+def runtime_flags(flags) -> tuple:
+    """The flags the runtime object of a kernel build with ``flags`` is compiled with."""
+    return tuple(f for f in flags if f not in RUNTIME_UNUSED_FLAGS) + RUNTIME_FLAGS
+
+
+def runtime_key(source: str, flags) -> str:
+    """The cache key of a runtime object: its source, flags, compiler, machine and symgrad."""
+    cc = compiler_command()
+    h = hashlib.sha256()
+    pic = sysconfig.get_config_var("CCSHARED") or "-fPIC"
+    for part in (source, " ".join(runtime_flags(flags)), pic, _cpu_identity() if "-march=native" in flags else "",
+                 cc, compiler_version(cc), platform.machine(), sys.platform, __version__):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()
+
+
+def cached_runtime(key: str) -> Path | None:
+    """The cached runtime object of ``key`` if it is there and intact (its SHA-256 recorded beside it)."""
+    folder = cache_dir() / "runtime"
+    obj, digest = folder / f"{key[:32]}.o", folder / f"{key[:32]}.sha256"
+    try:
+        if digest.read_text().strip() == _sha256(obj):
+            return obj
+    except OSError:
+        pass
+    return None
+
+
+def publish_runtime(key: str, built: Path) -> None:
+    """Put a freshly compiled runtime object into the cache: the object, then its digest, each
+    written to a temporary name and renamed, under a lock; a cache that cannot be written is
+    skipped (the next build compiles the object again)."""
+    folder = cache_dir() / "runtime"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with _locked(folder / ".lock"):
+            if cached_runtime(key) is not None:
+                return
+            tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            obj, digest = folder / f"{key[:32]}.o", folder / f"{key[:32]}.sha256"
+            shutil.copyfile(built, obj.with_name(obj.name + tag))
+            os.replace(obj.with_name(obj.name + tag), obj)
+            digest.with_name(digest.name + tag).write_text(_sha256(obj) + "\n")
+            os.replace(digest.with_name(digest.name + tag), digest)
+    except OSError:
+        pass
+
+
 def extension_name(key: str) -> str:
     return f"_kernels_{key[:16]}"
 
@@ -255,14 +321,14 @@ def build(rendered: RenderedPackage, out_dir, *, flags=None, force: bool = False
             staging = out_dir / f".{rendered.name}.build-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             staging.mkdir()
             try:
-                files = _stage(rendered, staging, key, flags)
+                files, runtime = _stage(rendered, staging, key, flags)
                 _install(staging, path, files)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     except OSError as exc:
         raise _output_error(out_dir, exc) from None
     return BuildResult(path, key, False, extension_name(key), [path / f for f in files],
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, runtime)
 
 
 def _installed_dtype(path: Path) -> str | None:
@@ -291,12 +357,13 @@ def _refuse_other_dtype(path: Path, rendered: RenderedPackage) -> None:
         )
 
 
-def _stage(rendered: RenderedPackage, staging: Path, key: str, flags) -> list:
-    """Write and compile the package in ``staging``; returns its file names, install order."""
+def _stage(rendered: RenderedPackage, staging: Path, key: str, flags) -> tuple:
+    """Write and compile the package in ``staging``; returns its file names, install order, and
+    where the runtime helpers came from (see BuildResult.runtime)."""
     for name, text in rendered.files.items():
         (staging / name).write_text(text)
     extension = extension_name(key)
-    built = _compile(rendered, staging, extension, flags)
+    built, runtime = _compile(rendered, staging, extension, flags)
     extension_file = built.name
     shutil.move(str(built), staging / extension_file)
     (staging / "__init__.py").write_text(finish(rendered))
@@ -311,7 +378,7 @@ def _stage(rendered: RenderedPackage, staging: Path, key: str, flags) -> list:
         "dtype": rendered.spec.dtype,
     }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return sorted(rendered.files) + [extension_file, "__init__.py", MANIFEST]
+    return sorted(rendered.files) + [extension_file, "__init__.py", MANIFEST], runtime
 
 
 def _install(staging: Path, path: Path, files: list) -> None:
@@ -325,11 +392,15 @@ def _install(staging: Path, path: Path, files: list) -> None:
                 old.unlink()
 
 
-def _compile(rendered: RenderedPackage, staging: Path, extension: str, flags) -> Path:
-    """Compile the kernels and cffi's wrapper in parallel, then link the extension.
+def _compile(rendered: RenderedPackage, staging: Path, extension: str, flags) -> tuple:
+    """Compile the kernels and cffi's wrapper in parallel, then link the extension with the
+    runtime object; returns (the extension, "cached" or "compiled": the runtime object's origin).
 
     cffi writes the wrapper's C (out-of-line API mode); the compiler runs
-    directly, so the flags are exactly the ones in the cache key.
+    directly, so the flags are exactly the ones in the cache key. The runtime
+    object comes from the cache when an identical one was compiled before; else
+    it is compiled beside the kernels and then cached. It is linked statically
+    into the extension, so the package runs where symgrad is not installed.
     """
     import cffi
 
@@ -346,6 +417,16 @@ def _compile(rendered: RenderedPackage, staging: Path, extension: str, flags) ->
     sanitize = tuple(f for f in flags if f.startswith("-fsanitize"))  # the wrapper and the link need them too
     wrapper_flags = WRAPPER_FLAGS if len(rendered.cdef) <= WIDE_WRAPPER_CDEF else WIDE_WRAPPER_FLAGS
     units = [(wrapper, wrapper_flags + sanitize)] + [(staging / name, tuple(flags)) for name in rendered.c_sources]
+    objects = [source.with_suffix(".o") for source, _ in units]
+    runtime = None
+    if RUNTIME_SOURCE in rendered.files:  # the helpers: from the cache, else compiled with the kernels
+        runtime = runtime_key(rendered.files[RUNTIME_SOURCE], flags)
+        cached = cached_runtime(runtime)
+        if cached is None:
+            units.append((staging / RUNTIME_SOURCE, runtime_flags(flags)))
+            objects.append(staging / RUNTIME_SOURCE.replace(".c", ".o"))
+        else:
+            objects.append(cached)
     jobs = []
     for source, options in units:
         command = [cc, *pic, *options, f"-I{staging}", f"-I{include}", "-c", str(source), "-o",
@@ -360,12 +441,17 @@ def _compile(rendered: RenderedPackage, staging: Path, extension: str, flags) ->
     link = (sysconfig.get_config_var("LDSHARED") or f"{cc} -shared").split()
     link[0] = cc
     libraries = ["-lm"] + (["-lmvec"] if "-DSG_VECTOR_MATH" in flags else [])
-    command = [*link, *sanitize, *(str(source.with_suffix(".o")) for source, _ in units), *libraries, "-o",
-               str(target)]
+    unused = ["-Wl,--gc-sections"] if sys.platform.startswith("linux") else []  # helpers no kernel calls
+    command = [*link, *sanitize, *unused, *map(str, objects), *libraries, "-o", str(target)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=staging)
     if done.returncode != 0:
         _compile_failure(rendered, staging, [(command, done.stdout + done.stderr)])
-    return target
+    origin = None
+    if runtime is not None:
+        origin = "compiled" if objects[-1].parent == staging else "cached"
+        if origin == "compiled":
+            publish_runtime(runtime, objects[-1])
+    return target, origin
 
 
 def _compile_failure(rendered: RenderedPackage, staging: Path, failed) -> None:

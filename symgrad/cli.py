@@ -127,6 +127,9 @@ def cmd_build(args) -> int:
                 print(f"  wrote {f}")
         timings = ", ".join(f"{stage} {seconds:.3f} s" for stage, seconds in generated.timings.items())
         print(f"  stages: {timings}")
+        print(f"  build time: {sum(generated.timings.values()):.2f} s"
+              + {"cached": " (runtime helpers from the cache)", "compiled": " (runtime helpers compiled and cached)",
+                 None: ""}[result.runtime])
         if args.wheel:
             from .wheel import write_wheel
 
@@ -202,9 +205,11 @@ def cmd_bench(args) -> int:
 
     print(f"machine: {machine_line()}")
     for model in _models(args.model_file, args.model):
-        _, result = build_model(model, args.output, native=args.native)
+        generated, result = build_model(model, args.output, native=args.native)
         report = bench_model(model, load(result.path), batch=args.batch or DEFAULT_BATCH)
         print("\n".join(report.lines()))
+        print(f"  build           {sum(generated.timings.values()):10.2f} s"
+              + (" (cache hit)" if result.cached else ""))
         if args.batch is not None and not model.inputs:
             print(f"  note: --batch {args.batch} ignored: {model.name} has no inputs, so a call has no "
                   f"batch axis (each call computes the whole model once)")

@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL_FILES = sorted(p for p in (ROOT / "examples").glob("*.py") if not p.name.startswith(("run_", "_")))
 def _golden_names(files):
     """The model's own C files (kernels, header). The runtime header, the same in
-    every float64 package, has one golden copy: generated/symgrad_runtime.h."""
-    return sorted(name for name in files if name.endswith((".c", ".h")) and name != "symgrad_runtime.h")
+    every float64 package, has one golden copy: generated/symgrad_runtime.h, and so has
+    the source of the runtime object, generated/symgrad_runtime.c."""
+    return sorted(name for name in files if name.endswith((".c", ".h")) and not name.startswith("symgrad_runtime."))
 
 
 def _models():
@@ -54,10 +55,12 @@ def test_generated_init_matches_its_golden_copy(model):
     _check_golden(ROOT / "generated" / model.name / "__init__.py", finish(sg.generate(model).package))
 
 
-def test_runtime_header_matches_its_golden_copy():
+@pytest.mark.parametrize("name", ["symgrad_runtime.h", "symgrad_runtime.c"])
+def test_runtime_header_matches_its_golden_copy(name):
+    """The kernels' runtime header and the source of the runtime object they link."""
     model = next(_models())
-    text = sg.generate(model).package.files["symgrad_runtime.h"]
-    golden = ROOT / "generated" / "symgrad_runtime.h"
+    text = sg.generate(model).package.files[name]
+    golden = ROOT / "generated" / name
     if os.environ.get("SYMGRAD_UPDATE_GOLDEN"):
         golden.write_text(text)
     assert text == golden.read_text(), f"{golden} differs from what symgrad generates now"

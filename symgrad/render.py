@@ -33,6 +33,11 @@ VECTOR_FUNCTIONS = ("exp", "log", "log1p", "expm1", "sin", "cos", "tan", "sinh",
 
 _VECTOR_CALL = re.compile(r"\b(?:%s)f?\(" % "|".join(VECTOR_FUNCTIONS))
 
+#: The runtime helpers compiled once per machine and flag set (see split_runtime).
+RUNTIME_SOURCE = "symgrad_runtime.c"
+
+_TARGET_ATTRIBUTE = re.compile(r"__attribute__\(\(target\(\"[^\"]*\"\)\)\)\s*")
+
 #: Scratch elements a one-example entry point may keep on the C stack.
 POINT_STACK_LIMIT = 16384
 
@@ -89,7 +94,7 @@ class RenderedPackage:
     def source_digest(self) -> str:
         """A digest of everything that goes into the compiled extension."""
         h = hashlib.sha256()
-        for name in sorted(self.c_sources) + ["symgrad_runtime.h", f"{self.name}.h"]:
+        for name in sorted(self.c_sources) + ["symgrad_runtime.h", RUNTIME_SOURCE, f"{self.name}.h"]:
             h.update(name.encode() + b"\0" + self.files[name].encode() + b"\0")
         h.update(self.cdef.encode())
         return h.hexdigest()
@@ -147,6 +152,58 @@ def gemm_levels(dtype: str) -> list:
             for name, target, size, check in levels]
 
 
+def split_runtime(header: str) -> tuple:
+    """(the runtime header the kernels include, the C source of the runtime object).
+
+    Every helper whose parameters include a pointer (it works on arrays and is
+    called once per tile: matrix products, reductions, the softmax family) is
+    defined once, in the source, which the build compiles once per machine and
+    flag set into a cached object that every extension links; the kernels'
+    header keeps only its prototype. Helpers of scalars stay ``static inline``
+    in both, so that SIMD loops inline them. A helper is recognized by its
+    layout in ``symgrad_runtime.h.j2``: a ``static`` definition at column 0
+    whose body opens with ``{`` and closes with ``}`` alone on their lines, so
+    a helper added to the header is split without further work.
+    """
+    lines = header.split("\n")
+    kernel_view, source, i = [], [], 0
+    while i < len(lines):
+        end = _definition_head(lines, i)
+        if end is None:
+            kernel_view.append(lines[i])
+            source.append(lines[i])
+            i += 1
+            continue
+        close = lines.index("}", end)
+        head = "\n".join(lines[i:end])
+        body = lines[end:close + 1]
+        parameters = head[head.index("("):]
+        if "*" not in parameters:  # a scalar helper: inline everywhere
+            kernel_view += lines[i:close + 1]
+            source += lines[i:close + 1]
+        else:
+            external = "SG_RUNTIME_API " + re.sub(r"\b(?:static|inline)\s+", "", head)
+            kernel_view.append(_TARGET_ATTRIBUTE.sub("", external) + ";")
+            source += [external] + body
+        i = close + 1
+    source_text = "\n".join(source).replace("symgrad_runtime.h:", "symgrad_runtime.c, the source of the runtime "
+                                                                 "object; symgrad_runtime.h:", 1)
+    return "\n".join(kernel_view), source_text
+
+
+def _definition_head(lines, i):
+    """The index of the ``{`` line of a function definition starting at line i, else None."""
+    line = lines[i]
+    if not line or line[0] in " \t#/*{}" or not re.search(r"\bstatic\b", line):
+        return None
+    for j in range(i, min(i + 12, len(lines))):
+        if lines[j] == "{":
+            return j if "(" in "".join(lines[i:j]) else None
+        if lines[j].rstrip().endswith((";", "}")) or (j > i and lines[j][:1] not in (" ", "\t", "")):
+            return None
+    return None
+
+
 def has_point_entry(k: KernelSpec) -> bool:
     """Whether a kernel gets a one-example entry point: every argument and result a scalar."""
     return all(a.shape == () for a in k.arguments) and k.work_size <= POINT_STACK_LIMIT
@@ -184,9 +241,10 @@ def render(spec: PackageSpec) -> RenderedPackage:
     files = {
         **kernel_files,
         f"{spec.name}.h": env.get_template("kernels.h.j2").render(**common),
-        "symgrad_runtime.h": env.get_template("symgrad_runtime.h.j2").render(
-            version=__version__, real=real, f=suffix, gemm=GEMM_BLOCKS, vector_functions=VECTOR_FUNCTIONS,
-            gemm_levels=gemm_levels(spec.dtype)),
+        **dict(zip(("symgrad_runtime.h", RUNTIME_SOURCE), split_runtime(
+            env.get_template("symgrad_runtime.h.j2").render(
+                version=__version__, real=real, f=suffix, gemm=GEMM_BLOCKS, vector_functions=VECTOR_FUNCTIONS,
+                gemm_levels=gemm_levels(spec.dtype))))),
         "_runtime.py": (resources.files("symgrad") / "runtime.py").read_text(),
         "_callplan.py": (resources.files("symgrad") / "callplan.py").read_text(),
     }

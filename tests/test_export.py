@@ -20,6 +20,7 @@ import sympy as sp
 
 import symgrad as sg
 from symgrad.cli import main
+from symgrad.render import split_runtime
 from symgrad.export import EXAMPLE_BATCH, example_inputs, export_c, library_files, runtime_header
 from symgrad.model import load_model
 from symgrad.pipeline import generate
@@ -191,7 +192,8 @@ def test_the_python_build_gets_its_runtime_header_unchanged():
     for name in ("logistic_regression", "digits_mlp"):
         for dtype in ("float64", "float32"):
             package = generate(_model(name), dtype=dtype).package
-            assert runtime_header(package.spec, portable=False) == package.files["symgrad_runtime.h"]
+            header, source = split_runtime(runtime_header(package.spec, portable=False))
+            assert (header, source) == (package.files["symgrad_runtime.h"], package.files["symgrad_runtime.c"])
 
 
 def test_class_index_inputs_get_whole_numbers_in_range():

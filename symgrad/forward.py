@@ -136,12 +136,44 @@ def jvp_graph(graph: Graph, wrt: Sequence[str]) -> Graph:
 def hvp_graph(gradient_graph: Graph, wrt: Sequence[str]) -> Graph:
     """A copy of the gradient graph with the group ``"hvp"``: the tangent of each gradient along
     ``v[x]`` for every ``wrt`` symbol x, which is the Hessian of the reduced loss times v."""
+    return second_order(gradient_graph, wrt)[0]
+
+
+def second_order(gradient_graph: Graph, wrt: Sequence[str]) -> tuple:
+    """(:func:`hvp_graph`, its tangents: node -> tangent node), for the views that name the
+    tangents after the values they belong to (``h_dot``, ``h_bar_dot``)."""
     g = gradient_graph.copy()
     b = Builder(g)
     gradients = g.results["gradients"]
     tangent = push_forward(b, _seed(b, wrt, "v"), [r.node for r in gradients])
     g.results["hvp"] = tuple(Result(r.name, tangent.get(r.node) or _zero(b, g.nodes[r.node].shape), r.per_example)
                              for r in gradients)
+    return g, tangent
+
+
+def hessian_graph(gradient_graph: Graph, wrt: Sequence[str], shapes: dict) -> Graph:
+    """The hvp graph with v set to each unit vector in turn, folded: the group ``"hessian"``
+    holds H[a][b] element by element (``Result`` names ``(a, i, b, j)`` with flat indices),
+    for the SymPy formulas of small models (:meth:`symgrad.Model.hessian`)."""
+    g = gradient_graph.copy()
+    b = Builder(g)
+    gradients = g.results["gradients"]
+    results = []
+    for column in wrt:
+        for j in range(size_of(shapes[column])):
+            leaf = g.symbols[column]
+            shape = g.nodes[leaf].shape
+            unit = b.const(1) if shape == () else b.apply("assemble", b.const(1),
+                                                          attrs=(shape, ((j // shape[1], j % shape[1]),)))
+            seeds = {leaf: unit}
+            tangent = push_forward(b, seeds, [r.node for r in gradients])
+            for r in gradients:
+                value = tangent.get(r.node) or _zero(b, g.nodes[r.node].shape)
+                for i in range(size_of(shapes[r.name])):
+                    shape = g.nodes[r.node].shape
+                    element = value if shape == () else b.apply("index", value, attrs=(i // shape[1], i % shape[1]))
+                    results.append(Result((r.name, i, column, j), element, True))
+    g.results["hessian"] = tuple(results)
     return g
 
 

@@ -175,7 +175,13 @@ def _shape(symbol) -> tuple:
 
 def show_text(model: Model) -> str:
     """What ``symgrad show`` prints: the passes and gradients of one example."""
-    return views.format_text(model, derived(model, None))
+    text = views.format_text(model, derived(model, None))
+    if "jacobian" in model.kernels:
+        mode = forward.jacobian_mode(model.graph, model.wrt)
+        sweeps = forward.jacobian_sweeps(model.graph, model.wrt)
+        per = "element of the wrt symbols (tangents)" if mode == "forward" else "element of the outputs and the loss (cotangents)"
+        text += (f"The compiled jacobian takes {mode} sweeps: {sweeps}, one per {per}, the fewer of the two.\n")
+    return text
 
 
 def show_latex(model: Model) -> str:
@@ -189,13 +195,34 @@ def show_dot(model: Model) -> str:
 
 
 def show_stats(model: Model) -> str:
-    """``symgrad show --stats``: op counts of the kernels, from the graph they are made of."""
-    return views.format_stats(model, derived(model, model.reduce))
+    """``symgrad show --stats``: op counts of the kernels, from the graphs they are made of."""
+    extra = {kind: kernel_graph(model, kind) for kind in kernel_kinds(model)
+             if kind not in ("forward", "value_and_grad")}
+    return views.format_stats(model, derived(model, model.reduce), extra)
 
 
 def gradients(model: Model) -> dict:
     """Symbol -> SymPy gradient of one example's loss (see :meth:`Model.gradients`)."""
     return symbolic.gradient_expressions(derived(model, None), model.symbols)
+
+
+def hessian(model: Model) -> dict:
+    """Symbol -> symbol -> SymPy second derivative of one example's loss (see :meth:`Model.hessian`)."""
+    from .errors import ModelError
+
+    if model.loss is None:
+        raise ModelError(f"model {model.name!r} has no loss, so it has no Hessian; declare loss=...")
+    shapes = {name: _shape(model.symbols[name]) for name in model.wrt}
+    graph = forward.hessian_graph(derived(model, None), model.wrt, shapes)
+    return symbolic.hessian_expressions(graph, model.symbols, shapes)
+
+
+def show_hessian(model: Model) -> str:
+    """``symgrad show --hessian``: the second-order pass of one example, node by node."""
+    if model.loss is None:
+        return f"Model {model.name}: no loss, so no second-order pass\n"
+    graph, tangents = forward.second_order(derived(model, None), model.wrt)
+    return views.format_second_order(model, graph, tangents)
 
 
 def latex_summary(model: Model) -> str:

@@ -106,6 +106,36 @@ def gradient_expressions(graph: Graph, symbols: dict) -> dict:
     return result
 
 
+def hessian_expressions(graph: Graph, symbols: dict, shapes: dict) -> dict:
+    """``{a: {b: second derivative}}`` of one example's loss from :func:`symgrad.forward.hessian_graph`
+    of its ``reduce=None`` graph: a SymPy expression for two scalars, else a ``sympy.Array`` of
+    shape ``shape(a) + shape(b)``; ``symbols``: name -> symbol, ``shapes``: name -> shape."""
+    memo: dict = {}
+    entries: dict = {}
+    for r in graph.results["hessian"]:
+        a, i, b, j = r.name
+        expr = expression(graph, r.node, memo)
+        if tree_size(graph, r.node, FORMULA_LIMIT) <= FORMULA_LIMIT:  # small: elements written out
+            try:
+                expr = expr.doit()
+            except _SYMPY_GAPS:
+                pass
+        entries[(a, i, b, j)] = expr
+    result = {}
+    for a in shapes:
+        row = {}
+        for b in shapes:
+            sa, sb = shapes[a], shapes[b]
+            if sa == () and sb == ():
+                row[symbols[b]] = entries[(a, 0, b, 0)]
+                continue
+            size_a, size_b = sp.prod(sa) if sa else 1, sp.prod(sb) if sb else 1
+            flat = [entries[(a, i, b, j)] for i in range(size_a) for j in range(size_b)]
+            row[symbols[b]] = sp.Array(flat, tuple(sa) + tuple(sb))
+        result[symbols[a]] = row
+    return result
+
+
 def latex_gradient_formulas(graph: Graph, limit: int = FORMULA_LIMIT) -> dict:
     """Name -> the gradient as LaTeX, or a note when it is too large to write out."""
     results = graph.results["gradients"]

@@ -338,26 +338,78 @@ def op_count(graph: Graph, results) -> int:
     return total
 
 
-def stats(model, graph: Graph) -> dict:
+def stats(model, graph: Graph, extra: dict | None = None) -> dict:
     """Op counts of the forward code and of the forward+gradient code, and their ratio,
-    from the graph the kernels are made of (derived with the model's reduction)."""
+    from the graph the kernels are made of (derived with the model's reduction); and of the
+    extra kernels, from ``extra`` (kernel kind -> the graph it is planned from)."""
     forward = op_count(graph, kernel_results(graph, "forward"))
     result = {"nodes": len(graph.nodes), "forward_ops": forward}
+    loss_only = None
     if model.loss is not None:
         loss_only = op_count(graph, list(graph.results["loss"]))
         both = op_count(graph, kernel_results(graph, "value_and_grad"))
         result.update(loss_ops=loss_only, value_and_grad_ops=both,
                       ratio=both / loss_only if loss_only else float("nan"))
+    for kind, g in (extra or {}).items():
+        ops_ = op_count(g, kernel_results(g, kind))
+        base = forward if kind in ("jvp", "jacobian") else loss_only
+        result[f"{kind}_ops"] = ops_
+        result[f"{kind}_ratio"] = ops_ / base if base else float("nan")
+        if kind == "hvp":
+            sweeps = sum(g.nodes[g.symbols[name]].size for name in model.wrt)
+            result.update(hessian_sweeps=sweeps, hessian_ops=result["value_and_grad_ops"] + sweeps * ops_,
+                          hessian_ratio=(result["value_and_grad_ops"] + sweeps * ops_) / base if base else float("nan"))
+        if kind == "jacobian":
+            result["jacobian_mode"] = "forward" if "jacobian" in g.results else "reverse"
+            result["jacobian_sweeps"] = sum(g.nodes[n].size for name, n in g.symbols.items()
+                                            if name.startswith(("tangents[", "cotangents[")))
     return result
 
 
-def format_stats(model, graph: Graph) -> str:
-    """What ``symgrad show --stats`` adds for one model; ``graph`` as for :func:`stats`."""
-    s = stats(model, graph)
+def format_stats(model, graph: Graph, extra: dict | None = None) -> str:
+    """What ``symgrad show --stats`` adds for one model; ``graph`` and ``extra`` as for :func:`stats`."""
+    s = stats(model, graph, extra)
     lines = [f"Model {model.name}: {s['nodes']} graph nodes",
              f"  forward kernel (outputs and loss): {s['forward_ops']} ops per example"]
     if "ratio" in s:
         lines += [f"  loss alone: {s['loss_ops']} ops",
                   f"  value_and_grad (loss and gradients): {s['value_and_grad_ops']} ops",
                   f"  gradient cost ratio: {s['ratio']:.2f}x the loss alone"]
+    if "jvp_ops" in s:
+        lines.append(f"  jvp (outputs, loss and their tangents): {s['jvp_ops']} ops, "
+                     f"{s['jvp_ratio']:.2f}x the forward kernel")
+    if "hvp_ops" in s:
+        lines.append(f"  hvp (Hessian times v, forward over reverse): {s['hvp_ops']} ops, "
+                     f"{s['hvp_ratio']:.2f}x the loss alone")
+        lines.append(f"  hessian: value_and_grad and {s['hessian_sweeps']} hvp sweeps, {s['hessian_ops']} ops, "
+                     f"{s['hessian_ratio']:.2f}x the loss alone")
+    if "jacobian_ops" in s:
+        side = "tangents of the wrt symbols" if s["jacobian_mode"] == "forward" else "cotangents of the rows"
+        lines.append(f"  jacobian: {s['jacobian_mode']} mode, {s['jacobian_sweeps']} sweep{'s' if s['jacobian_sweeps'] != 1 else ''} (unit {side}; "
+                     f"the fewer), {s['jacobian_ops']} ops per sweep, {s['jacobian_ratio']:.2f}x the forward kernel")
     return "\n".join(lines) + "\n"
+
+
+def format_second_order(model, graph: Graph, tangents: dict) -> str:
+    """What ``symgrad show --hessian`` prints: the second-order pass of one example, from
+    :func:`symgrad.forward.second_order` of its ``reduce=None`` gradient graph. Each value's
+    tangent along v is named after it: ``h_dot``, ``h_bar_dot`` for its adjoint's."""
+    names = display_names(graph)
+    for node in sorted(tangents):
+        t = tangents[node]
+        if t not in names and graph.nodes[t].op not in ("symbol", "const"):
+            names[t] = f"{name_of(names, node)}_dot"
+    first = set(graph.ancestors([r.node for r in graph.results["gradients"]]))
+    hvp = graph.results["hvp"]
+    steps = [n for n in graph.ancestors([r.node for r in hvp])
+             if n not in first and graph.nodes[n].op not in ("symbol", "const")
+             and (ops.get(graph.nodes[n].op).kind != "view" or n in tangents.values())]
+    v = ", ".join(f"v[{name}]" for name in model.wrt)
+    out = [f"Model {model.name}: second-order pass of one example, the tangents along {v} of the values of",
+           f"the forward and backward passes (forward over reverse; {len(steps)} steps):"]
+    out += [f"  {name_of(names, n)} = {formula_text(graph, n, names)}" for n in steps]
+    out += ["", "Hessian of one example's loss times v:"]
+    out += [f"  (H v)[{r.name}] = {operand_text(graph, r.node, names)}" for r in hvp]
+    return "\n".join(out) + "\n"
+
+

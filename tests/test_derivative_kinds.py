@@ -372,3 +372,41 @@ def test_unknown_kernel_names_are_refused_with_the_valid_ones():
         sg.Model("dk_bad", params=[k], loss=k ** 2, kernels=("hessians",))
     with pytest.raises(ModelError, match="loss"):
         sg.Model("dk_bad", params=[k], outputs={"o": k}, kernels=("hvp",))
+
+
+# --- formulas and views -------------------------------------------------------------------------
+
+
+def test_model_hessian_equals_sympy_diff_twice():
+    w, b, x = sp.symbols("w b x")
+    loss = sp.tanh(w * x + b) * w + sp.log(1 + b ** 2) * x
+    model = sg.Model("dk_formula", params=[w, b], inputs=[x], loss=loss)
+    H = model.hessian()
+    for u in (w, b):
+        for v in (w, b):
+            difference = H[u][v] - sp.diff(loss, u, v)
+            for point in ({w: 0.3, b: -0.4, x: 1.7}, {w: -1.1, b: 0.9, x: -0.2}):
+                assert abs(float(difference.subs(point))) < 1e-12
+
+
+def test_model_hessian_of_matrices_is_an_array_of_both_shapes():
+    x, A = sp.MatrixSymbol("x", 2, 1), sp.MatrixSymbol("A", 2, 2)
+    model = sg.Model("dk_quadratic", params=[x], inputs=[A], loss=sg.scalar(x.T * A * x) + sp.exp(x[0]))
+    H = model.hessian()[x][x]
+    assert H.shape == (2, 1, 2, 1)
+    assert sp.simplify(H[0, 0, 0, 0] - (2 * A[0, 0] + sp.exp(x[0, 0]))) == 0
+    assert sp.simplify(H[0, 0, 1, 0] - (A[0, 1] + A[1, 0])) == 0
+
+
+def test_show_hessian_and_stats_of_the_extra_kernels():
+    from symgrad.pipeline import show_hessian, show_stats, show_text
+
+    case = _fit_case()
+    text = show_hessian(case.model)
+    assert "forward over reverse" in text and "(H v)[k] = " in text and "(H v)[c] = " in text
+    stats = show_stats(case.model)
+    for line in ("jvp (outputs, loss and their tangents)", "hvp (Hessian times v, forward over reverse)",
+                 "hessian: value_and_grad and 2 hvp sweeps", "jacobian: forward mode, 2 sweeps"):
+        assert line in stats, stats
+    assert "The compiled jacobian takes forward sweeps: 2" in show_text(case.model)
+    assert "jacobian: reverse mode, 3 sweeps" in show_stats(_mlp_case().model)

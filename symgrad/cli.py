@@ -143,7 +143,7 @@ _DRAWN = ("svg", "png", "pdf")
 
 
 def cmd_show(args) -> int:
-    from .pipeline import show_dot, show_latex, show_stats, show_text
+    from .pipeline import show_dot, show_hessian, show_latex, show_stats, show_text
 
     out = Path(args.output) if args.output is not None else None
     suffix = out.suffix.lower().lstrip(".") if out is not None else ""
@@ -155,6 +155,8 @@ def cmd_show(args) -> int:
     chunks = []
     for model in _models(args.model_file, args.model):
         chunks.append(formatter(model))
+        if args.hessian:
+            chunks.append(show_hessian(model))
         if args.stats:
             chunks.append(show_stats(model))
     text = "\n".join(chunks)
@@ -274,6 +276,8 @@ def parser() -> argparse.ArgumentParser:
                    help="text: the passes and formulas (default); latex: the same as LaTeX; dot: a Graphviz "
                         "graph of both passes (the default for -o FILE.dot/.svg/.png/.pdf)")
     s.add_argument("--stats", action="store_true", help="also print op counts and the gradient cost ratio")
+    s.add_argument("--hessian", action="store_true",
+                   help="also print the second-order pass (the Hessian-vector product) node by node")
     s.add_argument("--model", type=name_value, metavar="NAME", help="only the model with this name")
     s.add_argument("-o", "--output", type=path_value, metavar="FILE",
                    help="write to FILE; a .svg/.png/.pdf FILE is drawn by Graphviz")

@@ -32,6 +32,7 @@ from .functions import (  # noqa: E402
     softplus,
     sum,
 )
+from .layers import avg_pool2d, conv1d, conv2d, max_pool2d  # noqa: E402
 from .model import Model, load_model  # noqa: E402
 from .pipeline import compile, generate  # noqa: E402
 from .build import load  # noqa: E402
@@ -55,5 +56,9 @@ __all__ = [
     "scalar",
     "broadcast_to",
     "elementwise",
+    "conv1d",
+    "conv2d",
+    "max_pool2d",
+    "avg_pool2d",
     "__version__",
 ]

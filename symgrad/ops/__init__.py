@@ -12,7 +12,7 @@ Families: :mod:`.leaf` (symbols and constants), :mod:`.arith` (+, *, powers),
 :mod:`.elementwise` (scalar functions, comparisons, selection), :mod:`.nn`
 (softmax and friends), :mod:`.linalg` (matrix products, views, reductions),
 :mod:`.special` (log1p, hypot, loggamma, floor, Mod and other C-library and
-special functions).
+special functions), :mod:`.conv` (convolution and pooling).
 """
 
 from __future__ import annotations
@@ -278,3 +278,4 @@ def elementwise_cost(per_element: int):
 
 # Importing the families registers their ops.
 from . import leaf, arith, elementwise, nn, linalg, special  # noqa: E402,F401
+from . import conv  # noqa: E402,F401

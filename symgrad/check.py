@@ -57,12 +57,16 @@ class CheckReport:
     #: batch that runs as several kernel calls (and on two threads); None if not compared.
     large_batch_error: float | None = None
     large_batch: int = 0
+    #: Worst relative error of each extra kernel (jvp, hvp, hessian, jacobian) against central
+    #: differences of the kernel one order below (forward, grad).
+    extra_errors: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         if self.nothing_to_check:
             return True
-        worst = max(self.finite_difference_error, self.sympy_error or 0.0, self.large_batch_error or 0.0)
+        worst = max(self.finite_difference_error, self.sympy_error or 0.0, self.large_batch_error or 0.0,
+                    *self.extra_errors.values())
         return worst <= self.tolerance and self.directions > 0 and not self.unchecked
 
     def line(self) -> str:
@@ -75,9 +79,11 @@ class CheckReport:
         extra = f", {self.skipped_directions} directions skipped near kinks" if self.skipped_directions else ""
         large = ("" if self.large_batch_error is None else
                  f"; vs the same examples in a batch of {self.large_batch:,} {self.large_batch_error:.2e}")
+        kinds = "".join(f"; {kind} vs central differences of {_BELOW[kind]} {error:.2e}"
+                        for kind, error in self.extra_errors.items())
         return (f"{self.model}: {verdict}: worst relative error vs finite differences "
                 f"{self.finite_difference_error:.2e} over {self.directions} directions{extra}; "
-                f"vs sympy.diff {sym}{large}")
+                f"vs sympy.diff {sym}{large}{kinds}")
 
 
 def _class_index_inputs(model: Model) -> dict:
@@ -135,6 +141,100 @@ def random_point(model: Model, rng, low: float, high: float, batch: int, *, op_d
         if full == ():
             values[name] = float(values[name])
     return values
+
+
+#: The kernel one order below each extra kernel, whose central differences check it.
+_BELOW = {"jvp": "forward", "jacobian": "forward", "hvp": "grad", "hessian": "grad"}
+
+
+def _central(f, values: dict, direction: dict, scale: float) -> dict:
+    """Richardson-extrapolated central differences of ``f`` (values -> {name: array}) along
+    ``direction`` ({name: array}), and estimates of their own errors."""
+
+    def central(h):
+        plus = {**values, **{k: values[k] + h * d for k, d in direction.items()}}
+        minus = {**values, **{k: values[k] - h * d for k, d in direction.items()}}
+        fp, fm = f(plus), f(minus)
+        return {k: (np.asarray(fp[k], dtype=float) - np.asarray(fm[k], dtype=float)) / (2 * h) for k in fp}
+
+    h = 1e-4 * max(1.0, scale)
+    d1, d2 = central(h), central(h / 2)
+    return {k: ((4 * d2[k] - d1[k]) / 3, np.max(np.abs((4 * d2[k] - d1[k]) / 3 - d2[k]), initial=0.0)) for k in d1}
+
+
+def _relative(analytic, numeric, noise, floor: float):
+    """The relative error of ``analytic`` against ``numeric``, or None when the differences are noise."""
+    analytic, numeric = np.asarray(analytic, dtype=float), np.asarray(numeric, dtype=float)
+    scale = max(float(np.max(np.abs(analytic), initial=0.0)), float(np.max(np.abs(numeric), initial=0.0)), floor)
+    if noise > 1e-4 * scale + 1e-9:
+        return None
+    return float(np.max(np.abs(analytic - numeric), initial=0.0)) / scale
+
+
+def _check_extra_kernels(model: Model, module, values: dict, rng, report: CheckReport) -> None:
+    """Each extra kernel at the point ``values`` against central differences of the kernel one
+    order below, along a random direction of the wrt symbols: jvp and jacobian (contracted with
+    the direction) against forward; hvp and hessian (times the direction) against grad."""
+    wrt = [name for name in model.wrt if name not in _class_index_inputs(model)]
+    direction = {name: rng.standard_normal(np.shape(values[name])) for name in wrt}
+    tangents = {name: (float(d) if np.ndim(d) == 0 else d) for name, d in direction.items()}
+    scale = max(float(np.max(np.abs(values[name]))) for name in wrt) if wrt else 1.0
+    inputs = {str(s.name) for s in model.inputs}
+    floor = 1e-7
+    found = {}
+    if "jvp" in model.kernels or "jacobian" in model.kernels:
+        numeric = _central(lambda v: module.forward(**v), values, direction, scale)
+        if "jvp" in model.kernels:
+            _, got = module.jvp(tangents, **values)
+            found["jvp"] = [_relative(got[k], n, noise, floor) for k, (n, noise) in numeric.items()]
+        if "jacobian" in model.kernels:
+            J = module.jacobian(**values)
+            errors = []
+            for row, (n, noise) in numeric.items():
+                if row == "loss" and model.reduce is not None:  # the jacobian's loss is per example
+                    continue
+                total = 0.0
+                for name in wrt:
+                    block, d = np.asarray(J[row][name], dtype=float), np.asarray(direction[name], dtype=float)
+                    per = name in inputs and np.ndim(d) > len(_symbol_shape(model, name))
+                    axes = np.ndim(d) - (1 if per else 0)
+                    if per:  # one example's block against its own direction
+                        total = total + np.einsum("n...k,nk->n...", block.reshape(block.shape[:block.ndim - axes] + (-1,)),
+                                                  d.reshape(d.shape[0], -1))
+                    else:
+                        total = total + np.tensordot(block, d, axes=axes) if axes else total + block * d
+                errors.append(_relative(total, np.reshape(n, np.shape(total)), noise, floor))
+            found["jacobian"] = errors
+    if "hvp" in model.kernels or "hessian" in model.kernels:
+        numeric = _central(lambda v: module.grad(**v), values, direction, scale)
+        hv = module.hvp(tangents, **values)
+        found["hvp"] = [_relative(hv[k], n, noise, floor) for k, (n, noise) in numeric.items()]
+        if "hessian" in model.kernels:
+            _, _, H = module.hessian(**values)
+            errors = []
+            for a, (n, noise) in numeric.items():  # (H d)[a] from the blocks, as hvp would give it
+                total = np.zeros(np.shape(n))
+                keep = np.ndim(n) > len(_symbol_shape(model, a))  # a's gradient is per example
+                for b in wrt:
+                    block, d = np.asarray(H[a][b], dtype=float), np.asarray(direction[b], dtype=float)
+                    sb = len(_symbol_shape(model, b))
+                    flat = block.reshape(block.shape[:block.ndim - sb] + (-1,))
+                    if b in inputs and d.ndim > sb:  # a direction per example, against its own block
+                        product = np.einsum("n...k,nk->n..." if keep else "n...k,nk->...", flat, d.reshape(d.shape[0], -1))
+                    else:
+                        product = flat @ d.reshape(-1)
+                    total = total + np.reshape(product, np.shape(total))
+                errors.append(_relative(total, n, noise, floor))
+            found["hessian"] = errors
+    for kind, errors in found.items():
+        measured = [e for e in errors if e is not None]
+        if measured:
+            report.extra_errors[kind] = max(report.extra_errors.get(kind, 0.0), *measured)
+
+
+def _symbol_shape(model: Model, name: str) -> tuple:
+    symbol = model.symbols[name]
+    return tuple(int(d) for d in symbol.shape) if hasattr(symbol, "shape") else ()
 
 
 def _scalar_objective(module, model: Model, values: dict) -> float:
@@ -232,6 +332,8 @@ def check_model(model: Model, module, *, points: int = 3, batch: int = 3, seed: 
             report.sympy_error = max(report.sympy_error or 0.0, sym)
         if report.large_batch_error is None and inputs:
             _compare_large_batch(model, module, values, loss, grads, batch, report)
+        if model.kernels:
+            _check_extra_kernels(model, module, values, rng, report)
     tried = ", ".join(f"[{low:g}, {high:g}]" for low, high in ranges)
     if not chosen:
         tried += ", and from each op's own domain for symbols read directly by log, sqrt, acosh..."

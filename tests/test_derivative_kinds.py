@@ -410,3 +410,14 @@ def test_show_hessian_and_stats_of_the_extra_kernels():
         assert line in stats, stats
     assert "The compiled jacobian takes forward sweeps: 2" in show_text(case.model)
     assert "jacobian: reverse mode, 3 sweeps" in show_stats(_mlp_case().model)
+
+
+@pytest.mark.parametrize("make", [_fit_case, _inputs_case], ids=["fit", "inputs"])
+def test_check_compares_every_extra_kernel_with_central_differences(make, compile_model):
+    from symgrad.check import check_model
+
+    case = make()
+    report = check_model(case.model, compile_model(case.model), points=1)
+    assert report.ok, report.line()
+    assert set(report.extra_errors) == set(KINDS)
+    assert "hessian vs central differences of grad" in report.line()

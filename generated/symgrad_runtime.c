@@ -766,4 +766,627 @@ SG_RUNTIME_API int sg_take(int64_t nb, int64_t rows, int64_t cols,
     return 0;
 }
 
+/* ==== linear algebra: factorizations, solves, structure, axis-wise reductions ====
+   The helpers of symgrad/ops/factor.py, structure.py and axis.py. Each loops over
+   the nb examples of a tile; a factor shared by every example (an example stride
+   of 0) is read in place by each. Results are dense. A singular matrix (a zero
+   pivot) or one that is not positive definite gives inf or NaN in that example's
+   results, as IEEE arithmetic does: nothing is checked, nothing stops. */
+
+/* F[e] (n x (n+1), dense) = the LU factorization with partial pivoting of A[e]:
+   P A = L U, with L (unit diagonal) below the diagonal of F's first n columns and
+   U on and above it; F[i, n] is the row that was swapped with row i at step i.
+   A zero pivot (a singular matrix) leaves its column as it is, as LAPACK's getrf
+   does, so U has a zero on its diagonal: the determinant is 0 and solves divide by it. */
+SG_RUNTIME_API void sg_lu(int64_t nb, int64_t n, const sg_real *a, int64_t a_es, int64_t a_rs, int64_t a_cs,
+                         sg_real *out, int64_t out_es)
+{
+    const int64_t w = n + 1;
+    for (int64_t e = 0; e < nb; ++e) {
+        sg_real *f = out + e * out_es;
+        const sg_real *ae = a + e * a_es;
+        for (int64_t i = 0; i < n; ++i)
+            for (int64_t j = 0; j < n; ++j)
+                f[i * w + j] = ae[i * a_rs + j * a_cs];
+        for (int64_t k = 0; k < n; ++k) {
+            int64_t p = k;
+            sg_real best = fabs(f[k * w + k]);
+            for (int64_t i = k + 1; i < n; ++i) {
+                const sg_real v = fabs(f[i * w + k]);
+                if (v > best || (v != v && best == best)) {
+                    best = v;
+                    p = i;
+                }
+            }
+            f[k * w + n] = (sg_real) p;
+            if (p != k)
+                for (int64_t j = 0; j < n; ++j) {
+                    const sg_real t = f[k * w + j];
+                    f[k * w + j] = f[p * w + j];
+                    f[p * w + j] = t;
+                }
+            const sg_real pivot = f[k * w + k];
+            if (pivot == 0)
+                continue;
+            for (int64_t i = k + 1; i < n; ++i) {
+                const sg_real l = f[i * w + k] / pivot;
+                f[i * w + k] = l;
+                for (int64_t j = k + 1; j < n; ++j)
+                    f[i * w + j] -= l * f[k * w + j];
+            }
+        }
+    }
+}
+
+/* X[e] (n x m, dense) = A[e]^-1 B[e] (trans = 0) or A[e]^-T B[e] (trans = 1), from the
+   factorization F[e] = sg_lu(A[e]). With P A = L U: A x = b is L U x = P b, and
+   A^T x = b is U^T L^T (P x) = b. */
+SG_RUNTIME_API void sg_lu_solve(int64_t nb, int64_t n, int64_t m, const sg_real *fac, int64_t f_es,
+                               const sg_real *b, int64_t b_es, int64_t b_rs, int64_t b_cs,
+                               sg_real *out, int64_t out_es, int trans)
+{
+    const int64_t w = n + 1;
+    for (int64_t e = 0; e < nb; ++e) {
+        const sg_real *f = fac + e * f_es;
+        sg_real *x = out + e * out_es;
+        for (int64_t i = 0; i < n; ++i)
+            for (int64_t c = 0; c < m; ++c)
+                x[i * m + c] = b[e * b_es + i * b_rs + c * b_cs];
+        for (int64_t c = 0; c < m; ++c) {
+            if (!trans) {
+                for (int64_t k = 0; k < n; ++k) {  /* x = P b */
+                    const int64_t p = (int64_t) f[k * w + n];
+                    const sg_real t = x[k * m + c];
+                    x[k * m + c] = x[p * m + c];
+                    x[p * m + c] = t;
+                }
+                for (int64_t i = 0; i < n; ++i) {  /* L y = x */
+                    sg_acc s = x[i * m + c];
+                    for (int64_t k = 0; k < i; ++k)
+                        s -= (sg_acc) f[i * w + k] * x[k * m + c];
+                    x[i * m + c] = (sg_real) s;
+                }
+                for (int64_t i = n - 1; i >= 0; --i) {  /* U x = y */
+                    sg_acc s = x[i * m + c];
+                    for (int64_t k = i + 1; k < n; ++k)
+                        s -= (sg_acc) f[i * w + k] * x[k * m + c];
+                    x[i * m + c] = (sg_real) (s / f[i * w + i]);
+                }
+            } else {
+                for (int64_t i = 0; i < n; ++i) {  /* U^T y = b */
+                    sg_acc s = x[i * m + c];
+                    for (int64_t k = 0; k < i; ++k)
+                        s -= (sg_acc) f[k * w + i] * x[k * m + c];
+                    x[i * m + c] = (sg_real) (s / f[i * w + i]);
+                }
+                for (int64_t i = n - 1; i >= 0; --i) {  /* L^T z = y */
+                    sg_acc s = x[i * m + c];
+                    for (int64_t k = i + 1; k < n; ++k)
+                        s -= (sg_acc) f[k * w + i] * x[k * m + c];
+                    x[i * m + c] = (sg_real) s;
+                }
+                for (int64_t k = n - 1; k >= 0; --k) {  /* x = P^T z */
+                    const int64_t p = (int64_t) f[k * w + n];
+                    const sg_real t = x[k * m + c];
+                    x[k * m + c] = x[p * m + c];
+                    x[p * m + c] = t;
+                }
+            }
+        }
+    }
+}
+
+/* out[e] = det(A[e]) (log_abs = 0) or log(det(A[e])) (log_abs = 1: NaN for a negative
+   determinant, -inf for a singular matrix), from F[e] = sg_lu(A[e]): the product of
+   U's diagonal, with the sign of the row swaps. */
+SG_RUNTIME_API void sg_lu_det(int64_t nb, int64_t n, const sg_real *fac, int64_t f_es,
+                             sg_real *out, int64_t out_es, int log_abs)
+{
+    const int64_t w = n + 1;
+    for (int64_t e = 0; e < nb; ++e) {
+        const sg_real *f = fac + e * f_es;
+        int negative = 0;
+        sg_acc product = 1, logs = 0;
+        for (int64_t k = 0; k < n; ++k) {
+            const sg_real u = f[k * w + k];
+            negative ^= ((int64_t) f[k * w + n] != k) ^ (u < 0);
+            product *= u;
+            logs += log(fabs((double) u));
+        }
+        if (log_abs)
+            out[e * out_es] = (sg_real) (negative && logs != -INFINITY ? NAN : logs);
+        else
+            out[e * out_es] = (sg_real) (negative ? -product : product);
+    }
+}
+
+/* L[e] (n x n, dense, zero above the diagonal) = the Cholesky factor of A[e], with
+   A = L L^T, reading A's lower triangle. A matrix that is not positive definite
+   takes the square root of a negative number (NaN) or divides by zero. */
+SG_RUNTIME_API void sg_cholesky(int64_t nb, int64_t n, const sg_real *a, int64_t a_es, int64_t a_rs, int64_t a_cs,
+                               sg_real *out, int64_t out_es)
+{
+    for (int64_t e = 0; e < nb; ++e) {
+        const sg_real *ae = a + e * a_es;
+        sg_real *l = out + e * out_es;
+        for (int64_t j = 0; j < n; ++j) {
+            for (int64_t i = 0; i < j; ++i)
+                l[i * n + j] = 0;
+            sg_acc d = ae[j * a_rs + j * a_cs];
+            for (int64_t k = 0; k < j; ++k)
+                d -= (sg_acc) l[j * n + k] * l[j * n + k];
+            const sg_real djj = (sg_real) sqrt(d);
+            l[j * n + j] = djj;
+            for (int64_t i = j + 1; i < n; ++i) {
+                sg_acc s = ae[i * a_rs + j * a_cs];
+                for (int64_t k = 0; k < j; ++k)
+                    s -= (sg_acc) l[i * n + k] * l[j * n + k];
+                l[i * n + j] = (sg_real) (s / djj);
+            }
+        }
+    }
+}
+
+/* X[e] (n x m, dense) = T[e]^-1 B[e] (trans = 0) or T[e]^-T B[e] (trans = 1), where T
+   is the lower (lower = 1) or upper triangle of the n x n matrix at t, diagonal
+   included; the other triangle is not read. X may be B itself (dense): each row of X
+   is written after the row of B it replaces is read. */
+SG_RUNTIME_API void sg_tri_solve(int64_t nb, int64_t n, int64_t m,
+                                const sg_real *t, int64_t t_es, int64_t t_rs, int64_t t_cs,
+                                const sg_real *b, int64_t b_es, int64_t b_rs, int64_t b_cs,
+                                sg_real *out, int64_t out_es, int lower, int trans)
+{
+    if (trans) {  /* T^T of a lower triangle is an upper one, read with the strides swapped */
+        const int64_t s = t_rs;
+        t_rs = t_cs;
+        t_cs = s;
+        lower = !lower;
+    }
+    for (int64_t e = 0; e < nb; ++e) {
+        const sg_real *te = t + e * t_es;
+        const sg_real *be = b + e * b_es;
+        sg_real *x = out + e * out_es;
+        for (int64_t c = 0; c < m; ++c)
+            for (int64_t q = 0; q < n; ++q) {
+                const int64_t i = lower ? q : n - 1 - q;
+                sg_acc s = be[i * b_rs + c * b_cs];
+                if (lower)
+                    for (int64_t k = 0; k < i; ++k)
+                        s -= (sg_acc) te[i * t_rs + k * t_cs] * x[k * m + c];
+                else
+                    for (int64_t k = i + 1; k < n; ++k)
+                        s -= (sg_acc) te[i * t_rs + k * t_cs] * x[k * m + c];
+                x[i * m + c] = (sg_real) (s / te[i * t_rs + i * t_cs]);
+            }
+    }
+}
+
+/* out[e] = det(A[e]) (log_abs = 0) or log(det(A[e])) (log_abs = 1) from its Cholesky
+   factor L[e]: the square of the product of L's diagonal, or twice the sum of its logs. */
+SG_RUNTIME_API void sg_cholesky_det(int64_t nb, int64_t n, const sg_real *l, int64_t l_es,
+                                   sg_real *out, int64_t out_es, int log_abs)
+{
+    for (int64_t e = 0; e < nb; ++e) {
+        sg_acc product = 1, logs = 0;
+        for (int64_t k = 0; k < n; ++k) {
+            const sg_real d = l[e * l_es + k * (n + 1)];
+            product *= d;
+            logs += log((double) d);
+        }
+        out[e * out_es] = (sg_real) (log_abs ? 2 * logs : product * product);
+    }
+}
+
+/* OUT[e] (ra*rb x ca*cb, dense) = the Kronecker product of A[e] (ra x ca) and B[e] (rb x cb). */
+SG_RUNTIME_API void sg_kron(int64_t nb, int64_t ra, int64_t ca, int64_t rb, int64_t cb,
+                           const sg_real *a, int64_t a_es, int64_t a_rs, int64_t a_cs,
+                           const sg_real *b, int64_t b_es, int64_t b_rs, int64_t b_cs,
+                           sg_real *out, int64_t out_es)
+{
+    const int64_t cols = ca * cb;
+    for (int64_t e = 0; e < nb; ++e)
+        for (int64_t i = 0; i < ra; ++i)
+            for (int64_t j = 0; j < ca; ++j) {
+                const sg_real aij = a[e * a_es + i * a_rs + j * a_cs];
+                for (int64_t k = 0; k < rb; ++k)
+                    for (int64_t l = 0; l < cb; ++l)
+                        out[e * out_es + (i * rb + k) * cols + j * cb + l] = aij * b[e * b_es + k * b_rs + l * b_cs];
+            }
+}
+
+/* The contraction of G[e] (ra*rb x ca*cb) with one factor of a Kronecker product (the
+   adjoints of sg_kron): side 0: OUT[i, j] = sum_kl G[i*rb + k, j*cb + l] X[k, l], a ra x ca
+   result from X (rb x cb); side 1: OUT[k, l] = sum_ij G[i*rb + k, j*cb + l] X[i, j], a
+   rb x cb result from X (ra x ca). */
+SG_RUNTIME_API void sg_kron_contract(int64_t nb, int64_t ra, int64_t ca, int64_t rb, int64_t cb, int side,
+                                    const sg_real *g, int64_t g_es, int64_t g_rs, int64_t g_cs,
+                                    const sg_real *x, int64_t x_es, int64_t x_rs, int64_t x_cs,
+                                    sg_real *out, int64_t out_es)
+{
+    const int64_t out_size = side == 0 ? ra * ca : rb * cb, out_cols = side == 0 ? ca : cb;
+    for (int64_t e = 0; e < nb; ++e) {
+        sg_real *o = out + e * out_es;
+        for (int64_t q = 0; q < out_size; ++q)
+            o[q] = 0;
+        for (int64_t i = 0; i < ra; ++i)
+            for (int64_t j = 0; j < ca; ++j)
+                for (int64_t k = 0; k < rb; ++k)
+                    for (int64_t l = 0; l < cb; ++l) {
+                        const sg_real gv = g[e * g_es + (i * rb + k) * g_rs + (j * cb + l) * g_cs];
+                        if (side == 0)
+                            o[i * out_cols + j] += gv * x[e * x_es + k * x_rs + l * x_cs];
+                        else
+                            o[k * out_cols + l] += gv * x[e * x_es + i * x_rs + j * x_cs];
+                    }
+    }
+}
+
+/* Axis-wise reductions and the softmax family along an axis. axis 0 reduces each column
+   (a 1 x cols result), axis 1 each row (rows x 1), axis -1 all elements (a scalar). The
+   lines reduced are read with stride ls, length len; there are count of them, stride cs. */
+SG_RUNTIME_API void sg_axis_lines(int64_t rows, int64_t cols, int64_t rs, int64_t cs, int axis,
+                                 int64_t *count, int64_t *len, int64_t *line_stride, int64_t *step)
+{
+    if (axis == 0) {
+        *count = cols; *len = rows; *line_stride = cs; *step = rs;
+    } else if (axis == 1) {
+        *count = rows; *len = cols; *line_stride = rs; *step = cs;
+    } else {
+        *count = 1; *len = rows * cols; *line_stride = 0; *step = cs;
+    }
+}
+
+/* out[e] (dense) = the largest (is_max = 1) or smallest element of each line of A[e];
+   NaN where a line holds a NaN. With axis -1, lines of a matrix are read row by row. */
+SG_RUNTIME_API void sg_axis_extreme(int64_t nb, int64_t rows, int64_t cols,
+                                   const sg_real *a, int64_t a_es, int64_t a_rs, int64_t a_cs,
+                                   sg_real *out, int64_t out_es, int axis, int is_max)
+{
+    for (int64_t e = 0; e < nb; ++e) {
+        const sg_real *ae = a + e * a_es;
+        if (axis == -1) {
+            sg_real m = is_max ? -INFINITY : INFINITY;
+            for (int64_t i = 0; i < rows; ++i)
+                for (int64_t j = 0; j < cols; ++j) {
+                    const sg_real v = ae[i * a_rs + j * a_cs];
+                    if ((is_max ? v > m : v < m) || v != v)
+                        m = v;
+                    if (m != m)
+                        break;
+                }
+            out[e * out_es] = m;
+            continue;
+        }
+        int64_t count, len, ls, step;
+        sg_axis_lines(rows, cols, a_rs, a_cs, axis, &count, &len, &ls, &step);
+        for (int64_t q = 0; q < count; ++q) {
+            sg_real m = is_max ? -INFINITY : INFINITY;
+            for (int64_t k = 0; k < len; ++k) {
+                const sg_real v = ae[q * ls + k * step];
+                if (((is_max ? v > m : v < m) || v != v) && m == m)
+                    m = v;
+            }
+            out[e * out_es + q] = m;
+        }
+    }
+}
+
+/* The softmax family along an axis (what: 0 softmax, 1 log_softmax, 2 logsumexp), each
+   line shifted by its largest element, as sg_softmax does for a whole matrix. Softmax and
+   log_softmax results have A's shape (dense); logsumexp has one value per line. */
+SG_RUNTIME_API void sg_axis_softmax(int64_t nb, int64_t rows, int64_t cols,
+                                   const sg_real *z, int64_t z_es, int64_t z_rs, int64_t z_cs,
+                                   sg_real *out, int64_t out_es, int axis, int what)
+{
+    int64_t count, len, ls, step, o_ls, o_step;
+    sg_axis_lines(rows, cols, z_rs, z_cs, axis, &count, &len, &ls, &step);
+    sg_axis_lines(rows, cols, cols, 1, axis, &count, &len, &o_ls, &o_step);
+    for (int64_t e = 0; e < nb; ++e)
+        for (int64_t q = 0; q < count; ++q) {
+            const sg_real *line = z + e * z_es + q * ls;
+            sg_real m = -INFINITY;
+            for (int64_t k = 0; k < len; ++k) {
+                const sg_real v = line[k * step];
+                if (v > m || v != v)
+                    m = v;
+            }
+            m = isfinite(m) ? m : (m != m ? m : 0);
+            sg_acc s = 0;
+            for (int64_t k = 0; k < len; ++k)
+                s += exp(line[k * step] - m);
+            if (what == 2) {
+                out[e * out_es + q] = (sg_real) ((sg_acc) m + log(s));
+                continue;
+            }
+            sg_real *o = out + e * out_es + q * o_ls;
+            const sg_acc log_s = log(s), inv = 1 / s;
+            for (int64_t k = 0; k < len; ++k)
+                o[k * o_step] = what == 1 ? (sg_real) ((sg_acc) (line[k * step] - m) - log_s)
+                                          : (sg_real) (exp(line[k * step] - m) * inv);
+        }
+}
+
+/* ==== end of linear algebra ==== */
+
+/* ==== convolution and pooling: the helpers of symgrad/ops/conv.py ====
+   An image of C channels of H x W pixels is a (C*H) x W matrix: channel c is rows
+   c*H .. c*H + H - 1. Weights are (C_out*C_in*kh) x kw: kernel (o, c) is the block of
+   rows from (o*C_in + c)*kh. Output position (i, j) of a window starting at input row
+   i*sh - ph and column j*sw - pw; padding is zeros (for max pooling, never the largest).
+   Each helper loops over the nb examples of a tile; results are dense. The innermost
+   loops run along a row of the output with a fixed stride, so they vectorize. */
+
+/* The first output column j whose input column j*s + b - p is not left of the image. */
+static inline int64_t sg_conv_first(int64_t s, int64_t b, int64_t p)
+{
+    const int64_t need = p - b; /* j*s >= p - b */
+    return need <= 0 ? 0 : (need + s - 1) / s;
+}
+
+/* One past the last output column j (of wo) whose input column j*s + b - p is inside w. */
+static inline int64_t sg_conv_end(int64_t w, int64_t wo, int64_t s, int64_t b, int64_t p)
+{
+    const int64_t last = w - 1 + p - b; /* j*s <= w - 1 + p - b */
+    if (last < 0)
+        return 0;
+    return last / s + 1 < wo ? last / s + 1 : wo;
+}
+
+/* OUT[e] = the cross-correlation of X[e] with the kernels K[e], plus the bias B[e]
+   (one per output channel; bias may be a null pointer). */
+SG_RUNTIME_API void sg_conv2d(int64_t nb, int64_t ci, int64_t h, int64_t w, int64_t co, int64_t kh, int64_t kw,
+                             int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                             const sg_real *x, int64_t x_es, int64_t x_rs, int64_t x_cs,
+                             const sg_real *k, int64_t k_es, int64_t k_rs, int64_t k_cs,
+                             const sg_real *bias, int64_t b_es, int64_t b_rs, int64_t b_cs,
+                             sg_real *out, int64_t out_es)
+{
+    const int64_t ho = (h + 2 * ph - kh) / sh + 1, wo = (w + 2 * pw - kw) / sw + 1;
+    (void) b_cs;
+    for (int64_t e = 0; e < nb; ++e) {
+        const sg_real *xe = x + e * x_es, *ke = k + e * k_es;
+        for (int64_t o = 0; o < co; ++o)
+            for (int64_t i = 0; i < ho; ++i) {
+                sg_real *restrict row = out + e * out_es + (o * ho + i) * wo;
+                const sg_real b0 = bias ? bias[e * b_es + o * b_rs] : 0;
+                for (int64_t j = 0; j < wo; ++j)
+                    row[j] = b0;
+                for (int64_t c = 0; c < ci; ++c)
+                    for (int64_t a = 0; a < kh; ++a) {
+                        const int64_t u = i * sh + a - ph;
+                        if (u < 0 || u >= h)
+                            continue;
+                        const sg_real *xrow = xe + (c * h + u) * x_rs;
+                        const sg_real *krow = ke + ((o * ci + c) * kh + a) * k_rs;
+                        for (int64_t b = 0; b < kw; ++b) {
+                            const sg_real kv = krow[b * k_cs];
+                            const int64_t end = sg_conv_end(w, wo, sw, b, pw);
+                            for (int64_t j = sg_conv_first(sw, b, pw); j < end; ++j)
+                                row[j] += kv * xrow[(j * sw + b - pw) * x_cs];
+                        }
+                    }
+            }
+    }
+}
+
+/* OUT[e] (the input's shape) = the transposed convolution of the output adjoint G[e]
+   with the kernels K[e]: the gradient of conv2d with respect to its input. */
+SG_RUNTIME_API void sg_conv2d_input_grad(int64_t nb, int64_t ci, int64_t h, int64_t w, int64_t co, int64_t kh,
+                                        int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                        const sg_real *g, int64_t g_es, int64_t g_rs, int64_t g_cs,
+                                        const sg_real *k, int64_t k_es, int64_t k_rs, int64_t k_cs,
+                                        sg_real *out, int64_t out_es)
+{
+    const int64_t ho = (h + 2 * ph - kh) / sh + 1, wo = (w + 2 * pw - kw) / sw + 1;
+    for (int64_t e = 0; e < nb; ++e) {
+        sg_real *restrict xe = out + e * out_es;
+        const sg_real *ke = k + e * k_es;
+        for (int64_t q = 0; q < ci * h * w; ++q)
+            xe[q] = 0;
+        for (int64_t o = 0; o < co; ++o)
+            for (int64_t i = 0; i < ho; ++i) {
+                const sg_real *grow = g + e * g_es + (o * ho + i) * g_rs;
+                for (int64_t c = 0; c < ci; ++c)
+                    for (int64_t a = 0; a < kh; ++a) {
+                        const int64_t u = i * sh + a - ph;
+                        if (u < 0 || u >= h)
+                            continue;
+                        sg_real *restrict xrow = xe + (c * h + u) * w;
+                        const sg_real *krow = ke + ((o * ci + c) * kh + a) * k_rs;
+                        for (int64_t b = 0; b < kw; ++b) {
+                            const sg_real kv = krow[b * k_cs];
+                            const int64_t end = sg_conv_end(w, wo, sw, b, pw);
+                            for (int64_t j = sg_conv_first(sw, b, pw); j < end; ++j)
+                                xrow[j * sw + b - pw] += kv * grow[j * g_cs];
+                        }
+                    }
+            }
+    }
+}
+
+/* OUT[e] (the weights' shape) = the correlation of the input X[e] with the output
+   adjoint G[e]: the gradient of conv2d with respect to its weights. With accumulate,
+   OUT (example stride 0) += that sum over the tile, a batch sum of the gradient. */
+SG_RUNTIME_API void sg_conv2d_weight_grad(int64_t nb, int64_t ci, int64_t h, int64_t w, int64_t co, int64_t kh,
+                                         int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                         const sg_real *x, int64_t x_es, int64_t x_rs, int64_t x_cs,
+                                         const sg_real *g, int64_t g_es, int64_t g_rs, int64_t g_cs,
+                                         sg_real *out, int64_t out_es, int accumulate)
+{
+    const int64_t ho = (h + 2 * ph - kh) / sh + 1, wo = (w + 2 * pw - kw) / sw + 1;
+    for (int64_t e = 0; e < nb; ++e) {
+        sg_real *ke = out + e * out_es;
+        if (!accumulate)
+            for (int64_t q = 0; q < co * ci * kh * kw; ++q)
+                ke[q] = 0;
+        for (int64_t o = 0; o < co; ++o)
+            for (int64_t c = 0; c < ci; ++c)
+                for (int64_t a = 0; a < kh; ++a)
+                    for (int64_t b = 0; b < kw; ++b) {
+                        const int64_t first = sg_conv_first(sw, b, pw), end = sg_conv_end(w, wo, sw, b, pw);
+                        sg_acc s = 0;
+                        for (int64_t i = 0; i < ho; ++i) {
+                            const int64_t u = i * sh + a - ph;
+                            if (u < 0 || u >= h)
+                                continue;
+                            const sg_real *grow = g + e * g_es + (o * ho + i) * g_rs;
+                            const sg_real *xrow = x + e * x_es + (c * h + u) * x_rs;
+                            for (int64_t j = first; j < end; ++j)
+                                s += grow[j * g_cs] * xrow[(j * sw + b - pw) * x_cs];
+                        }
+                        ke[((o * ci + c) * kh + a) * kw + b] += (sg_real) s;
+                    }
+    }
+}
+
+/* OUT[e] (channels x 1) = the sum of each channel's rows x cols block of G[e]: the
+   gradient of a per-channel bias. With accumulate, OUT += that sum over the tile. */
+SG_RUNTIME_API void sg_channel_sum(int64_t nb, int64_t channels, int64_t rows, int64_t cols,
+                                  const sg_real *g, int64_t g_es, int64_t g_rs, int64_t g_cs,
+                                  sg_real *out, int64_t out_es, int accumulate)
+{
+    for (int64_t e = 0; e < nb; ++e)
+        for (int64_t o = 0; o < channels; ++o) {
+            sg_acc s = 0;
+            for (int64_t i = 0; i < rows; ++i)
+                for (int64_t j = 0; j < cols; ++j)
+                    s += g[e * g_es + (o * rows + i) * g_rs + j * g_cs];
+            out[e * out_es + o] = (sg_real) s + (accumulate ? out[e * out_es + o] : 0);
+        }
+}
+
+/* OUT[e] ((channels*rows) x cols) = B[e][o] over channel o's block of rows. */
+SG_RUNTIME_API void sg_channel_repeat(int64_t nb, int64_t channels, int64_t rows, int64_t cols,
+                                     const sg_real *b, int64_t b_es, int64_t b_rs, int64_t b_cs,
+                                     sg_real *out, int64_t out_es)
+{
+    (void) b_cs;
+    for (int64_t e = 0; e < nb; ++e)
+        for (int64_t o = 0; o < channels; ++o)
+            for (int64_t q = 0; q < rows * cols; ++q)
+                out[e * out_es + o * rows * cols + q] = b[e * b_es + o * b_rs];
+}
+
+/* The row u and column t (in the unpadded input) of the first largest element of window
+   (c, i, j) of X (one example), as u * w + t; a NaN is the largest, as in PyTorch. */
+SG_RUNTIME_API int64_t sg_pool_argmax(int64_t c, int64_t i, int64_t j, int64_t h, int64_t w, int64_t kh,
+                                     int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                     const sg_real *x, int64_t x_rs, int64_t x_cs)
+{
+    const int64_t u0 = i * sh - ph > 0 ? i * sh - ph : 0, t0 = j * sw - pw > 0 ? j * sw - pw : 0;
+    int64_t best_at = u0 * w + t0;
+    sg_real best = x[(c * h + u0) * x_rs + t0 * x_cs];
+    for (int64_t u = u0; u < i * sh - ph + kh && u < h; ++u)
+        for (int64_t t = t0; t < j * sw - pw + kw && t < w; ++t) {
+            const sg_real v = x[(c * h + u) * x_rs + t * x_cs];
+            if (v > best || v != v) {
+                best = v;
+                best_at = u * w + t;
+            }
+        }
+    return best_at;
+}
+
+/* OUT[e] = the element of V[e] where each window of X[e] has its largest element
+   (V = X: max pooling; another V: the derivative of the pooled gradient). */
+SG_RUNTIME_API void sg_max_pool2d(int64_t nb, int64_t channels, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                 int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                 const sg_real *x, int64_t x_es, int64_t x_rs, int64_t x_cs,
+                                 const sg_real *v, int64_t v_es, int64_t v_rs, int64_t v_cs,
+                                 sg_real *out, int64_t out_es)
+{
+    const int64_t ho = (h + 2 * ph - kh) / sh + 1, wo = (w + 2 * pw - kw) / sw + 1;
+    for (int64_t e = 0; e < nb; ++e)
+        for (int64_t c = 0; c < channels; ++c)
+            for (int64_t i = 0; i < ho; ++i)
+                for (int64_t j = 0; j < wo; ++j) {
+                    const int64_t at = sg_pool_argmax(c, i, j, h, w, kh, kw, sh, sw, ph, pw, x + e * x_es, x_rs, x_cs);
+                    out[e * out_es + (c * ho + i) * wo + j] = v[e * v_es + (c * h + at / w) * v_rs + (at % w) * v_cs];
+                }
+}
+
+/* OUT[e] (the input's shape) = each window's adjoint G[e] added at the position of the
+   window's largest element of X[e]: the gradient of max pooling. */
+SG_RUNTIME_API void sg_max_pool2d_grad(int64_t nb, int64_t channels, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                      int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                      const sg_real *x, int64_t x_es, int64_t x_rs, int64_t x_cs,
+                                      const sg_real *g, int64_t g_es, int64_t g_rs, int64_t g_cs,
+                                      sg_real *out, int64_t out_es)
+{
+    const int64_t ho = (h + 2 * ph - kh) / sh + 1, wo = (w + 2 * pw - kw) / sw + 1;
+    for (int64_t e = 0; e < nb; ++e) {
+        sg_real *xe = out + e * out_es;
+        for (int64_t q = 0; q < channels * h * w; ++q)
+            xe[q] = 0;
+        for (int64_t c = 0; c < channels; ++c)
+            for (int64_t i = 0; i < ho; ++i)
+                for (int64_t j = 0; j < wo; ++j) {
+                    const int64_t at = sg_pool_argmax(c, i, j, h, w, kh, kw, sh, sw, ph, pw, x + e * x_es, x_rs, x_cs);
+                    xe[c * h * w + at] += g[e * g_es + (c * ho + i) * g_rs + j * g_cs];
+                }
+    }
+}
+
+/* OUT[e] = the mean of each kh x kw window of X[e], padding counted as zeros. */
+SG_RUNTIME_API void sg_avg_pool2d(int64_t nb, int64_t channels, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                 int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                 const sg_real *x, int64_t x_es, int64_t x_rs, int64_t x_cs,
+                                 sg_real *out, int64_t out_es)
+{
+    const int64_t ho = (h + 2 * ph - kh) / sh + 1, wo = (w + 2 * pw - kw) / sw + 1;
+    const sg_real scale = (sg_real) 1 / (sg_real) (kh * kw);
+    for (int64_t e = 0; e < nb; ++e)
+        for (int64_t c = 0; c < channels; ++c)
+            for (int64_t i = 0; i < ho; ++i) {
+                sg_real *restrict row = out + e * out_es + (c * ho + i) * wo;
+                for (int64_t j = 0; j < wo; ++j)
+                    row[j] = 0;
+                for (int64_t a = 0; a < kh; ++a) {
+                    const int64_t u = i * sh + a - ph;
+                    if (u < 0 || u >= h)
+                        continue;
+                    const sg_real *xrow = x + e * x_es + (c * h + u) * x_rs;
+                    for (int64_t b = 0; b < kw; ++b) {
+                        const int64_t end = sg_conv_end(w, wo, sw, b, pw);
+                        for (int64_t j = sg_conv_first(sw, b, pw); j < end; ++j)
+                            row[j] += xrow[(j * sw + b - pw) * x_cs];
+                    }
+                }
+                for (int64_t j = 0; j < wo; ++j)
+                    row[j] *= scale;
+            }
+}
+
+/* OUT[e] (the input's shape) = each window's adjoint G[e] spread evenly over the window. */
+SG_RUNTIME_API void sg_avg_pool2d_grad(int64_t nb, int64_t channels, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                      int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                      const sg_real *g, int64_t g_es, int64_t g_rs, int64_t g_cs,
+                                      sg_real *out, int64_t out_es)
+{
+    const int64_t ho = (h + 2 * ph - kh) / sh + 1, wo = (w + 2 * pw - kw) / sw + 1;
+    const sg_real scale = (sg_real) 1 / (sg_real) (kh * kw);
+    for (int64_t e = 0; e < nb; ++e) {
+        sg_real *restrict xe = out + e * out_es;
+        for (int64_t q = 0; q < channels * h * w; ++q)
+            xe[q] = 0;
+        for (int64_t c = 0; c < channels; ++c)
+            for (int64_t i = 0; i < ho; ++i) {
+                const sg_real *grow = g + e * g_es + (c * ho + i) * g_rs;
+                for (int64_t a = 0; a < kh; ++a) {
+                    const int64_t u = i * sh + a - ph;
+                    if (u < 0 || u >= h)
+                        continue;
+                    sg_real *restrict xrow = xe + (c * h + u) * w;
+                    for (int64_t b = 0; b < kw; ++b) {
+                        const int64_t end = sg_conv_end(w, wo, sw, b, pw);
+                        for (int64_t j = sg_conv_first(sw, b, pw); j < end; ++j)
+                            xrow[j * sw + b - pw] += scale * grow[j * g_cs];
+                    }
+                }
+            }
+    }
+}
+
+/* ==== end of convolution and pooling ==== */
+
 #endif /* SYMGRAD_RUNTIME_H */

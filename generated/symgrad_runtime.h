@@ -427,4 +427,185 @@ SG_RUNTIME_API int sg_take(int64_t nb, int64_t rows, int64_t cols,
                           const sg_real *z, int64_t z_es, int64_t z_rs, int64_t z_cs,
                           const sg_real *idx, int64_t idx_es, sg_real *out, int64_t out_es);
 
+/* ==== linear algebra: factorizations, solves, structure, axis-wise reductions ====
+   The helpers of symgrad/ops/factor.py, structure.py and axis.py. Each loops over
+   the nb examples of a tile; a factor shared by every example (an example stride
+   of 0) is read in place by each. Results are dense. A singular matrix (a zero
+   pivot) or one that is not positive definite gives inf or NaN in that example's
+   results, as IEEE arithmetic does: nothing is checked, nothing stops. */
+
+/* F[e] (n x (n+1), dense) = the LU factorization with partial pivoting of A[e]:
+   P A = L U, with L (unit diagonal) below the diagonal of F's first n columns and
+   U on and above it; F[i, n] is the row that was swapped with row i at step i.
+   A zero pivot (a singular matrix) leaves its column as it is, as LAPACK's getrf
+   does, so U has a zero on its diagonal: the determinant is 0 and solves divide by it. */
+SG_RUNTIME_API void sg_lu(int64_t nb, int64_t n, const sg_real *a, int64_t a_es, int64_t a_rs, int64_t a_cs,
+                         sg_real *out, int64_t out_es);
+
+/* X[e] (n x m, dense) = A[e]^-1 B[e] (trans = 0) or A[e]^-T B[e] (trans = 1), from the
+   factorization F[e] = sg_lu(A[e]). With P A = L U: A x = b is L U x = P b, and
+   A^T x = b is U^T L^T (P x) = b. */
+SG_RUNTIME_API void sg_lu_solve(int64_t nb, int64_t n, int64_t m, const sg_real *fac, int64_t f_es,
+                               const sg_real *b, int64_t b_es, int64_t b_rs, int64_t b_cs,
+                               sg_real *out, int64_t out_es, int trans);
+
+/* out[e] = det(A[e]) (log_abs = 0) or log(det(A[e])) (log_abs = 1: NaN for a negative
+   determinant, -inf for a singular matrix), from F[e] = sg_lu(A[e]): the product of
+   U's diagonal, with the sign of the row swaps. */
+SG_RUNTIME_API void sg_lu_det(int64_t nb, int64_t n, const sg_real *fac, int64_t f_es,
+                             sg_real *out, int64_t out_es, int log_abs);
+
+/* L[e] (n x n, dense, zero above the diagonal) = the Cholesky factor of A[e], with
+   A = L L^T, reading A's lower triangle. A matrix that is not positive definite
+   takes the square root of a negative number (NaN) or divides by zero. */
+SG_RUNTIME_API void sg_cholesky(int64_t nb, int64_t n, const sg_real *a, int64_t a_es, int64_t a_rs, int64_t a_cs,
+                               sg_real *out, int64_t out_es);
+
+/* X[e] (n x m, dense) = T[e]^-1 B[e] (trans = 0) or T[e]^-T B[e] (trans = 1), where T
+   is the lower (lower = 1) or upper triangle of the n x n matrix at t, diagonal
+   included; the other triangle is not read. X may be B itself (dense): each row of X
+   is written after the row of B it replaces is read. */
+SG_RUNTIME_API void sg_tri_solve(int64_t nb, int64_t n, int64_t m,
+                                const sg_real *t, int64_t t_es, int64_t t_rs, int64_t t_cs,
+                                const sg_real *b, int64_t b_es, int64_t b_rs, int64_t b_cs,
+                                sg_real *out, int64_t out_es, int lower, int trans);
+
+/* out[e] = det(A[e]) (log_abs = 0) or log(det(A[e])) (log_abs = 1) from its Cholesky
+   factor L[e]: the square of the product of L's diagonal, or twice the sum of its logs. */
+SG_RUNTIME_API void sg_cholesky_det(int64_t nb, int64_t n, const sg_real *l, int64_t l_es,
+                                   sg_real *out, int64_t out_es, int log_abs);
+
+/* OUT[e] (ra*rb x ca*cb, dense) = the Kronecker product of A[e] (ra x ca) and B[e] (rb x cb). */
+SG_RUNTIME_API void sg_kron(int64_t nb, int64_t ra, int64_t ca, int64_t rb, int64_t cb,
+                           const sg_real *a, int64_t a_es, int64_t a_rs, int64_t a_cs,
+                           const sg_real *b, int64_t b_es, int64_t b_rs, int64_t b_cs,
+                           sg_real *out, int64_t out_es);
+
+/* The contraction of G[e] (ra*rb x ca*cb) with one factor of a Kronecker product (the
+   adjoints of sg_kron): side 0: OUT[i, j] = sum_kl G[i*rb + k, j*cb + l] X[k, l], a ra x ca
+   result from X (rb x cb); side 1: OUT[k, l] = sum_ij G[i*rb + k, j*cb + l] X[i, j], a
+   rb x cb result from X (ra x ca). */
+SG_RUNTIME_API void sg_kron_contract(int64_t nb, int64_t ra, int64_t ca, int64_t rb, int64_t cb, int side,
+                                    const sg_real *g, int64_t g_es, int64_t g_rs, int64_t g_cs,
+                                    const sg_real *x, int64_t x_es, int64_t x_rs, int64_t x_cs,
+                                    sg_real *out, int64_t out_es);
+
+/* Axis-wise reductions and the softmax family along an axis. axis 0 reduces each column
+   (a 1 x cols result), axis 1 each row (rows x 1), axis -1 all elements (a scalar). The
+   lines reduced are read with stride ls, length len; there are count of them, stride cs. */
+SG_RUNTIME_API void sg_axis_lines(int64_t rows, int64_t cols, int64_t rs, int64_t cs, int axis,
+                                 int64_t *count, int64_t *len, int64_t *line_stride, int64_t *step);
+
+/* out[e] (dense) = the largest (is_max = 1) or smallest element of each line of A[e];
+   NaN where a line holds a NaN. With axis -1, lines of a matrix are read row by row. */
+SG_RUNTIME_API void sg_axis_extreme(int64_t nb, int64_t rows, int64_t cols,
+                                   const sg_real *a, int64_t a_es, int64_t a_rs, int64_t a_cs,
+                                   sg_real *out, int64_t out_es, int axis, int is_max);
+
+/* The softmax family along an axis (what: 0 softmax, 1 log_softmax, 2 logsumexp), each
+   line shifted by its largest element, as sg_softmax does for a whole matrix. Softmax and
+   log_softmax results have A's shape (dense); logsumexp has one value per line. */
+SG_RUNTIME_API void sg_axis_softmax(int64_t nb, int64_t rows, int64_t cols,
+                                   const sg_real *z, int64_t z_es, int64_t z_rs, int64_t z_cs,
+                                   sg_real *out, int64_t out_es, int axis, int what);
+
+/* ==== end of linear algebra ==== */
+
+/* ==== convolution and pooling: the helpers of symgrad/ops/conv.py ====
+   An image of C channels of H x W pixels is a (C*H) x W matrix: channel c is rows
+   c*H .. c*H + H - 1. Weights are (C_out*C_in*kh) x kw: kernel (o, c) is the block of
+   rows from (o*C_in + c)*kh. Output position (i, j) of a window starting at input row
+   i*sh - ph and column j*sw - pw; padding is zeros (for max pooling, never the largest).
+   Each helper loops over the nb examples of a tile; results are dense. The innermost
+   loops run along a row of the output with a fixed stride, so they vectorize. */
+
+/* The first output column j whose input column j*s + b - p is not left of the image. */
+static inline int64_t sg_conv_first(int64_t s, int64_t b, int64_t p)
+{
+    const int64_t need = p - b; /* j*s >= p - b */
+    return need <= 0 ? 0 : (need + s - 1) / s;
+}
+
+/* One past the last output column j (of wo) whose input column j*s + b - p is inside w. */
+static inline int64_t sg_conv_end(int64_t w, int64_t wo, int64_t s, int64_t b, int64_t p)
+{
+    const int64_t last = w - 1 + p - b; /* j*s <= w - 1 + p - b */
+    if (last < 0)
+        return 0;
+    return last / s + 1 < wo ? last / s + 1 : wo;
+}
+
+/* OUT[e] = the cross-correlation of X[e] with the kernels K[e], plus the bias B[e]
+   (one per output channel; bias may be a null pointer). */
+SG_RUNTIME_API void sg_conv2d(int64_t nb, int64_t ci, int64_t h, int64_t w, int64_t co, int64_t kh, int64_t kw,
+                             int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                             const sg_real *x, int64_t x_es, int64_t x_rs, int64_t x_cs,
+                             const sg_real *k, int64_t k_es, int64_t k_rs, int64_t k_cs,
+                             const sg_real *bias, int64_t b_es, int64_t b_rs, int64_t b_cs,
+                             sg_real *out, int64_t out_es);
+
+/* OUT[e] (the input's shape) = the transposed convolution of the output adjoint G[e]
+   with the kernels K[e]: the gradient of conv2d with respect to its input. */
+SG_RUNTIME_API void sg_conv2d_input_grad(int64_t nb, int64_t ci, int64_t h, int64_t w, int64_t co, int64_t kh,
+                                        int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                        const sg_real *g, int64_t g_es, int64_t g_rs, int64_t g_cs,
+                                        const sg_real *k, int64_t k_es, int64_t k_rs, int64_t k_cs,
+                                        sg_real *out, int64_t out_es);
+
+/* OUT[e] (the weights' shape) = the correlation of the input X[e] with the output
+   adjoint G[e]: the gradient of conv2d with respect to its weights. With accumulate,
+   OUT (example stride 0) += that sum over the tile, a batch sum of the gradient. */
+SG_RUNTIME_API void sg_conv2d_weight_grad(int64_t nb, int64_t ci, int64_t h, int64_t w, int64_t co, int64_t kh,
+                                         int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                         const sg_real *x, int64_t x_es, int64_t x_rs, int64_t x_cs,
+                                         const sg_real *g, int64_t g_es, int64_t g_rs, int64_t g_cs,
+                                         sg_real *out, int64_t out_es, int accumulate);
+
+/* OUT[e] (channels x 1) = the sum of each channel's rows x cols block of G[e]: the
+   gradient of a per-channel bias. With accumulate, OUT += that sum over the tile. */
+SG_RUNTIME_API void sg_channel_sum(int64_t nb, int64_t channels, int64_t rows, int64_t cols,
+                                  const sg_real *g, int64_t g_es, int64_t g_rs, int64_t g_cs,
+                                  sg_real *out, int64_t out_es, int accumulate);
+
+/* OUT[e] ((channels*rows) x cols) = B[e][o] over channel o's block of rows. */
+SG_RUNTIME_API void sg_channel_repeat(int64_t nb, int64_t channels, int64_t rows, int64_t cols,
+                                     const sg_real *b, int64_t b_es, int64_t b_rs, int64_t b_cs,
+                                     sg_real *out, int64_t out_es);
+
+/* The row u and column t (in the unpadded input) of the first largest element of window
+   (c, i, j) of X (one example), as u * w + t; a NaN is the largest, as in PyTorch. */
+SG_RUNTIME_API int64_t sg_pool_argmax(int64_t c, int64_t i, int64_t j, int64_t h, int64_t w, int64_t kh,
+                                     int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                     const sg_real *x, int64_t x_rs, int64_t x_cs);
+
+/* OUT[e] = the element of V[e] where each window of X[e] has its largest element
+   (V = X: max pooling; another V: the derivative of the pooled gradient). */
+SG_RUNTIME_API void sg_max_pool2d(int64_t nb, int64_t channels, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                 int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                 const sg_real *x, int64_t x_es, int64_t x_rs, int64_t x_cs,
+                                 const sg_real *v, int64_t v_es, int64_t v_rs, int64_t v_cs,
+                                 sg_real *out, int64_t out_es);
+
+/* OUT[e] (the input's shape) = each window's adjoint G[e] added at the position of the
+   window's largest element of X[e]: the gradient of max pooling. */
+SG_RUNTIME_API void sg_max_pool2d_grad(int64_t nb, int64_t channels, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                      int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                      const sg_real *x, int64_t x_es, int64_t x_rs, int64_t x_cs,
+                                      const sg_real *g, int64_t g_es, int64_t g_rs, int64_t g_cs,
+                                      sg_real *out, int64_t out_es);
+
+/* OUT[e] = the mean of each kh x kw window of X[e], padding counted as zeros. */
+SG_RUNTIME_API void sg_avg_pool2d(int64_t nb, int64_t channels, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                 int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                 const sg_real *x, int64_t x_es, int64_t x_rs, int64_t x_cs,
+                                 sg_real *out, int64_t out_es);
+
+/* OUT[e] (the input's shape) = each window's adjoint G[e] spread evenly over the window. */
+SG_RUNTIME_API void sg_avg_pool2d_grad(int64_t nb, int64_t channels, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                      int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                      const sg_real *g, int64_t g_es, int64_t g_rs, int64_t g_cs,
+                                      sg_real *out, int64_t out_es);
+
+/* ==== end of convolution and pooling ==== */
+
 #endif /* SYMGRAD_RUNTIME_H */

@@ -18,7 +18,6 @@ from __future__ import annotations
 import difflib
 
 import sympy as sp
-from sympy.matrices.expressions.slice import MatrixSlice
 from sympy.concrete.expr_with_limits import ExprWithLimits
 from sympy.core.function import AppliedUndef
 
@@ -67,7 +66,8 @@ class SympyReader:
         return memo[expr]
 
     def _children(self, e) -> list:
-        if isinstance(e, _NOT_READ):  # named as written, before its bound variables or ranges are read
+        # named as written, before its bound variables or ranges are read (Sum and Product have readings)
+        if isinstance(e, _NOT_READ) and ops.reading_for(e) is None:
             raise self._unsupported(e)
         if isinstance(e, (sp.Symbol, sp.MatrixSymbol, sp.Number, sp.NumberSymbol)) or e.is_Atom:
             return []
@@ -158,34 +158,20 @@ class SympyReader:
         )
 
 
-#: Constructs that are not values symgrad can read: slices, unevaluated calculus (they bind
-#: variables of their own), functions without a formula. Reported as the user wrote them.
-_NOT_READ = (MatrixSlice, sp.Derivative, ExprWithLimits, sp.Subs, sp.Limit, sp.Lambda, sp.Tuple,
+#: Constructs that are not values symgrad can read: unevaluated calculus (they bind variables
+#: of their own), functions without a formula. Reported as the user wrote them.
+_NOT_READ = (sp.Derivative, ExprWithLimits, sp.Subs, sp.Limit, sp.Lambda, sp.Tuple,
              AppliedUndef, sp.Indexed)
 
 
 def _construct_advice(e):
     """(what the user wrote, what to do instead) for the constructs of _NOT_READ, else None."""
-    if isinstance(e, MatrixSlice):
-        if not all(getattr(v, "is_Integer", False) for bounds in e.args[1:] for v in bounds):
-            return ("the slice", "a slice whose bounds are symbols (an index given per example) has no "
-                    "fixed shape. To pick a row by an input index, pass a one-hot input e (a MatrixSymbol) "
-                    "and write e.T * X")
-        return ("the slice", "symgrad reads single elements M[i, j] but not slices (MatrixSlice). Write "
-                "the elements you need, e.g. sp.Matrix([[X[0, 0], X[0, 1]]]), or multiply by a constant "
-                "selection matrix")
     if isinstance(e, sp.Derivative):
         return ("the unevaluated derivative", "symgrad differentiates the model itself; write the formula "
                 "of this derivative instead (call .doit() on it, or use sp.diff)")
     if isinstance(e, sp.Integral):
         return ("the integral", "symgrad does not integrate; write the integral's closed form instead "
                 "(sp.integrate or .doit() finds it when there is one)")
-    if isinstance(e, (sp.Sum, sp.Product)):
-        kind, spelled = (("sum", "sum(f(k) for k in range(4)), or sg.sum of a matrix") if isinstance(e, sp.Sum)
-                         else ("product", "sp.Mul(*[f(k) for k in range(4)])"))
-        bound = ", ".join(str(v) for v in e.variables)
-        return (f"the symbolic {kind}", f"it runs over the bound variable {bound}; write it out in Python, "
-                f"e.g. {spelled}; .doit() turns it into a closed form when SymPy finds one")
     if isinstance(e, ExprWithLimits):
         return (f"the {type(e).__name__}", "it binds a variable of its own; evaluate it (.doit()) first")
     if isinstance(e, sp.Subs):

@@ -37,6 +37,18 @@ __all__ = [
     "broadcast_to",
     "elementwise",
     "Elementwise",
+    "norm",
+    "spd",
+    "cholesky",
+    "tril",
+    "triangular_solve",
+    "logdet",
+    "hstack",
+    "vstack",
+    "diag",
+    "max",
+    "min",
+    "mean",
     "NUMPY_FUNCTIONS",
 ]
 
@@ -326,9 +338,13 @@ class _VectorFunction(MatrixExpr):
 
 
 class softmax(_VectorFunction):
-    """exp(z) / sum(exp(z)) over all elements of z, shifted by max(z) for stability."""
+    """exp(z) / sum(exp(z)) over all elements of z, shifted by max(z) for stability;
+    ``axis=0`` or ``1``: of each column or row."""
 
     latex_name = r"\operatorname{softmax}"
+
+    def __new__(cls, arg, axis=None):
+        return super().__new__(cls, arg) if axis is None else softmax_along(arg, axis)
 
     def doit(self, **hints):
         z = self.args[0].doit(**hints) if hints.get("deep", True) else self.args[0]
@@ -339,9 +355,13 @@ class softmax(_VectorFunction):
 
 
 class log_softmax(_VectorFunction):
-    """z - logsumexp(z): the logarithm of softmax, computed stably."""
+    """z - logsumexp(z): the logarithm of softmax, computed stably; ``axis=0`` or ``1``: of
+    each column or row."""
 
     latex_name = r"\operatorname{log\,softmax}"
+
+    def __new__(cls, arg, axis=None):
+        return super().__new__(cls, arg) if axis is None else log_softmax_along(arg, axis)
 
     def doit(self, **hints):
         z = self.args[0].doit(**hints) if hints.get("deep", True) else self.args[0]
@@ -367,10 +387,14 @@ class _Reduction(sp.Function):
 
 
 class logsumexp(_Reduction):
-    """log(sum(exp(z))) over all elements of z, shifted by max(z) for stability."""
+    """log(sum(exp(z))) over all elements of z, shifted by max(z) for stability; ``axis=0``
+    or ``1``: of each column (a row of results) or row (a column)."""
 
     nargs = 1
     latex_name = r"\operatorname{logsumexp}"
+
+    def __new__(cls, z, axis=None, **options):
+        return super().__new__(cls, z, **options) if axis is None else logsumexp_along(z, axis)
 
     @classmethod
     def eval(cls, z):
@@ -405,10 +429,14 @@ class norm(_Reduction):
 
 
 class sum(_Reduction):  # noqa: A001 - sg.sum mirrors numpy.sum
-    """The sum of all elements of a matrix."""
+    """The sum of all elements of a matrix; ``axis=0`` or ``1``: the sums of its columns (a
+    1 x n row) or rows (an m x 1 column)."""
 
     nargs = 1
     latex_name = r"\operatorname{sum}"
+
+    def __new__(cls, z, axis=None, **options):
+        return super().__new__(cls, z, **options) if axis is None else sum_along(z, axis)
 
     @classmethod
     def eval(cls, z):
@@ -444,11 +472,21 @@ class cross_entropy(_Reduction):
     """-sum(target * log_softmax(logits)).
 
     ``target`` is a one-hot or probability matrix of the logits' shape, or a
-    scalar class index (0-based, over the elements of ``logits``).
+    scalar class index (0-based, over the elements of ``logits``). With ``axis=0``
+    or ``1``, the cross-entropies of each column or row (one-hot or probability
+    targets): ``-sg.sum(target .* sg.log_softmax(logits, axis), axis)``.
     """
 
     nargs = 2
     latex_name = r"\operatorname{CE}"
+
+    def __new__(cls, logits, target, axis=None, **options):
+        if axis is None:
+            return super().__new__(cls, logits, target, **options)
+        if matrix_shape(target) != matrix_shape(logits):
+            raise sp.ShapeError(f"cross_entropy along an axis takes a target of the logits' shape "
+                                f"{matrix_shape(logits)} (one-hot or probabilities), got {target}")
+        return -sum_along(sp.HadamardProduct(target, log_softmax_along(logits, axis)), axis)
 
     @classmethod
     def eval(cls, logits, target):
@@ -494,3 +532,233 @@ NUMPY_FUNCTIONS = {
     "relu": lambda x: np.maximum(x, 0),
     "softplus": _np_softplus,
 }
+
+
+# --- linear algebra and structure ----------------------------------------------------------
+
+
+class _MatrixOf(MatrixExpr):
+    """A matrix computed from matrix arguments; subclasses say its shape."""
+
+    def _entry(self, i, j, **kwargs):
+        return MatrixElement(self, i, j)
+
+    def _sympystr(self, printer):
+        return f"{type(self).__name__}({', '.join(printer._print(a) for a in self.args)})"
+
+    def _latex(self, printer):
+        return rf"\operatorname{{{type(self).__name__}}}\left({', '.join(printer._print(a) for a in self.args)}\right)"
+
+
+class spd(_MatrixOf):
+    """``matrix``, declared symmetric positive definite: its inverse, solves and determinant
+    are computed from a Cholesky factorization (reading its lower triangle) instead of LU.
+    A matrix that is not positive definite then gives NaN."""
+
+    def __new__(cls, matrix):
+        return Basic.__new__(cls, _square_arg("spd", matrix))
+
+    @property
+    def shape(self):
+        return self.args[0].shape
+
+    def _sympystr(self, printer):
+        return printer._print(self.args[0])
+
+    def _latex(self, printer):
+        return printer._print(self.args[0])
+
+
+class cholesky(_MatrixOf):
+    """The lower-triangular L with L Lᵀ = matrix, for a symmetric positive definite matrix
+    (its lower triangle is read). The gradient is Murray's, as in JAX and PyTorch."""
+
+    def __new__(cls, matrix):
+        return Basic.__new__(cls, _square_arg("cholesky", matrix))
+
+    @property
+    def shape(self):
+        return self.args[0].shape
+
+
+class tril(_MatrixOf):
+    """The lower triangle of a matrix, diagonal included; zeros above it."""
+
+    def __new__(cls, matrix):
+        return Basic.__new__(cls, _matrix_arg("tril", matrix))
+
+    @property
+    def shape(self):
+        return matrix_shape(self.args[0])
+
+
+class triangular_solve(_MatrixOf):
+    """X with T X = B, for the lower (``lower=True``) or upper triangle T of ``matrix``
+    (the other triangle is not read); ``trans=True`` solves Tᵀ X = B."""
+
+    def __new__(cls, matrix, rhs, lower=True, trans=False):
+        matrix = _square_arg("triangular_solve", matrix)
+        rhs = _matrix_arg("triangular_solve", rhs)
+        if matrix_shape(rhs)[0] != matrix_shape(matrix)[0]:
+            raise sp.ShapeError(f"triangular_solve: a {matrix_shape(matrix)} matrix and a right-hand side of "
+                                f"shape {matrix_shape(rhs)}")
+        return Basic.__new__(cls, matrix, rhs, sp.S.true if lower else sp.S.false, sp.S.true if trans else sp.S.false)
+
+    @property
+    def shape(self):
+        return matrix_shape(self.args[1])
+
+
+class logdet(_Reduction):
+    """log(det(matrix)), from the LU factorization (NaN for a negative determinant), or from
+    the Cholesky factor of an ``spd`` matrix. ``log(sp.Determinant(X))`` reads as this."""
+
+    nargs = 1
+    latex_name = r"\log\det"
+
+    @classmethod
+    def eval(cls, matrix):
+        if not _stand_in(matrix):
+            _square_arg("logdet", matrix)
+
+
+def _square_arg(name: str, arg):
+    arg = _matrix_arg(name, arg)
+    shape = matrix_shape(arg)
+    if shape[0] != shape[1]:
+        raise sp.ShapeError(f"{name}() takes a square matrix, got shape {shape}")
+    return arg
+
+
+def hstack(*matrices):
+    """The matrices side by side (a ``sp.BlockMatrix`` of one row of blocks)."""
+    return sp.BlockMatrix([[_matrix_arg("hstack", m) for m in matrices]])
+
+
+def vstack(*matrices):
+    """The matrices one above the other (a ``sp.BlockMatrix`` of one column of blocks): the
+    concatenation ``[h; x]`` of two column vectors is ``sg.vstack(h, x)``."""
+    return sp.BlockMatrix([[_matrix_arg("vstack", m)] for m in matrices])
+
+
+def diag(*matrices):
+    """A diagonal matrix with the elements of one vector on its diagonal (``sp.DiagMatrix``),
+    or the matrices along the diagonal of a block matrix (``sp.BlockDiagMatrix``).
+    (``sp.diag`` takes explicit matrices only.)"""
+    matrices = [_matrix_arg("diag", m) for m in matrices]
+    if len(matrices) == 1 and 1 in matrix_shape(matrices[0]):
+        return sp.DiagMatrix(matrices[0])
+    return sp.BlockDiagMatrix(*matrices)
+
+
+class _AlongAxis(MatrixExpr):
+    """A function of a matrix applied along one axis: to each column (axis 0) or each row
+    (axis 1). Reductions keep the reduced axis with extent 1 (a 1 x n row for axis 0, an
+    m x 1 column for axis 1), so their results stay matrices that broadcast back."""
+
+    reduces = True
+    label = ""
+
+    def __new__(cls, matrix, axis):
+        matrix = _matrix_arg(cls.label, matrix)
+        if axis not in (0, 1):
+            raise ValueError(f"{cls.label}: axis must be 0 (along each column) or 1 (along each row), got {axis!r}")
+        return Basic.__new__(cls, matrix, sp.Integer(axis))
+
+    @property
+    def axis(self) -> int:
+        return int(self.args[1])
+
+    @property
+    def shape(self):
+        rows, cols = matrix_shape(self.args[0])
+        if not self.reduces:
+            return (rows, cols)
+        return (sp.Integer(1), cols) if self.axis == 0 else (rows, sp.Integer(1))
+
+    def _entry(self, i, j, **kwargs):
+        return MatrixElement(self, i, j)
+
+    def _sympystr(self, printer):
+        return f"{self.label}({printer._print(self.args[0])}, axis={self.axis})"
+
+    def _latex(self, printer):
+        return rf"\operatorname{{{self.label}}}_{{{self.axis}}}\left({printer._print(self.args[0])}\right)"
+
+
+class sum_along(_AlongAxis):
+    """The sums of the columns (axis 0) or rows (axis 1): ``sg.sum(M, axis=...)``."""
+
+    label = "sum"
+
+
+class max_along(_AlongAxis):
+    """The largest element of each column or row: ``sg.max(M, axis=...)``."""
+
+    label = "max"
+
+
+class min_along(_AlongAxis):
+    """The smallest element of each column or row: ``sg.min(M, axis=...)``."""
+
+    label = "min"
+
+
+class logsumexp_along(_AlongAxis):
+    """logsumexp of each column or row: ``sg.logsumexp(M, axis=...)``."""
+
+    label = "logsumexp"
+
+
+class softmax_along(_AlongAxis):
+    """softmax of each column or row: ``sg.softmax(M, axis=...)``."""
+
+    label = "softmax"
+    reduces = False
+
+
+class log_softmax_along(_AlongAxis):
+    """log_softmax of each column or row: ``sg.log_softmax(M, axis=...)``."""
+
+    label = "log_softmax"
+    reduces = False
+
+
+class _Extreme(_Reduction):
+    """The largest (smallest) element of a matrix; a gradient splits evenly over ties."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, z):
+        if not _stand_in(z):
+            _matrix_arg(cls.__name__, z)
+
+
+class max_of(_Extreme):
+    latex_name = r"\max"
+
+
+class min_of(_Extreme):
+    latex_name = r"\min"
+
+
+def max(matrix, axis=None):  # noqa: A001 - sg.max mirrors numpy.max
+    """The largest element of a matrix (a scalar), or of each column (``axis=0``) or row
+    (``axis=1``). The gradient goes to the largest element, split evenly among ties, as
+    for ``Max`` (and ``torch.amax``)."""
+    return max_of(matrix) if axis is None else max_along(matrix, axis)
+
+
+def min(matrix, axis=None):  # noqa: A001
+    """The smallest element of a matrix, or of each column or row: see :func:`max`."""
+    return min_of(matrix) if axis is None else min_along(matrix, axis)
+
+
+def mean(matrix, axis=None):
+    """The mean of all elements (a scalar), or of each column (``axis=0``, a 1 x n row) or
+    row (``axis=1``, an m x 1 column)."""
+    rows, cols = matrix_shape(_matrix_arg("mean", matrix))
+    if axis is None:
+        return sum(matrix) / (rows * cols)
+    return sp.Rational(1, rows if axis == 0 else cols) * sum_along(matrix, axis)

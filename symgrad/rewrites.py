@@ -231,7 +231,7 @@ def stable_log(b, x):
 
     log(exp(u)) = u; log(sigmoid(u)) = -softplus(-u) (and log(1 - sigmoid(u)), which is
     log(sigmoid(-u)), = -softplus(u));
-    log(softmax(z)) = log_softmax(z); logs of sums of exponentials (see
+    log(softmax(z)) = log_softmax(z); log(det(A)) = logdet(A); logs of sums of exponentials (see
     :func:`log_of_sum_of_exps`); log(x**c) = c*log(x) (c*log(abs(x)) for an even c,
     so log(1/x) = -log(x)); log(1 + x) = log1p(x).
     """
@@ -245,6 +245,9 @@ def stable_log(b, x):
     if inner.op == "softmax":
         b.note_rewrite("log(softmax(z)) -> log_softmax(z)")
         return b.call("log_softmax", inner.args[0])
+    if inner.op == "det":
+        b.note_rewrite("log(det(A)) -> logdet(A)")
+        return b.apply("logdet", *inner.args, attrs=inner.attrs)
     stable = log_of_sum_of_exps(b, x)
     if stable is not None:
         return stable

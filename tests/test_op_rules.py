@@ -49,10 +49,17 @@ def _graph_for(op_name, shapes, attrs, domain):
     return g, b, leaves, out
 
 
-def _random_args(op, shapes, rng):
+def _random_args(op, shapes, rng, attrs=()):
+    """A random point of the op's domain: per arg an interval, or a function
+    ``(rng, shape, earlier args, attrs) -> array`` for structured args (an spd matrix,
+    the factorization of the arg before)."""
     values = []
     for k, shape in enumerate(shapes):
-        low, high = op.domain[min(k, len(op.domain) - 1)]
+        domain = op.domain[min(k, len(op.domain) - 1)]
+        if callable(domain):
+            values.append(np.asarray(domain(rng, shape, values, attrs), dtype=float))
+            continue
+        low, high = domain
         values.append(rng.uniform(low, high, size=shape))
     return values
 
@@ -62,7 +69,7 @@ def test_vjp_matches_central_differences(op_name, rng):
     op = ops.get(op_name)
     for shapes, attrs in _cases(op):
         g, b, leaves, out = _graph_for(op_name, shapes, attrs, op.domain)
-        values = _random_args(op, shapes, rng)
+        values = _random_args(op, shapes, rng, attrs)
         out_shape = g.nodes[out].shape
         weights = rng.standard_normal(out_shape)  # a random cotangent
         cotangent = b.apply("symbol", attrs=("g", "param", out_shape,
@@ -95,7 +102,7 @@ def test_jvp_matches_central_differences(op_name, transposed, rng):
     rule = transposed_vjp if transposed or op.jvp is None else op.jvp
     for shapes, attrs in _cases(op):
         g, b, leaves, out = _graph_for(op_name, shapes, attrs, op.domain)
-        values = _random_args(op, shapes, rng)
+        values = _random_args(op, shapes, rng, attrs)
         directions = [rng.standard_normal(shape) for shape in shapes]
         tangents = [b.apply("symbol", attrs=(f"t{k}", "param", shape,
                                              sp.MatrixSymbol(f"t{k}", *shape) if shape else sp.Symbol(f"t{k}")))

@@ -188,7 +188,8 @@ UNARY = sorted(name for name, op in ops.REGISTRY.items()
 KINKED = {"abs": (-2.0, 2.0), "relu": (-2.0, 2.0), "sign": (-2.0, 2.0)}
 #: Ops that only appear as parts of what the generator writes, or that the pipeline adds.
 DERIVED = {"symbol", "const", "batch_size", "call_size", "reduce_batch", "sum_to", "one_hot",
-           "dsinc", "polygamma"}  # the derivatives of sinc and digamma
+           "dsinc", "polygamma",  # the derivatives of sinc and digamma
+           "lu", "embed", "kron_contract"}  # a factor the solves read; adjoints of slices and Kronecker products
 _RELATIONS = (sp.StrictLessThan, sp.LessThan, sp.StrictGreaterThan, sp.GreaterThan, sp.Ne, sp.Eq)
 
 
@@ -207,7 +208,7 @@ RULES = {
     "heaviside": 1, "atan2": 1, "matmul": 4, "matpow": 1, "transpose": 1, "index": 3,
     "inner_product": 1, "assemble": 1, "const_matrix": 1, "identity": 1, "sum": 2, "trace": 1,
     "broadcast": 1, "softmax": 2, "stable_log": 1, "cross_entropy": 1, "mse": 1, "lambda": 3,
-    "two_arg_form": 1, "norm": 1,
+    "two_arg_form": 1, "norm": 1, "linalg": 5,
 }
 #: The rules that make a scalar from scalars (used inside element-wise lambdas).
 SCALAR_RULES = ("unary", "add", "mul", "divide", "pow", "minmax", "piecewise", "heaviside", "atan2",
@@ -277,6 +278,7 @@ class Generator:
         self.used: set = set()  # generator rules applied (registry op names and constructs)
         self.sympy_failures = 0
         self.in_lambda = False  # building the body of an element-wise function
+        self.linalg = False  # a rule_linalg construct is in the model (no symbolic gradients to compare)
 
 
     # --- leaves ------------------------------------------------------------------------
@@ -896,6 +898,136 @@ class Generator:
         expr = body.xreplace({t: a.expr}) if a.shape == () else self.map_elements(a, lambda v: body.xreplace({t: v}))
         return Node(expr, a.shape, iv_function(f, a.iv), a.depth + 1)
 
+    def _conditioned(self, n):
+        """A random n x n matrix near 2I (entries of a node squashed into [-0.3, 0.3]): far from
+        singular, with a positive determinant."""
+        a = self.matrix(lambda m: m.shape == (n, n))
+        if a is None:
+            return None
+        a = self.fit(a, -0.3, 0.3)
+        self.used.update(("identity", "add"))
+        return Node(sp.MatAdd(a.expr, sp.MatMul(2, sp.Identity(n))), (n, n), iv_add(a.iv, (0.0, 2.0)), a.depth + 1)
+
+    def rule_linalg(self):
+        """Factorizations, solves, determinants, slices, blocks, diagonals, Kronecker products and
+        reductions along an axis (symgrad/ops/factor.py, structure.py, axis.py). The symbolic
+        gradients of these are not compared (their SymPy forms have no NumPy rule here); the
+        loss is, and the gradients against finite differences."""
+        ch = self.ch
+        kind = ch.choice(("solve", "det", "spd", "triangular", "slice", "block", "diag", "kron", "axis"))
+        a = self.matrix()
+        if a is None:
+            return None
+        a = self.fit(a, -1.5, 1.5)
+        rows, cols = a.shape
+        m = iv_max_abs(a.iv)
+        self.linalg = True
+        if kind in ("solve", "det", "triangular"):
+            n = ch.choice((1, 2, 3))
+            matrix = self._conditioned(n)
+            if matrix is None:
+                return None
+            bound = 1.0 / (2.0 - 0.3 * n)  # a bound on the elements of the inverse
+            if kind == "det":
+                self.used.update(("det", "logdet"))
+                det = sp.Determinant(matrix.expr)
+                low, high = (2.0 - 0.3 * n) ** n, (2.0 + 0.3 * n) ** n
+                if ch.chance(0.5):
+                    return Node(det, (), (low, high), matrix.depth + 1)
+                return Node(sp.log(det), (), (math.log(low), math.log(high)), matrix.depth + 1)
+            if kind == "triangular":
+                self.used.update(("tri_solve", "triangle"))
+                rhs = a if rows == n else None
+                if rhs is None or ch.chance(0.3):
+                    return Node(sgf.tril(matrix.expr), (n, n), iv_union(matrix.iv, (0.0, 0.0)), matrix.depth + 1)
+                lower = ch.chance(0.5)
+                expr = sgf.triangular_solve(matrix.expr, rhs.expr, lower=lower, trans=ch.chance(0.5))
+                k = n * m * (1.6 / (2 - 0.3 * n)) ** n
+                return Node(expr, rhs.shape, (-k, k), max(matrix.depth, rhs.depth) + 1)
+            self.used.add("lu_solve")
+            inverse = matrix.expr.inv() if ch.chance(0.5) else matrix.expr ** -1
+            k = n * bound * m
+            if rows == n and ch.chance(0.7):
+                return Node(sp.MatMul(inverse, a.expr), a.shape, (-k, k), max(matrix.depth, a.depth) + 1)
+            if cols == n and ch.chance(0.7):
+                return Node(sp.MatMul(a.expr, inverse), a.shape, (-k, k), max(matrix.depth, a.depth) + 1)
+            return Node(inverse, (n, n), (-bound, bound), matrix.depth + 1)
+        if kind == "spd":
+            # S = a aᵀ + I: symmetric positive definite
+            self.used.update(("cholesky", "cho_solve", "logdet", "matmul", "transpose", "identity", "add"))
+            s = sp.MatAdd(sp.MatMul(a.expr, a.expr.T), sp.Identity(rows))
+            top = cols * m * m + 1
+            which = ch.choice(("logdet", "solve", "cholesky"))
+            if which == "logdet":
+                return Node(sgf.logdet(sgf.spd(s)), (), (0.0, rows * math.log(top) + 1e-9), a.depth + 2)
+            if which == "cholesky":
+                return Node(sgf.cholesky(s), (rows, rows), (-math.sqrt(top), math.sqrt(top)), a.depth + 2)
+            rhs = self.matrix(lambda n: n.shape[0] == rows) or a
+            rhs = self.fit(rhs, *GENERIC)
+            k = rows * iv_max_abs(rhs.iv)
+            return Node(sp.MatMul(sgf.spd(s).inv(), rhs.expr), rhs.shape, (-k, k), max(a.depth, rhs.depth) + 2)
+        if kind == "slice":
+            self.used.add("slice")
+            r0 = ch.integer(0, rows - 1)
+            c0 = ch.integer(0, cols - 1)
+            rs, cs = ch.choice((1, 1, 2)), ch.choice((1, 2))
+            rs, cs = (rs if rows - r0 >= rs else 1), (cs if cols - c0 >= cs else 1)
+            # stops where the step divides the span: SymPy sizes other strided slices one short
+            r1 = r0 + rs * ch.integer(1, (rows - r0) // rs)
+            c1 = c0 + cs * ch.integer(1, (cols - c0) // cs)
+            expr = a.expr[r0:r1:rs, c0:c1:cs]
+            return Node(expr, expr.shape, a.iv, a.depth + 1)
+        if kind == "block":
+            self.used.add("block")
+            how = ch.choice(("vstack", "hstack", "blockdiag"))
+            other = self.matrix(lambda n: (n.shape[1] == cols if how == "vstack" else
+                                           n.shape[0] == rows if how == "hstack" else True)) or a
+            other = self.fit(other, -1.5, 1.5)
+            if how == "vstack":
+                expr = sgf.vstack(a.expr, other.expr)
+            elif how == "hstack":
+                expr = sgf.hstack(a.expr, other.expr)
+            else:
+                expr = sp.BlockDiagMatrix(a.expr, other.expr)
+            return Node(expr, tuple(int(d) for d in expr.shape), iv_union(a.iv, other.iv, (0.0, 0.0)),
+                        max(a.depth, other.depth) + 1)
+        if kind == "diag":
+            if 1 in a.shape:
+                self.used.add("diag_embed")
+                k = rows * cols
+                return Node(sgf.diag(a.expr), (k, k), iv_union(a.iv, (0.0, 0.0)), a.depth + 1)
+            expr = sp.DiagonalOf(a.expr)
+            try:
+                expr.shape
+            except AttributeError:  # SymPy's DiagonalOf of a matrix whose shape holds Python ints
+                return None
+            self.used.add("diagonal")
+            return Node(expr, (min(rows, cols), 1), a.iv, a.depth + 1)
+        if kind == "kron":
+            self.used.add("kron")
+            other = self.matrix(lambda n: n.shape[0] * n.shape[1] <= 4) or a
+            other = self.fit(other, -1.5, 1.5)
+            expr = sp.KroneckerProduct(a.expr, other.expr)
+            return Node(expr, tuple(int(d) for d in expr.shape), iv_mul(a.iv, other.iv), max(a.depth, other.depth) + 1)
+        axis = ch.choice((0, 1))
+        length = rows if axis == 0 else cols
+        shape = (1, cols) if axis == 0 else (rows, 1)
+        how = ch.choice(("sum", "mean", "max", "min", "softmax", "log_softmax", "logsumexp"))
+        self.used.add({"sum": "sum_to", "mean": "sum_to", "max": "extreme", "min": "extreme", "softmax": "softmax_axis",
+                       "log_softmax": "log_softmax_axis", "logsumexp": "logsumexp_axis"}[how])
+        if how == "sum":
+            return Node(sg.sum(a.expr, axis=axis), shape, iv_scale(length, a.iv), a.depth + 1)
+        if how == "mean":
+            return Node(sg.mean(a.expr, axis=axis), shape, a.iv, a.depth + 1)
+        if how in ("max", "min"):
+            return Node((sg.max if how == "max" else sg.min)(a.expr, axis=axis), shape, a.iv, a.depth + 1)
+        if how == "softmax":
+            return Node(sg.softmax(a.expr, axis=axis), a.shape, (0.0, 1.0), a.depth + 1)
+        if how == "log_softmax":
+            return Node(sg.log_softmax(a.expr, axis=axis), a.shape,
+                        (a.iv[0] - a.iv[1] - math.log(length), 0.0), a.depth + 1)
+        return Node(sg.logsumexp(a.expr, axis=axis), shape, iv_add(a.iv, (0.0, math.log(length))), a.depth + 1)
+
     def rule_cross_entropy(self):
         logits = self.matrix()
         if logits is None:
@@ -1078,7 +1210,8 @@ class Generator:
                      if l.shape != () and 1 in l.shape and (l.role == "param" or batched and (
                          batch, l.shape[0] * l.shape[1]) != l.shape) and ch.chance(0.25))
         seed = ch.integer(0, 2**31 - 1)
-        return Spec(self.leaves, loss, outputs, reduce, wrt, batch, batched, flat, seed, ops_used=set(self.used))
+        return Spec(self.leaves, loss, outputs, reduce, wrt, batch, batched, flat, seed, ops_used=set(self.used),
+                    symbolic=not self.linalg)
 
 
 def _plain_condition(cond):
@@ -1240,6 +1373,61 @@ _NUMPY_RELATIONS = {sp.StrictLessThan: np.less, sp.LessThan: np.less_equal, sp.S
                     sp.GreaterThan: np.greater_equal, sp.Eq: np.equal, sp.Ne: np.not_equal}
 
 
+def _eval_linalg(ev, e):
+    """The NumPy value of a linear-algebra or structure head (symgrad/ops/factor.py,
+    structure.py, axis.py), else None."""
+    from sympy.matrices.expressions.slice import MatrixSlice
+
+    def arr(x):
+        return np.asarray(ev(x), float)
+
+    def lse(z, axis):
+        mx = np.max(z, axis=axis, keepdims=True)
+        return mx + np.log(np.sum(np.exp(z - mx), axis=axis, keepdims=True))
+
+    if isinstance(e, sp.Inverse):
+        return np.linalg.inv(arr(e.args[0]))
+    if isinstance(e, sp.Determinant):
+        return float(np.linalg.det(arr(e.args[0])))
+    if isinstance(e, sgf.logdet):
+        sign, value = np.linalg.slogdet(arr(e.args[0]))
+        return float(value) if sign > 0 else math.nan
+    if isinstance(e, sgf.spd):
+        return arr(e.args[0])
+    if isinstance(e, sgf.cholesky):
+        return np.linalg.cholesky(arr(e.args[0]))
+    if isinstance(e, sgf.tril):
+        return np.tril(arr(e.args[0]))
+    if isinstance(e, sgf.triangular_solve):
+        t = arr(e.args[0])
+        t = np.tril(t) if e.args[2] else np.triu(t)
+        return np.linalg.solve(t.T if e.args[3] else t, arr(e.args[1]))
+    if isinstance(e, MatrixSlice):
+        (r0, r1, rs), (c0, c1, cs) = e.args[1:]
+        return arr(e.parent)[int(r0):int(r1):int(rs), int(c0):int(c1):int(cs)]
+    if isinstance(e, sp.BlockMatrix):
+        grid = e.blocks
+        return np.block([[arr(grid[i, j]) for j in range(grid.cols)] for i in range(grid.rows)])
+    if isinstance(e, sp.DiagonalOf):
+        return np.diag(arr(e.args[0]))[:, None]
+    if isinstance(e, sp.DiagMatrix):
+        return np.diag(arr(e.args[0]).reshape(-1))
+    if isinstance(e, sp.KroneckerProduct):
+        out = arr(e.args[0])
+        for a in e.args[1:]:
+            out = np.kron(out, arr(a))
+        return out
+    along = {sgf.sum_along: lambda z, ax: np.sum(z, axis=ax, keepdims=True),
+             sgf.max_along: lambda z, ax: np.max(z, axis=ax, keepdims=True),
+             sgf.min_along: lambda z, ax: np.min(z, axis=ax, keepdims=True),
+             sgf.softmax_along: lambda z, ax: np.exp(z - lse(z, ax)),
+             sgf.log_softmax_along: lambda z, ax: z - lse(z, ax),
+             sgf.logsumexp_along: lse}.get(type(e))
+    if along is not None:
+        return along(arr(e.args[0]), int(e.args[1]))
+    return None
+
+
 class Evaluator:
     """Evaluates SymPy expressions (scalar and matrix) at one example, memoized over the DAG."""
 
@@ -1358,6 +1546,9 @@ class Evaluator:
         if isinstance(e, sgf.mse):
             d = np.asarray(ev(e.args[0]), float) - np.asarray(ev(e.args[1]), float)
             return float(np.mean(d * d))
+        linalg = _eval_linalg(ev, e)
+        if linalg is not None:
+            return linalg
         head = _NUMPY_HEADS.get(e.func)
         if head is not None:
             out = head(*[ev(a) for a in e.args])

@@ -12,7 +12,10 @@ Families: :mod:`.leaf` (symbols and constants), :mod:`.arith` (+, *, powers),
 :mod:`.elementwise` (scalar functions, comparisons, selection), :mod:`.nn`
 (softmax and friends), :mod:`.linalg` (matrix products, views, reductions),
 :mod:`.special` (log1p, hypot, loggamma, floor, Mod and other C-library and
-special functions), :mod:`.conv` (convolution and pooling).
+special functions), :mod:`.factor` (LU and Cholesky factorizations, solves,
+inverses, determinants), :mod:`.structure` (slices, blocks, diagonals,
+Kronecker products), :mod:`.axis` (reductions and softmax along an axis),
+:mod:`.conv` (convolution and pooling), :mod:`.loop` (sums and products over an index).
 """
 
 from __future__ import annotations
@@ -277,5 +280,5 @@ def elementwise_cost(per_element: int):
 
 
 # Importing the families registers their ops.
-from . import leaf, arith, elementwise, nn, linalg, special  # noqa: E402,F401
-from . import conv  # noqa: E402,F401
+from . import leaf, arith, elementwise, nn, linalg, special, factor, structure, axis  # noqa: E402,F401
+from . import conv, loop  # noqa: E402,F401

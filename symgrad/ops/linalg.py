@@ -37,7 +37,12 @@ def _matmul_shape(shapes, attrs):
 
 
 def _simplify_matmul(b, args, attrs):
-    """A column of copies times a row is a broadcast: OneMatrix(m, 1) * r -> r repeated m times."""
+    """A column of copies times a row is a broadcast: OneMatrix(m, 1) * r -> r repeated m times.
+    A product with an inverse is a solve: (A⁻¹ I) B -> A⁻¹ B and B (A⁻¹ I) -> (A⁻ᵀ Bᵀ)ᵀ, so no
+    inverse is formed to be multiplied."""
+    solved = _solve_product(b, *args)
+    if solved is not None:
+        return solved
     left, right = (b.node(a) for a in args)
     rows, inner = left.shape
     cols = right.shape[1]
@@ -45,6 +50,26 @@ def _simplify_matmul(b, args, attrs):
         return b.mul(left.args[0], b.broadcast(args[1], (rows, cols)))
     if inner == 1 and right.op == "broadcast" and b.shape(right.args[0]) == ():
         return b.mul(right.args[0], b.broadcast(args[0], (rows, cols)))
+    return None
+
+
+def _is_inverse(b, node_id) -> bool:
+    """Whether the node is a solve with the identity (what ``A.inv()`` reads as)."""
+    node = b.node(node_id)
+    return node.op in ("lu_solve", "cho_solve") and b.node(node.args[1]).op == "identity"
+
+
+def _solve_product(b, left, right):
+    _matmul_shape([b.shape(left), b.shape(right)], ())
+    if _is_inverse(b, left):
+        node = b.node(left)
+        return b.apply(node.op, node.args[0], right, node.args[2], attrs=node.attrs)
+    if _is_inverse(b, right):
+        node = b.node(right)
+        a, _, factor = node.args
+        # B A⁻¹ = (A⁻ᵀ Bᵀ)ᵀ; an spd A is its own transpose
+        attrs = (not node.attrs[0],) if node.op == "lu_solve" else node.attrs
+        return b.transpose(b.apply(node.op, a, b.transpose(left), factor, attrs=attrs))
     return None
 
 
@@ -61,17 +86,22 @@ def _read_matmul(r, factors):
 
 @reads(sp.MatPow, children=lambda e: [e.args[0]])
 def _read_matpow(r, e):
-    """A positive whole power of a square matrix as repeated products; any real power of a
-    1x1 matrix (``(x.T*y)**S.Half``), which is a scalar, as the power of its element."""
+    """A whole power of a square matrix as repeated products (of its inverse for a negative
+    power); any real power of a 1x1 matrix (``(x.T*y)**S.Half``), which is a scalar, as the
+    power of its element."""
     base, power = e.args
     node = r.node(base)
     if r.b.shape(node) == (1, 1) and power.is_real and power.is_number:
         # kept a 1x1 matrix, as Trace, products and sums of it expect
         return r.b.broadcast(r.b.apply("pow", r.b.apply("index", node, attrs=(0, 0)), r.b.const(power)), (1, 1))
-    if not (power.is_Integer and power > 0):
+    if not (power.is_Integer and power != 0):
         raise UnsupportedFunctionError(
-            f"matrix power {r.describe(e)}: only positive whole powers of a square matrix are supported"
+            f"matrix power {r.describe(e)}: only whole powers (not 0) of a square matrix are supported"
         )
+    if power < 0:  # (A⁻¹)^k: the first factor is a solve, and each product with it one more
+        from .factor import declared_spd, inverse
+
+        node, power = inverse(r.b, node, declared_spd(base)), -power
     result = node
     for _ in range(int(power) - 1):
         result = r.b.matmul(result, node)
@@ -307,6 +337,15 @@ register(
 )
 
 
+def _simplify_trace(b, args, attrs):
+    """tr(A B) = sum(A .* Bᵀ): the product is not formed (2nk operations instead of 2n²k)."""
+    node = b.node(args[0])
+    if node.op == "matmul" and node.shape[0] > 1:
+        left, right = node.args
+        return b.sum(b.mul(left, b.transpose(right)))
+    return None
+
+
 def _trace_shape(shapes, attrs):
     rows, cols = _dims(shapes[0])
     if rows != cols:
@@ -323,6 +362,7 @@ register(
         vjp=lambda b, n, g: [b.mul(g, b.apply("identity", attrs=(b.shape(b.node(n).args[0])[0],)))],
         jvp=linear_jvp,
         emit=_emit_runtime_reduction("trace"),
+        simplify=_simplify_trace,
         numpy=lambda args, attrs: np.trace(args[0]),
         to_sympy=lambda args, attrs: sp.Trace(args[0]),
         domain=((-1.0, 1.0),),

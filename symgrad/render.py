@@ -21,6 +21,7 @@ from pathlib import Path
 import jinja2
 
 from . import __version__
+from . import train as _train
 from .naming import c_identifiers
 from .printer import comment_text
 from .emit import KernelSpec
@@ -79,8 +80,9 @@ class RenderedPackage:
 
     @property
     def kernel_sources(self) -> tuple:
-        """The kernels' C files, without the flat-vector wrappers (which only the Python package uses)."""
-        return tuple(name for name in self.c_sources if name != f"{self.name}_flat.c")
+        """The kernels' C files, without the flat-vector wrappers and the training kernel (which only
+        the Python package uses)."""
+        return tuple(name for name in self.c_sources if name not in (f"{self.name}_flat.c", f"{self.name}_train.c"))
 
     def source_size(self) -> int:
         """Characters of the kernels' C source: how long they take to compile."""
@@ -230,6 +232,7 @@ def render(spec: PackageSpec) -> RenderedPackage:
         docs=KERNEL_DOCS,
         header_name=f"{spec.name}.h",
         guard=f"SYMGRAD_{c_identifiers([spec.name])[spec.name].upper()}_H",
+        train=train_spec(spec),
     )
     # The flat-vector wrappers of the kernels (symgrad.flat): declared in the header and the cdef.
     flat = flat_context(spec)
@@ -238,6 +241,11 @@ def render(spec: PackageSpec) -> RenderedPackage:
     for k in spec.kernels:  # one C file per kernel: they compile in parallel
         name = f"{spec.name}_{k.kind}.c"
         kernel_files[name] = env.get_template("kernels.c.j2").render(**{**common, "kernels": (k,), "source_name": name})
+    if common["train"] is not None:  # the fused training kernel (symgrad.train)
+        name = f"{spec.name}_train.c"
+        kernel_files[name] = env.get_template("train.c.j2").render(
+            spec=common["train"], version=__version__, source_name=name, header_name=common["header_name"],
+            align=_train.ALIGN)
     files = {
         **kernel_files,
         f"{spec.name}.h": env.get_template("kernels.h.j2").render(**common),
@@ -247,13 +255,24 @@ def render(spec: PackageSpec) -> RenderedPackage:
                 gemm_levels=gemm_levels(spec.dtype))))),
         "_runtime.py": (resources.files("symgrad") / "runtime.py").read_text(),
         "_callplan.py": (resources.files("symgrad") / "callplan.py").read_text(),
+        "_train.py": (resources.files("symgrad") / "train_runtime.py").read_text(),
     }
     flat_name = f"{spec.name}_flat.c"
     files[flat_name] = env.get_template("flat.c.j2").render(**common, **flat, source_name=flat_name)
     files["_flatcall.py"] = (resources.files("symgrad") / "flatcall.py").read_text()
     cdef = env.get_template("cdef.h.j2").render(kernels=spec.kernels, point=common["point"],
-                                                flat_declarations=common["flat_declarations"])
+                                                flat_declarations=common["flat_declarations"],
+                                                train=common["train"])
     return RenderedPackage(spec.name, files, cdef, tuple(kernel_files) + (flat_name,), spec)
+
+
+def train_spec(spec: PackageSpec):
+    """The :class:`symgrad.train.TrainSpec` of a package whose value_and_grad kernel can train
+    (one loss for the batch, a param gradient), else None."""
+    kernel = next((k for k in spec.kernels if k.kind == "value_and_grad"), None)
+    if kernel is None or not _train.trainable(kernel):
+        return None
+    return _train.train_spec(kernel, spec.declared, spec.name)
 
 
 def _model_file(source: str) -> str:
@@ -295,4 +314,6 @@ def finish(rendered: RenderedPackage) -> str:
                       point=has_point_entry(k))
                  for k in spec.kernels],
         loss_reduction=reduction,
+        train=None if (train := train_spec(spec)) is None else _train.runtime_arguments(train),
+        train_unavailable=_train.unavailable(spec.name, spec.has_loss, spec.reduce),
     )

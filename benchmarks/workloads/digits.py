@@ -2,11 +2,14 @@
 
 Two metrics each: value_and_grad over the full data set (1797 images, with a
 forward for the cheap-gradient ratio), and one epoch of batch-32 SGD (fixed
-shuffled order, learning rate 0.5, from the same starting parameters). The
-minibatches are sliced once before timing, into each library's array type,
-so an epoch times the gradients and the updates, not the slicing. The SGD
-check compares the parameters after the epoch (and the last batch's loss)
-with the NumPy reference.
+shuffled order, learning rate 0.5, from the same starting parameters). For
+the peers the minibatches are sliced once before timing, into each library's
+array type, so an epoch times the gradients and the updates, not the
+slicing; symgrad runs the epoch with its fused training kernel,
+``train_epoch(params, data, 32, 0.5, shuffle=SHUFFLE_SEED)``, which makes the
+same order (NumPy's permutation of that seed) and gathers each minibatch in
+C, inside the timing. The SGD check compares the parameters after the epoch
+(and the last batch's loss) with the NumPy reference.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from .base import Workload
 
 LEARNING_RATE = 0.5
 BATCH = 32
+SHUFFLE_SEED = 5  # the epoch's order: np.random.default_rng(SHUFFLE_SEED).permutation(n)
 
 
 def load_digits_data(rows: int | None):
@@ -53,7 +57,7 @@ class DigitsWorkload(Workload):
         super().__init__(cfg, available)
         X, y = load_digits_data(256 if cfg.quick else None)
         self.full = Data(X, y)
-        order = np.random.default_rng(5).permutation(len(y))
+        order = np.random.default_rng(SHUFFLE_SEED).permutation(len(y))
         self.batches = [Data(X[order[i:i + BATCH]], y[order[i:i + BATCH]]) for i in range(0, len(y), BATCH)]
         self.params0 = self.initial_params(np.random.default_rng(6))
 
@@ -104,20 +108,16 @@ class DigitsWorkload(Workload):
         mod = self.symgrad_module(self.symgrad_model())
         args = self.symgrad_args
 
-        def epoch():
-            # The idiomatic symgrad training loop: results written into the previous
-            # step's arrays (out=), parameters updated in place.
-            params = {k: np.array(v, copy=True) for k, v in self.params0.items()}
-            result = None
-            for batch in self.batches:
-                result = mod.value_and_grad(**args(params, batch), out=result)
-                grads = result[1]
-                for k in params:
-                    np.multiply(grads[k], LEARNING_RATE, out=grads[k])
-                    params[k] -= grads[k]
-            return result[0], params
-
         full_args = args(self.params0, self.full)
+        data = {k: v for k, v in full_args.items() if k not in self.params0}
+
+        def epoch():
+            # The fused epoch: the minibatches (shuffled by the same seed), the gradients and the
+            # updates in one C call; the params, fresh copies, updated in place.
+            params = {k: np.array(v, copy=True) for k, v in self.params0.items()}
+            losses, _ = mod.train_epoch(params, data, BATCH, LEARNING_RATE, shuffle=SHUFFLE_SEED)
+            return float(losses[-1]), params
+
         return {"full": Case(lambda: mod.value_and_grad(**full_args), lambda out: out,
                              lambda: mod.forward(**full_args), lambda out: out["loss"]),
                 "sgd": Case(epoch, lambda out: out)}

@@ -17,6 +17,13 @@ int digits_mlp_forward(int64_t n, int64_t batch, const double *restrict p_W1, co
    work: 188704 elements of scratch memory. */
 int digits_mlp_value_and_grad(int64_t n, int64_t batch, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, const double *restrict p_b2, const double *restrict in_x, const double *restrict in_target, double *restrict out_loss, double *restrict grad_W1, double *restrict grad_b1, double *restrict grad_W2, double *restrict grad_b2, double *restrict work);
 
+/* digits_mlp_train: one epoch of minibatch training in C, params updated in place.
+   Returns 0, or the value_and_grad kernel's error code. */
+int64_t digits_mlp_train_work_size(int64_t batch_size, int shuffled);
+int digits_mlp_train(int64_t n, int64_t batch_size, const int64_t *order, int optimizer, const double *hyper,
+    int64_t step, double *const *params, const double *const *inputs, double *const *state,
+    double *losses, int64_t *done, double *work);
+
 /* Flat-vector calls (symgrad.scipy, symgrad.flatcall): theta holds the
    differentiated symbols one after the other, each in C order:
      W1 at [0:8192] (128x64)
@@ -37,7 +44,7 @@ struct digits_mlp_flat_data {
      */
     const double *symbol[6];
     double *partial;  /* batch sums of a slice after the first: 9611 elements */
-    double *unit;     /* a unit vector of theta's length, for the sweeps */
+    double *unit;     /* unit vectors for the sweeps: 9610 elements */
     double *spare;    /* what the dense Jacobian's sweeps keep (see digits_mlp_jacobian_dense) */
     double *work;     /* the kernels' scratch memory: 188705 elements */
 };

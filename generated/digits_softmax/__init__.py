@@ -16,6 +16,10 @@ Functions
         The loss and its gradient with respect to each of: W, b.
     grad(**arrays) -> dict
         The gradients alone.
+    sgd_step(params, lr, **batch) -> loss
+        One SGD step on a minibatch, in C: the params dict's arrays updated in place.
+    train_epoch(params, data, batch_size, lr, optimizer="sgd", ...) -> (losses, state)
+        One epoch of minibatches (sgd, momentum or adam), the loop in C.
 
 Pass every param and input by name: a param as a number (or an array of its
 shape), an input as one example or as a batch with the examples along the
@@ -27,8 +31,9 @@ this call, so that the results of calls on the parts of a batch add up.
 """
 
 from . import _runtime
+from . import _train
 
-__all__ = ["forward", "value_and_grad", "grad"]
+__all__ = ["forward", "value_and_grad", "grad", "sgd_step", "train_epoch"]
 
 MODEL = 'digits_softmax'
 SYMGRAD_VERSION = '0.1.0'
@@ -90,3 +95,46 @@ def value_and_grad(**arrays):
 @_value_and_grad.function("dict_after_loss")
 def grad(**arrays):
     """{name: gradient}: the gradient of the loss with respect to W, b."""
+
+
+_trainer = _train.Trainer(
+    _ffi,
+    _lib.digits_softmax_train,
+    _lib.digits_softmax_train_work_size,
+    dtype=DTYPE,
+    params=[('W', True), ('b', True)],
+    inputs=['x', 'c'],
+    declared=_DECLARED,
+    model=MODEL,
+)
+
+
+def sgd_step(params, lr, /, **batch):
+    """One step of SGD on a minibatch, in C; returns the minibatch's loss (before the step).
+
+    ``params``: a dict of every param, W, b updated
+    in place (NumPy arrays of DTYPE; a scalar param may also be a number, replaced in the dict by
+    its new value). ``batch``: the inputs by name, as value_and_grad takes them. The same as
+    ``loss, g = value_and_grad(**params, **batch)`` and then ``p -= lr * g`` for every trained param,
+    to the bit.
+    """
+    return _trainer.sgd_step(params, lr, batch)
+
+
+def train_epoch(params, data, batch_size, lr, optimizer="sgd", *, shuffle=None, state=None, momentum=0.9,
+                beta1=0.9, beta2=0.999, eps=1e-8):
+    """One epoch of minibatch training, the loop over minibatches in C; returns (losses, state).
+
+    ``params`` as for sgd_step (updated in place); ``data``: {input name: array}, the examples
+    along the first axis. Minibatches of ``batch_size`` examples, in order, or shuffled:
+    ``shuffle=seed`` takes them in the order ``np.random.default_rng(seed).permutation(n)``, and
+    ``shuffle=<numpy Generator>`` in ``generator.permutation(n)`` (a new order every epoch). The
+    last minibatch is smaller when batch_size does not divide n: its loss and gradients are the
+    mean over its own examples. ``optimizer``: "sgd" (p -= lr*g), "momentum" (v = momentum*v + g;
+    p -= lr*v) or "adam" (beta1, beta2, eps; PyTorch's formulas). ``state``: None on the first
+    epoch; then the dict the previous epoch returned, {"optimizer", "step", and the optimizer's
+    arrays}, which the epoch updates in place. ``losses``: the loss of each minibatch, before
+    its update. The params are those of a NumPy loop over value_and_grad, to the bit.
+    """
+    return _trainer.train_epoch(params, data, batch_size, lr, optimizer, shuffle, state, momentum, beta1, beta2,
+                                eps)

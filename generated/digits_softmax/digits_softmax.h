@@ -17,6 +17,13 @@ int digits_softmax_forward(int64_t n, int64_t batch, const double *restrict p_W,
    work: 147744 elements of scratch memory. */
 int digits_softmax_value_and_grad(int64_t n, int64_t batch, const double *restrict p_W, const double *restrict p_b, const double *restrict in_x, const double *restrict in_c, double *restrict out_loss, double *restrict grad_W, double *restrict grad_b, double *restrict work);
 
+/* digits_softmax_train: one epoch of minibatch training in C, params updated in place.
+   Returns 0, or the value_and_grad kernel's error code. */
+int64_t digits_softmax_train_work_size(int64_t batch_size, int shuffled);
+int digits_softmax_train(int64_t n, int64_t batch_size, const int64_t *order, int optimizer, const double *hyper,
+    int64_t step, double *const *params, const double *const *inputs, double *const *state,
+    double *losses, int64_t *done, double *work);
+
 /* Flat-vector calls (symgrad.scipy, symgrad.flatcall): theta holds the
    differentiated symbols one after the other, each in C order:
      W at [0:640] (10x64)

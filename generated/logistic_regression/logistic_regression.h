@@ -25,6 +25,13 @@ int logistic_regression_value_and_grad(int64_t n, int64_t batch, double p_w1, do
 struct logistic_regression_value_and_grad_values { double v[4]; };
 struct logistic_regression_value_and_grad_values logistic_regression_value_and_grad_point(double p_w1, double p_w2, double p_b, double in_x1, double in_x2, double in_y);
 
+/* logistic_regression_train: one epoch of minibatch training in C, params updated in place.
+   Returns 0, or the value_and_grad kernel's error code. */
+int64_t logistic_regression_train_work_size(int64_t batch_size, int shuffled);
+int logistic_regression_train(int64_t n, int64_t batch_size, const int64_t *order, int optimizer, const double *hyper,
+    int64_t step, double *const *params, const double *const *inputs, double *const *state,
+    double *losses, int64_t *done, double *work);
+
 /* Flat-vector calls (symgrad.scipy, symgrad.flatcall): theta holds the
    differentiated symbols one after the other, each in C order:
      w1 at [0:1] (scalar)

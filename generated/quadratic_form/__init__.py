@@ -86,3 +86,13 @@ def value_and_grad(**arrays):
 @_value_and_grad.function("dict_after_loss")
 def grad(**arrays):
     """{name: gradient}: the gradient of the loss with respect to x, A."""
+
+
+def sgd_step(*args, **kwargs):
+    """Not available: the model \'quadratic_form\' has reduce=None (one loss per example); training steps need one loss for the minibatch: declare reduce=\'mean\' or reduce=\'sum\'."""
+    raise _runtime.ArgumentError("the model \'quadratic_form\' has reduce=None (one loss per example); training steps need one loss for the minibatch: declare reduce=\'mean\' or reduce=\'sum\'")
+
+
+def train_epoch(*args, **kwargs):
+    """Not available: the model \'quadratic_form\' has reduce=None (one loss per example); training steps need one loss for the minibatch: declare reduce=\'mean\' or reduce=\'sum\'."""
+    raise _runtime.ArgumentError("the model \'quadratic_form\' has reduce=None (one loss per example); training steps need one loss for the minibatch: declare reduce=\'mean\' or reduce=\'sum\'")

@@ -17,6 +17,13 @@ int xor_forward(int64_t n, int64_t batch, const double *restrict p_W1, const dou
    work: 142368 elements of scratch memory. */
 int xor_value_and_grad(int64_t n, int64_t batch, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, double p_b2, const double *restrict in_x, const double *restrict in_t, double *restrict out_loss, double *restrict grad_W1, double *restrict grad_b1, double *restrict grad_W2, double *restrict grad_b2, double *restrict work);
 
+/* xor_train: one epoch of minibatch training in C, params updated in place.
+   Returns 0, or the value_and_grad kernel's error code. */
+int64_t xor_train_work_size(int64_t batch_size, int shuffled);
+int xor_train(int64_t n, int64_t batch_size, const int64_t *order, int optimizer, const double *hyper,
+    int64_t step, double *const *params, const double *const *inputs, double *const *state,
+    double *losses, int64_t *done, double *work);
+
 /* Flat-vector calls (symgrad.scipy, symgrad.flatcall): theta holds the
    differentiated symbols one after the other, each in C order:
      W1 at [0:4] (2x2)

@@ -59,6 +59,7 @@ def flat_context(spec) -> dict:
         max_chunks=MAX_CHUNKS,
         functions=functions,
         hessian=by_kind.get("hvp"),
+        columns=_columns(next((k for k in spec.kernels if k.kind == "hessian"), None), offset, size),
         jacobian=(dict(jacobian_context(next(k for k in kernels if k.kind == "jacobian"), offset, size),
                        function=by_kind["jacobian"]) if "jacobian" in by_kind else None),
     )
@@ -135,3 +136,31 @@ def jacobian_context(k, offset: dict, theta_size: int) -> dict:
                                 source=f"d->n * {before}" if before else "0", column=offset[r.name]))
         before += r_size
     return dict(mode=mode, rows=row_items, columns=columns, row_total=per_example)
+
+
+def _columns(k, offset: dict, theta_size: int):
+    """The one call of the ``hessian`` kernel (a model without inputs) that ``<model>_hessian_flat``
+    makes: its examples are the unit vectors, held per symbol in ``unit`` (the block of e_j that is
+    the symbol's, for every j), and its results are the rows of the Hessian."""
+    if k is None:
+        return None
+    call, blocks, results = [], [], []
+    for a in k.arguments:
+        size = flatcall.size_of(a.shape)
+        if a.role == "count":
+            call.append(dict(expr="size", text="examples: one unit vector each" if a.name == "n"
+                             else "examples of the whole batch"))
+        elif a.role in ("param", "input") and a.name in offset:
+            call.append(dict(expr=f"theta[{offset[a.name]}]" if a.by_value else f"theta + {offset[a.name]}",
+                             text=comment_text(f"{a.role} {a.name}, from theta")))
+        elif a.role in ("param", "input"):
+            name = flatcall.tangent_of(a.name)
+            blocks.append(dict(offset=offset[name], size=size, base=theta_size * offset[name]))
+            call.append(dict(expr=f"d->unit + {theta_size * offset[name]}",
+                             text=comment_text(f"{a.name}: the block of {name} of each unit vector")))
+        else:
+            results.append(dict(offset=offset[a.name], size=size, base=theta_size * theta_size
+                                + theta_size * offset[a.name]))
+            target = "out" if len(offset) == 1 else f"d->unit + {results[-1]['base']}"
+            call.append(dict(expr=target, text=comment_text(f"row blocks of {a.name}")))
+    return dict(kernel=k.function, call=call, blocks=blocks, results=results, direct=len(offset) == 1)

@@ -151,14 +151,20 @@ class Flat:
         self._keep = []  # every array and cdata the struct points into
         self.struct = self._ffi.new(f"struct {self.prefix}_flat_data *")
         self.struct.n = self.struct.batch = self.n
+        self.arrays = {}  # name -> the array the struct reads the symbol from
         for index, name in enumerate(self.declared):
             if name in values:
                 value = values[name]
-                array = np.ascontiguousarray(value if type(value) is _ndarray else [value], dtype=np.float64)
+                array = np.array(value if type(value) is _ndarray else [value], dtype=np.float64, order="C")  # a copy
+                self.arrays[name] = array
                 self.struct.symbol[index] = self._pointer(array)
         results = [k.outputs for k in self.kernels.values()]
         self.struct.partial = self._pointer(np.zeros(partial_size(results)))
-        self.struct.unit = self._pointer(np.zeros(max(self.size, 1)))
+        self.columns = getattr(module, "_hessian", None)  # the hessian kernel of a model without inputs
+        if self.columns is not None:
+            self.kernels["hessian"] = self.columns
+        unit = 2 * self.size * self.size if self.columns is not None else self.size
+        self.struct.unit = self._pointer(np.zeros(max(unit, 1)))
         self.struct.work = self._pointer(np.zeros(max(k.work_size for k in self.kernels.values()) + 1))
         self._spare = None
 
@@ -399,9 +405,10 @@ class Flat:
         return h
 
     def hessian_function(self):
-        """``H(theta) -> (n, n) array``: one hvp sweep per element of theta, symmetric from one triangle."""
-        kernel = self.kernel("hvp")
-        self._check_order(kernel, "hvp")
+        """``H(theta) -> (n, n) array``: one call of the hessian kernel (a model without inputs) or one
+        hvp sweep per element of theta, symmetric from one triangle."""
+        if self.columns is None:
+            self._check_order(self.kernel("hvp"), "hvp")
         call, (fb, check, size, struct, null) = self.wrapper("hessian"), self._locals()
         empty, fail = np.empty, self.raise_status
 

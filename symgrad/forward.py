@@ -22,7 +22,14 @@ The graphs of the extra kernel kinds:
   tangents the caller sets to unit vectors (forward sweeps, one per element
   of the ``wrt`` symbols), or the gradients of the outputs weighted by
   cotangents set to unit vectors (reverse sweeps, one per element of the
-  outputs and the loss), whichever takes fewer sweeps (:func:`jacobian_graph`).
+  outputs and the loss), whichever takes fewer sweeps (:func:`jacobian_graph`);
+* ``hessian``, for a model without inputs: every column of the Hessian in
+  one call, the unit vectors as the examples of a batch
+  (:func:`hessian_columns_graph`). A model with inputs has its Hessian from
+  ``hvp`` sweeps, one call each.
+
+Without inputs a model's batch axis is free, so its Jacobian sweeps run as
+the examples of one call too.
 """
 
 from __future__ import annotations
@@ -151,6 +158,26 @@ def second_order(gradient_graph: Graph, wrt: Sequence[str]) -> tuple:
     return g, tangent
 
 
+def has_inputs(graph: Graph) -> bool:
+    """Whether any declared symbol of ``graph`` is per example (an input)."""
+    return any(graph.nodes[n].varying for n in graph.symbols.values())
+
+
+def hessian_columns_graph(example_graph: Graph, wrt: Sequence[str]) -> Graph:
+    """For a model without inputs: the hvp graph of one example with the tangents ``v[x]`` per
+    example, so that one kernel call over a "batch" of unit vectors computes every column of the
+    Hessian (group ``"hessian_columns"``). The forward and backward passes, shared by all
+    columns, are computed once per call; only the tangents run per column."""
+    g = example_graph.copy()
+    b = Builder(g)
+    gradients = g.results["gradients"]
+    seeds = {g.symbols[name]: _leaf(b, tangent_name("v", name), g.symbols[name], role="input") for name in wrt}
+    tangent = push_forward(b, seeds, [r.node for r in gradients])
+    g.results["hessian_columns"] = tuple(Result(r.name, tangent.get(r.node) or _zero(b, g.nodes[r.node].shape), True)
+                                         for r in gradients)
+    return g
+
+
 def hessian_graph(gradient_graph: Graph, wrt: Sequence[str], shapes: dict) -> Graph:
     """The hvp graph with v set to each unit vector in turn, folded: the group ``"hessian"``
     holds H[a][b] element by element (``Result`` names ``(a, i, b, j)`` with flat indices),
@@ -211,7 +238,10 @@ def jacobian_graph(graph: Graph, wrt: Sequence[str]) -> Graph:
     b = Builder(g)
     rows = _jacobian_rows(g)
     if jacobian_mode(graph, wrt) == "forward":
-        tangent = push_forward(b, _seed(b, wrt, "tangents"), [r.node for r in rows])
+        # Without inputs the batch axis is free: tangents per example, one call for every sweep.
+        role = None if has_inputs(graph) else "input"
+        seeds = {g.symbols[name]: _leaf(b, tangent_name("tangents", name), g.symbols[name], role=role) for name in wrt}
+        tangent = push_forward(b, seeds, [r.node for r in rows])
         g.results["jacobian"] = tuple(Result(r.name, tangent.get(r.node) or _zero(b, g.nodes[r.node].shape), True)
                                       for r in rows)
         return g

@@ -73,10 +73,14 @@ _KINDS_OF = {"jvp": ("jvp",), "hvp": ("hvp",), "hessian": ("hvp",), "jacobian": 
 
 def kernel_kinds(model: Model) -> tuple:
     """The kernel kinds of ``model``'s package: forward, value_and_grad when it has a loss, and
-    those its ``kernels=`` asks for (``hessian`` calls the ``hvp`` kernel with unit vectors)."""
+    those its ``kernels=`` asks for (``hessian``: its own kernel for a model without inputs,
+    else ``hvp`` sweeps with unit vectors)."""
     kinds = ["forward"] + (["value_and_grad"] if model.loss is not None else [])
     for extra in getattr(model, "kernels", ()):
-        kinds += [k for k in _KINDS_OF[extra] if k not in kinds]
+        needed = _KINDS_OF[extra]
+        if extra == "hessian" and not model.inputs:  # every column in one call
+            needed = ("hessian",)
+        kinds += [k for k in needed if k not in kinds]
     return tuple(kinds)
 
 
@@ -93,6 +97,8 @@ def kernel_graph(model: Model, kind: str) -> Graph:
             graphs[key] = forward.hvp_graph(derived(model, model.reduce), model.wrt)
         elif kind == "jacobian":
             graphs[key] = forward.jacobian_graph(model.graph, model.wrt)
+        elif kind == "hessian":
+            graphs[key] = forward.hessian_columns_graph(derived(model, None), model.wrt)
         else:
             raise ValueError(f"unknown kernel kind {kind!r}")
     return graphs[key]

@@ -33,7 +33,7 @@ from .naming import c_identifiers, node_var
 from .ops import size_of
 from .printer import REAL_TYPES, Operand
 
-KINDS = ("forward", "value_and_grad", "jvp", "hvp", "jacobian")
+KINDS = ("forward", "value_and_grad", "jvp", "hvp", "jacobian", "hessian")
 ALIGN = 8  # elements; buffers start on 64-byte boundaries for doubles
 TILE_BUDGET = 65536  # elements of per-tile scratch to aim for (512 KiB of doubles)
 MAX_TILE = 256
@@ -144,6 +144,8 @@ def kernel_results(graph: Graph, kind: str) -> list:
         return kernel_results(graph, "forward") + list(graph.results["tangents"])
     if kind == "hvp":
         return list(graph.results["hvp"])
+    if kind == "hessian":  # a model without inputs: one column per example of the call
+        return list(graph.results["hessian_columns"])
     if kind == "jacobian":  # columns by forward sweeps, or rows by reverse ones
         return list(graph.results.get("jacobian") or graph.results["jacobian_rows"])
     raise ValueError(f"kernel kind must be one of {KINDS}, got {kind!r}")
@@ -281,7 +283,8 @@ def _arguments(plan: KernelPlan) -> list:
     losses = set(g.results.get("loss", ()))
     tangents = set(g.results.get("tangents", ()))
     # Second-order and Jacobian results: gradients (shaped like their symbol) or tangents of outputs.
-    per_symbol = set(g.results.get("hvp", ())) | set(g.results.get("jacobian_rows", ()))
+    per_symbol = set(g.results.get("hvp", ())) | set(g.results.get("jacobian_rows", ())) \
+        | set(g.results.get("hessian_columns", ()))
     jacobian = set(g.results.get("jacobian", ()))
     plain_ids = c_identifiers([r.name for r in plan.results if r not in gradients | per_symbol | tangents | jacobian])
     tangent_ids = c_identifiers([r.name for r in plan.results if r in tangents | jacobian])

@@ -48,6 +48,7 @@ KERNEL_DOCS = {
     "jvp": "the outputs and the loss with their directional derivatives along the tangents.",
     "hvp": "the Hessian of the reduced loss times v (forward over reverse), reduced like the gradients.",
     "jacobian": "per example, one sweep of the Jacobian of the outputs and the loss (a column or a row).",
+    "hessian": "the Hessian of the loss times each example's v: one column of the Hessian per example.",
 }
 
 

@@ -421,3 +421,66 @@ def test_check_compares_every_extra_kernel_with_central_differences(make, compil
     assert report.ok, report.line()
     assert set(report.extra_errors) == set(KINDS)
     assert "hessian vs central differences of grad" in report.line()
+
+
+# --- a model without inputs: every Hessian column and Jacobian sweep in one call -----------------
+
+
+def _no_inputs_model(name, outputs, kernels=KINDS):
+    x, p = sp.MatrixSymbol("x", 4, 1), sp.Symbol("p")
+    loss = sum(100 * (x[i + 1, 0] - x[i, 0] ** 2) ** 2 + (1 - x[i, 0]) ** 2 for i in range(3)) + p ** 2 * x[0, 0]
+    return sg.Model(name, params=[x, p], loss=loss, outputs=outputs(x, p), kernels=kernels)
+
+
+def _torch_rosen(x, p):
+    return sum(100 * (x[i + 1, 0] - x[i, 0] ** 2) ** 2 + (1 - x[i, 0]) ** 2 for i in range(3)) + p ** 2 * x[0, 0]
+
+
+@pytest.fixture(scope="module")
+def no_inputs(compile_model):
+    """Reverse Jacobian sweeps (3 rows, 5 wrt elements) and forward ones (5 and 5)."""
+    few = _no_inputs_model("dk_rosen_rows", lambda x, p: {"c": sp.Matrix([x[0] * x[1] + p, x[2] ** 2])},
+                           kernels=("jacobian",))
+    many = _no_inputs_model("dk_rosen_cols", lambda x, p: {"c": sp.Matrix([x[0] * x[1] + p, x[2] ** 2, sp.sin(x[3]),
+                                                                            p * x[1]])})
+    return [(model, compile_model(model)) for model in (few, many)]
+
+
+def test_without_inputs_the_hessian_takes_one_call_and_equals_the_hvp_sweeps(no_inputs):
+    from symgrad import runtime
+    from symgrad.pipeline import kernel_kinds
+
+    model, m = no_inputs[1]
+    assert "hessian" in kernel_kinds(model) and "hvp" in kernel_kinds(model)
+    x0, p0 = np.array([[0.3], [-0.8], [1.1], [0.4]]), 0.7
+    loss, grads, H = m.hessian(x=x0, p=p0)
+    sweeps = runtime.hessian_of(m.value_and_grad, m._hvp, m.WRT)(lambda **a: None)
+    _, _, by_sweeps = sweeps(x=x0, p=p0)
+    reference = t_hessian(_torch_rosen, argnums=(0, 1))(torch.tensor(x0), torch.tensor(p0, dtype=torch.float64))
+    for i, a in enumerate(("x", "p")):
+        for j, b in enumerate(("x", "p")):
+            np.testing.assert_allclose(H[a][b], by_sweeps[a][b], rtol=1e-13, atol=1e-12)
+            np.testing.assert_allclose(H[a][b], _np(reference[i][j]), rtol=1e-12, atol=1e-12)
+    assert np.shape(H["x"]["p"]) == (4, 1) and np.shape(H["x"]["x"]) == (4, 1, 4, 1) and type(H["p"]["p"]) is float
+    flat = np.asarray(H["x"]["x"]).reshape(4, 4)
+    np.testing.assert_array_equal(flat, flat.T)
+
+
+@pytest.mark.parametrize("which,mode", [(0, "reverse"), (1, "forward")])
+def test_without_inputs_the_jacobian_takes_one_call_in_either_mode(no_inputs, which, mode):
+    from symgrad.forward import jacobian_mode
+
+    model, m = no_inputs[which]
+    assert jacobian_mode(model.graph, model.wrt) == mode
+    x0, p0 = np.array([[0.3], [-0.8], [1.1], [0.4]]), 0.7
+    J = m.jacobian(x=x0, p=p0)
+
+    def rows(x, p):
+        c = [x[0, 0] * x[1, 0] + p, x[2, 0] ** 2] + ([torch.sin(x[3, 0]), p * x[1, 0]] if which else [])
+        return {"c": torch.stack(c).reshape(-1, 1), "loss": _torch_rosen(x, p)}
+
+    reference = jacrev(rows, argnums=(0, 1))(torch.tensor(x0), torch.tensor(p0, dtype=torch.float64))
+    for row in ("c", "loss"):
+        for j, name in enumerate(("x", "p")):
+            np.testing.assert_allclose(J[row][name], _np(reference[row][j]), rtol=1e-12, atol=1e-12,
+                                       err_msg=f"J[{row}][{name}]")

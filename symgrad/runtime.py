@@ -299,6 +299,50 @@ class Kernel:
                 arrays[key] = value
         return self._call(arrays, "dict")
 
+    def sweeper(self, option: str, names, arrays):
+        """``(run, plan)`` for calls that differ only in the tangent arguments ``option[name]``:
+        ``run(name, value)`` returns the results, in result order, of the call with ``arrays``,
+        ``value`` as the tangent of ``name`` and zero tangents elsewhere. The call's plan is
+        made once, so a Hessian or Jacobian costs one kernel run per sweep and little more.
+        ``value`` must have the symbol's declared shape and the kernel's dtype (a float for a
+        scalar), as the zeros the plan was made with."""
+        arrays = dict(arrays)
+        threads, mean_over = (arrays.pop(name, None) if name is not None else None
+                              for name in (self._threads, self._mean_over))
+        if threads is not None and (type(threads) is not int or threads < 1):
+            raise ArgumentError(f"threads must be a whole number >= 1, got {threads!r}")
+        if self._out is not None and self._out in arrays:
+            raise ArgumentError("out= is not an option of the functions that take tangents")
+        positions = {}
+        for name in names:
+            key = f"{option}[{name}]"
+            if key in self._names:
+                shape = self.declared[key][1]
+                arrays[key] = 0.0 if shape == () else np.zeros(shape, self.dtype)
+                positions[name] = next(k for k, a in enumerate(self.symbols) if a.name == key)
+        plan, values = self._lookup(*self._values(arrays))
+        point = plan.point and mean_over is None
+        if point:
+            for position in plan.point_checks:
+                callplan.check_integers(self.symbols[position], values[position], self.dtype)
+        zeros = {position: values[position] for position in positions.values()}
+        current = list(values)
+
+        def run(name, value):
+            position = positions.get(name)
+            if position is not None:
+                current[position] = value
+            try:
+                if point:
+                    struct = self._point(*current)  # the results are read while the struct is alive
+                    return self._ffi.unpack(struct.v, self._result_count)
+                return self._run(plan, current, None, threads or 1, mean_over)
+            finally:
+                if position is not None:
+                    current[position] = zeros[position]
+
+        return run, plan
+
     def plan(self, arrays: dict) -> callplan.Plan:
         """The :class:`callplan.Plan` a call with these keyword arguments runs (for tests and tools)."""
         arrays = dict(arrays)
@@ -581,11 +625,7 @@ def hessian_of(value_and_grad, hvp: Kernel, wrt):
 
     def hessian(**arrays):
         loss, grads = value_and_grad(**dict(arrays))
-        options = {k: arrays.pop(k) for k in (hvp._threads, hvp._mean_over) if k is not None and k in arrays}
-        zero = {name: None for name in wrt}
-        sample = {f"v[{name}]": (0.0 if hvp.declared[name][1] == () else np.zeros(hvp.declared[name][1]))
-                  for name in wrt if f"v[{name}]" in hvp._names}
-        plan = hvp.plan({**arrays, **sample})
+        run, plan = hvp.sweeper("v", wrt, arrays)
         shapes = {name: tuple(hvp.declared[name][1]) for name in wrt}
         leads = {name: _lead(hvp, plan, position[name]) for name in wrt}
         varying = {name: hvp.declared[name][0] == "input" and plan.batched for name in wrt}
@@ -593,7 +633,7 @@ def hessian_of(value_and_grad, hvp: Kernel, wrt):
         for b in wrt:
             sweeps = []
             for unit in _units(shapes[b], hvp.dtype):
-                values = hvp.call_with("v", wrt, {**zero, b: unit}, {**arrays, **options})
+                values = run(b, unit)
                 sweeps.append({a: np.asarray(values[position[a]], dtype=hvp.dtype).reshape(leads[a] + shapes[a])
                                for a in wrt})
             columns[b] = {a: np.stack([s[a] for s in sweeps], axis=-1).reshape(leads[a] + shapes[a] + shapes[b])
@@ -643,24 +683,24 @@ def jacobian_of(kernel: Kernel, wrt, rows):
     wrt, rows = tuple(wrt), tuple(rows)
     reverse = all(a.kind == "gradient" for a in kernel.outputs)
     position = {name: k for k, name in enumerate(kernel._results)}
+    # A model without inputs takes every sweep as an example of one call.
+    batched = all(role == "param" for name, (role, _) in kernel.declared.items() if "[" not in name) and \
+        all(a.role == "input" for a in kernel.symbols if "[" in a.name)
 
     def jacobian(**arrays):
-        options = {k: arrays.pop(k) for k in (kernel._threads, kernel._mean_over) if k is not None and k in arrays}
         option = "cotangents" if reverse else "tangents"
         over = rows if reverse else wrt
-        shapes = {}
-        for name in over:
-            shapes[name] = tuple(kernel.declared[f"{option}[{name}]"][1])
-        zero = {name: None for name in over}
-        sample = {f"{option}[{name}]": (0.0 if shapes[name] == () else np.zeros(shapes[name])) for name in over}
-        plan = kernel.plan({**arrays, **sample})
+        shapes = {name: tuple(kernel.declared[f"{option}[{name}]"][1]) for name in over}
+        if batched:
+            return _batched_jacobian(kernel, option, over, shapes, arrays, wrt, rows, reverse)
+        run, plan = kernel.sweeper(option, over, arrays)
         result_shapes = {a.name: (tuple(kernel.declared[a.name][1]) if reverse else a.shape) for a in kernel.outputs}
         leads = {a.name: _lead(kernel, plan, k) for k, a in enumerate(kernel.outputs)}
         J = {row: {} for row in rows}
         for name in over:
             sweeps = []
             for unit in _units(shapes[name], kernel.dtype):
-                values = kernel.call_with(option, over, {**zero, name: unit}, {**arrays, **options})
+                values = run(name, unit)
                 sweeps.append({r: np.asarray(values[position[r]], dtype=kernel.dtype).reshape(leads[r] + result_shapes[r])
                                for r in position})
             for r in position:
@@ -677,5 +717,84 @@ def jacobian_of(kernel: Kernel, wrt, rows):
         for attribute in ("__name__", "__qualname__", "__doc__", "__module__"):
             setattr(jacobian, attribute, getattr(stub, attribute))
         return jacobian
+
+    return decorate
+
+
+def _unit_batches(names, shapes, dtype) -> dict:
+    """{name: a batch of tangents}: one example per element of all the ``names`` together, the
+    unit vector of that element (zeros for the other names)."""
+    sizes = {name: int(np.prod(shapes[name], dtype=np.int64)) for name in names}
+    total = sum(sizes.values())
+    batches, start = {}, 0
+    for name in names:
+        flat = np.zeros((total, sizes[name]), dtype)
+        flat[start:start + sizes[name]] = np.eye(sizes[name], dtype=dtype)
+        batches[name] = flat.reshape((total,) + tuple(shapes[name]))
+        start += sizes[name]
+    return batches
+
+
+def _segments(names, shapes) -> dict:
+    """{name: (start, end)}: the examples of a unit batch that belong to each name."""
+    out, start = {}, 0
+    for name in names:
+        size = int(np.prod(shapes[name], dtype=np.int64))
+        out[name] = (start, start + size)
+        start += size
+    return out
+
+
+def _batched_jacobian(kernel, option, over, shapes, arrays, wrt, rows, reverse):
+    """The Jacobian of a model without inputs from one call whose examples are the sweeps."""
+    batches = _unit_batches(over, shapes, kernel.dtype)
+    values = kernel._call({**arrays, **{f"{option}[{name}]": batches[name] for name in over}}, "dict")
+    results = dict(zip(kernel._results, values))
+    declared = {a.name: (tuple(kernel.declared[a.name][1]) if reverse else a.shape) for a in kernel.outputs}
+    J = {row: {} for row in rows}
+    for name, (start, end) in _segments(over, shapes).items():
+        for r, value in results.items():
+            part = np.asarray(value, dtype=kernel.dtype).reshape((-1,) + declared[r])[start:end]
+            if reverse:  # sweep k of row ``name`` holds d row[k] / d r
+                J[name][r] = part.reshape(shapes[name] + declared[r])
+            else:  # sweep k along element k of ``name`` holds d r / d name[k]
+                J[r][name] = np.moveaxis(part, 0, -1).reshape(declared[r] + shapes[name])
+    return {row: {b: (float(J[row][b]) if J[row][b].shape == () else J[row][b]) for b in wrt} for row in rows}
+
+
+def hessian_from_columns(value_and_grad, columns: Kernel, wrt):
+    """A decorator that makes the ``hessian`` function of a model without inputs: ``(loss, grads,
+    H)`` as :func:`hessian_of` gives them, from one call of the ``hessian`` kernel whose examples
+    are the unit vectors (one column each); symmetric from one triangle, mirrored."""
+    wrt = tuple(wrt)
+    shapes = {name: tuple(columns.declared[name][1]) for name in wrt}
+    segments = _segments(wrt, shapes)
+    sizes = {name: end - start for name, (start, end) in segments.items()}
+    total = sum(sizes.values())
+    batches = _unit_batches(wrt, shapes, columns.dtype)
+    names = {name: f"v[{name}]" for name in wrt}
+    lower = np.tril_indices(total, -1)
+
+    def hessian(**arrays):
+        loss, grads = value_and_grad(**dict(arrays))
+        arrays.pop(columns._mean_over, None)  # one example: its mean is itself
+        values = columns._call({**arrays, **{names[name]: batches[name] for name in wrt}}, "dict")
+        flat = np.concatenate([np.asarray(v, dtype=columns.dtype).reshape(total, -1) for v in values], axis=1).T
+        full = flat.copy()  # row i: gradient element i; column j: unit vector j
+        full[lower] = flat.T[lower]  # the lower triangle mirrors the upper one
+        H = {}
+        for a in wrt:
+            ra = segments[a]
+            H[a] = {}
+            for b in wrt:
+                rb = segments[b]
+                block = np.ascontiguousarray(full[ra[0]:ra[1], rb[0]:rb[1]]).reshape(shapes[a] + shapes[b])
+                H[a][b] = float(block) if block.shape == () else block
+        return loss, grads, H
+
+    def decorate(stub):
+        for attribute in ("__name__", "__qualname__", "__doc__", "__module__"):
+            setattr(hessian, attribute, getattr(stub, attribute))
+        return hessian
 
     return decorate

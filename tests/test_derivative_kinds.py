@@ -484,3 +484,23 @@ def test_without_inputs_the_jacobian_takes_one_call_in_either_mode(no_inputs, wh
         for j, name in enumerate(("x", "p")):
             np.testing.assert_allclose(J[row][name], _np(reference[row][j]), rtol=1e-12, atol=1e-12,
                                        err_msg=f"J[{row}][{name}]")
+
+
+@pytest.mark.parametrize("with_input", [True, False], ids=["sweeps", "one_call"])
+def test_symbols_the_kernels_do_not_read_have_zero_blocks(with_input, compile_model):
+    """z is read by nothing and u only linearly: kernels without their tangent arguments still
+    give every block, zero where it is."""
+    w, u, z, x = sp.symbols("w u z x")
+    data = x if with_input else 1
+    model = sg.Model(f"dk_unread_{with_input}", params=[w, u, z], inputs=[x] if with_input else [],
+                     loss=w ** 2 * data + u, outputs={"o": w * data}, kernels=KINDS)
+    m = compile_model(model)
+    arrays = {"w": 0.5, "u": 2.0, "z": 3.0} | ({"x": np.array([1.0, 2.0, 3.0])} if with_input else {})
+    _, _, H = m.hessian(**arrays)
+    expected = 2 * np.mean(arrays["x"]) if with_input else 2.0
+    assert H["w"]["w"] == pytest.approx(expected)
+    assert all(H[a][b] == 0 for a in "wuz" for b in "wuz" if (a, b) != ("w", "w"))
+    J = m.jacobian(**arrays)
+    np.testing.assert_allclose(J["loss"]["u"], np.ones(3) if with_input else 1.0)
+    np.testing.assert_array_equal(J["o"]["z"], np.zeros(3) if with_input else 0.0)
+    np.testing.assert_array_equal(m.hvp(v={"z": 1.0}, **arrays)["w"], 0.0)

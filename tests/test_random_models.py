@@ -1907,6 +1907,51 @@ def test_random_model_gradients_agree(data, compile_model):
               f"{compiled - built:.2f} s, check {time.perf_counter() - compiled:.2f} s, {report}", file=sys.stderr)
 
 
+def _kernel_kind_specs(count=3, most_nodes=40):
+    """The first ``count`` random models (seeded, so always the same) of at most ``most_nodes``
+    graph nodes, one per reduction where the seeds allow."""
+    specs, reductions = [], []
+    for seed in range(400):
+        spec = build_spec(RandomChooser(seed))
+        if spec is None or len(spec.model.graph.nodes) > most_nodes or spec.reduce in reductions[-2:]:
+            continue
+        specs.append(spec)
+        reductions.append(spec.reduce)
+        if len(specs) == count:
+            break
+    return specs
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_random_models_of_every_kernel_kind_agree(index, compile_model):
+    """A few random models built with every extra kernel: jvp and jacobian against central
+    differences of forward, hvp and hessian against central differences of grad (as symgrad
+    check does), and the primal results of jvp and hessian against forward and value_and_grad."""
+    from symgrad.check import CheckReport, _check_extra_kernels
+
+    spec = _kernel_kind_specs()[index]
+    base = spec.model
+    model = sg.Model(f"{base.name}_k", loss=base.loss, params=list(base.params), inputs=list(base.inputs),
+                     outputs=base.outputs, reduce=base.reduce, wrt=list(base.wrt),
+                     kernels=("jacobian", "jvp", "hvp", "hessian"))
+    module = compile_model(model)
+    values = {k: (np.asarray(v, float) if np.ndim(v) else v) for k, v in random_values(spec).items()}
+    loss, grads = module.value_and_grad(**values)
+    if not all(np.all(np.isfinite(np.asarray(v, float))) for v in [loss, *grads.values()]):
+        pytest.skip("the random point is outside the model's domain")
+    outputs, _ = module.jvp({}, **values)
+    forward = module.forward(**values)
+    for name in forward:
+        np.testing.assert_allclose(outputs[name], forward[name], rtol=1e-13, atol=1e-13)
+    hessian_loss, hessian_grads, _ = module.hessian(**values)
+    np.testing.assert_allclose(hessian_loss, loss, rtol=1e-13, atol=1e-13)
+    report = CheckReport(model.name)
+    _check_extra_kernels(model, module, {k: (np.asarray(v, float) if np.ndim(v) else float(v))
+                                         for k, v in values.items()}, np.random.default_rng(spec.seed), report)
+    for kind, error in report.extra_errors.items():
+        assert error <= 1e-5, f"{kind}: relative error {error:.2e} against central differences\n{describe(spec)}"
+
+
 # ======================================================================================
 # Regression tests: failures the random test found, as explicit models
 # ======================================================================================

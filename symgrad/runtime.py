@@ -676,42 +676,46 @@ def hessian_of(value_and_grad, hvp: Kernel, wrt):
 
 def jacobian_of(kernel: Kernel, wrt, rows):
     """A decorator that makes a module's ``jacobian`` function: ``{row: {symbol: array}}`` for every
-    output and "loss" (the rows) and every ``wrt`` symbol, of shape ``(N, *row_shape, *symbol_shape)``
-    per example (no N for one example). The kernel is a forward one (its tangents, one sweep per
-    element of the wrt symbols) or a reverse one (gradients weighted by cotangents, one sweep per
-    element of the rows); the module's build chose the one with fewer sweeps."""
-    wrt, rows = tuple(wrt), tuple(rows)
+    output and "loss" (the rows: ``(name, shape)`` pairs) and every ``wrt`` symbol, of shape
+    ``(N, *row_shape, *symbol_shape)`` per example (no N for one example). The kernel is a forward
+    one (its tangents, one sweep per element of the wrt symbols) or a reverse one (gradients
+    weighted by cotangents, one sweep per element of the rows); the module's build chose the one
+    with fewer sweeps. A model without inputs runs every sweep as an example of one call."""
+    wrt_shapes = {name: tuple(kernel.declared[name][1]) for name in wrt}
+    row_shapes = {name: tuple(shape) for name, shape in rows}
     reverse = all(a.kind == "gradient" for a in kernel.outputs)
+    option = "cotangents" if reverse else "tangents"
+    over, result_shapes = (row_shapes, wrt_shapes) if reverse else (wrt_shapes, row_shapes)
     position = {name: k for k, name in enumerate(kernel._results)}
-    # A model without inputs takes every sweep as an example of one call.
     batched = all(role == "param" for name, (role, _) in kernel.declared.items() if "[" not in name) and \
         all(a.role == "input" for a in kernel.symbols if "[" in a.name)
 
     def jacobian(**arrays):
-        option = "cotangents" if reverse else "tangents"
-        over = rows if reverse else wrt
-        shapes = {name: tuple(kernel.declared[f"{option}[{name}]"][1]) for name in over}
         if batched:
-            return _batched_jacobian(kernel, option, over, shapes, arrays, wrt, rows, reverse)
-        run, plan = kernel.sweeper(option, over, arrays)
-        result_shapes = {a.name: (tuple(kernel.declared[a.name][1]) if reverse else a.shape) for a in kernel.outputs}
-        leads = {a.name: _lead(kernel, plan, k) for k, a in enumerate(kernel.outputs)}
-        J = {row: {} for row in rows}
-        for name in over:
-            sweeps = []
-            for unit in _units(shapes[name], kernel.dtype):
-                values = run(name, unit)
-                sweeps.append({r: np.asarray(values[position[r]], dtype=kernel.dtype).reshape(leads[r] + result_shapes[r])
-                               for r in position})
-            for r in position:
-                lead = leads[r]
-                if reverse:  # row ``name``, column ``r``: stack the sweeps on the row axis
-                    block = np.stack([s[r] for s in sweeps], axis=len(lead)).reshape(lead + shapes[name] + result_shapes[r])
-                    J[name][r] = block
-                else:
-                    block = np.stack([s[r] for s in sweeps], axis=-1).reshape(lead + result_shapes[r] + shapes[name])
-                    J[r][name] = block
-        return {row: {b: (float(J[row][b]) if J[row][b].shape == () else J[row][b]) for b in wrt} for row in rows}
+            J = _batched_jacobian(kernel, option, over, result_shapes, arrays, reverse)
+        else:
+            run, plan = kernel.sweeper(option, over, arrays)
+            leads = {a.name: _lead(kernel, plan, k) for k, a in enumerate(kernel.outputs)}
+            J = {}
+            for name, shape in over.items():
+                sweeps = [run(name, unit) for unit in _units(shape, kernel.dtype)]
+                for r, k in position.items():
+                    lead = leads[r]
+                    parts = [np.asarray(s[k], dtype=kernel.dtype).reshape(lead + result_shapes[r]) for s in sweeps]
+                    if reverse:  # row ``name``, column ``r``: the sweeps on the row axis
+                        J[(name, r)] = np.stack(parts, axis=len(lead)).reshape(lead + shape + result_shapes[r])
+                    else:
+                        J[(r, name)] = np.stack(parts, axis=-1).reshape(lead + result_shapes[r] + shape)
+        out = {}
+        for row in row_shapes:
+            out[row] = {}
+            for b in wrt_shapes:
+                block = J.get((row, b))
+                if block is None:  # a symbol or row the kernel does not read: zero
+                    lead = () if batched else _lead(kernel, plan, 0)
+                    block = np.zeros(lead + row_shapes[row] + wrt_shapes[b], kernel.dtype)
+                out[row][b] = float(block) if block.shape == () else block
+        return out
 
     def decorate(stub):
         for attribute in ("__name__", "__qualname__", "__doc__", "__module__"):
@@ -745,21 +749,23 @@ def _segments(names, shapes) -> dict:
     return out
 
 
-def _batched_jacobian(kernel, option, over, shapes, arrays, wrt, rows, reverse):
-    """The Jacobian of a model without inputs from one call whose examples are the sweeps."""
-    batches = _unit_batches(over, shapes, kernel.dtype)
-    values = kernel._call({**arrays, **{f"{option}[{name}]": batches[name] for name in over}}, "dict")
-    results = dict(zip(kernel._results, values))
-    declared = {a.name: (tuple(kernel.declared[a.name][1]) if reverse else a.shape) for a in kernel.outputs}
-    J = {row: {} for row in rows}
-    for name, (start, end) in _segments(over, shapes).items():
-        for r, value in results.items():
-            part = np.asarray(value, dtype=kernel.dtype).reshape((-1,) + declared[r])[start:end]
+def _batched_jacobian(kernel, option, over, result_shapes, arrays, reverse) -> dict:
+    """{(row, symbol): block} of a model without inputs, from one call whose examples are the
+    sweeps over ``over`` ({name: shape}); a name the kernel does not read has no sweeps."""
+    used = [name for name in over if f"{option}[{name}]" in kernel._names]
+    if not used:
+        return {}
+    batches = _unit_batches(used, over, kernel.dtype)
+    values = kernel._call({**arrays, **{f"{option}[{name}]": batches[name] for name in used}}, "dict")
+    J = {}
+    for name, (start, end) in _segments(used, over).items():
+        for r, value in zip(kernel._results, values):
+            part = np.asarray(value, dtype=kernel.dtype).reshape((-1,) + result_shapes[r])[start:end]
             if reverse:  # sweep k of row ``name`` holds d row[k] / d r
-                J[name][r] = part.reshape(shapes[name] + declared[r])
+                J[(name, r)] = part.reshape(over[name] + result_shapes[r])
             else:  # sweep k along element k of ``name`` holds d r / d name[k]
-                J[r][name] = np.moveaxis(part, 0, -1).reshape(declared[r] + shapes[name])
-    return {row: {b: (float(J[row][b]) if J[row][b].shape == () else J[row][b]) for b in wrt} for row in rows}
+                J[(r, name)] = np.moveaxis(part, 0, -1).reshape(result_shapes[r] + over[name])
+    return J
 
 
 def hessian_from_columns(value_and_grad, columns: Kernel, wrt):
@@ -778,8 +784,13 @@ def hessian_from_columns(value_and_grad, columns: Kernel, wrt):
     def hessian(**arrays):
         loss, grads = value_and_grad(**dict(arrays))
         arrays.pop(columns._mean_over, None)  # one example: its mean is itself
-        values = columns._call({**arrays, **{names[name]: batches[name] for name in wrt}}, "dict")
-        flat = np.concatenate([np.asarray(v, dtype=columns.dtype).reshape(total, -1) for v in values], axis=1).T
+        # The v of a symbol the gradient does not depend on is not read: its columns are zero.
+        given = {names[name]: batches[name] for name in wrt if names[name] in columns._names}
+        if given:
+            values = columns._call({**arrays, **given}, "dict")
+            flat = np.concatenate([np.asarray(v, dtype=columns.dtype).reshape(total, -1) for v in values], axis=1).T
+        else:
+            flat = np.zeros((total, total), columns.dtype)
         full = flat.copy()  # row i: gradient element i; column j: unit vector j
         full[lower] = flat.T[lower]  # the lower triangle mirrors the upper one
         H = {}

@@ -131,6 +131,14 @@ def vector_math_available() -> bool:
 #: to compile as the first.
 DISPATCH_SMALL_SOURCE = 64_000
 DISPATCH_SOURCE_LIMIT = 250_000
+#: GCC's register allocation by regions, its load CSE after reload and the alias walks of
+#: its value numbering grow faster than the size of one function: on the 530 kB kernel of
+#: the M3 chain of depth 256 they took 6 of 9 s. Kernels above DISPATCH_SOURCE_LIMIT (one
+#: version each) are compiled without them: 9.0 s -> 4.8 s there, 59 s -> 25 s on the
+#: 1.4 MB kernel of Rosenbrock n = 1000, with batch times within a few percent (CPU time).
+#: Smaller kernels keep GCC's defaults: their compile time is that of their versions per
+#: CPU level, which the flags do not shorten.
+LARGE_KERNEL_FLAGS = ("-fira-region=one", "-fno-gcse-after-reload", "--param=sccvn-max-alias-queries-per-access=100")
 
 
 def compiler_flags(*, native: bool = False, fast_math: bool = False, source_size: int = 0,
@@ -151,11 +159,22 @@ def compiler_flags(*, native: bool = False, fast_math: bool = False, source_size
         flags.append("-march=native")
     elif source_size <= DISPATCH_SMALL_SOURCE or (vector_math and source_size <= DISPATCH_SOURCE_LIMIT):
         flags.append("-DSG_DISPATCH_KERNELS")
+    if source_size > DISPATCH_SOURCE_LIMIT and _is_gcc():
+        flags += LARGE_KERNEL_FLAGS
     if fast_math:
         flags.append("-ffast-math")
     if os.environ.get("SYMGRAD_SANITIZE") == "1":  # for tests: AddressSanitizer and UBSan, see _compile
         flags += SANITIZE_FLAGS
     return tuple(flags)
+
+
+def _is_gcc() -> bool:
+    """Whether the C compiler is GCC (LARGE_KERNEL_FLAGS are GCC's)."""
+    try:
+        version = compiler_version(compiler_command())
+    except CompilerNotFoundError:
+        return False
+    return "clang" not in version.lower() and ("gcc" in version.lower() or compiler_command().endswith("gcc"))
 
 
 @functools.lru_cache(maxsize=None)

@@ -100,11 +100,12 @@ class Plan:
     its slot in the buffer of numbers), ``"array"`` (an array of this shape
     that the kernel writes as it is) or ``"sum"`` (the kernel writes one row
     per example; the result, of this shape, is their sum: an input given once
-    and repeated over the batch).
+    and repeated over the batch). ``sizes``: elements of each ``"array"`` result
+    (0 for the others), where it goes in the one block a call's results share.
     """
 
     __slots__ = ("branch", "n", "batched", "converters", "point_checks", "point", "outputs", "float_count",
-                 "float_outputs")
+                 "float_outputs", "sizes")
 
     def __init__(self, n, batched, converters, point_checks, point, outputs):
         self.n = n
@@ -115,6 +116,7 @@ class Plan:
         self.outputs = outputs
         self.float_outputs = [(k, slot) for k, (mode, slot) in enumerate(outputs) if mode == "float"]
         self.float_count = len(self.float_outputs)
+        self.sizes = [int(np.prod(shape)) if mode == "array" else 0 for mode, shape in outputs]  # elements
         exact = not converters and all(mode != "sum" for mode, _ in outputs)
         self.branch = "point" if point else "exact" if exact else "general"
 

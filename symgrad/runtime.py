@@ -38,8 +38,10 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import keyword
 import operator
 import threading
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +154,17 @@ def load_extension(package: str, init_file: str, *, model: str, model_file: str,
     return module.ffi, module.lib, key
 
 
+_MISSING = object()  # a symbol not passed to a keyword function
+#: Kernels of at most this many symbols get a function with one keyword parameter per symbol.
+KEYWORD_LIMIT = 16
+
+
+def _parameter_name(name: str) -> bool:
+    """Whether a symbol's name can be a Python parameter that binds a keyword argument of that name."""
+    return (name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("_sg_")
+            and unicodedata.normalize("NFKC", name) == name)
+
+
 def _getter(names):
     """A function of a dict that returns the tuple of its values under ``names``."""
     if len(names) == 1:
@@ -213,23 +226,25 @@ class Kernel:
         first = 0 if form == "dict" else 1  # the loss is not among the gradients
         # {name: results[k]} as a dict display: a third of the time of dict(zip(...)). Names are
         # inserted with repr(), as string literals.
-        named = eval("lambda v: {%s}" % ", ".join(f"{name!r}: v[{k}]" for k, name in enumerate(self._results)
-                                                  if k >= first))
+        display = "{%s}" % ", ".join(f"{name!r}: _sg_v[{k}]" for k, name in enumerate(self._results) if k >= first)
+        returned = f"_sg_v[0], {display}" if form == "loss_and_dict" else display
+        named = eval(f"lambda _sg_v: {display}")
         floats = callplan.FLOAT_TYPES if point is not None else frozenset()
         call = self._call
-
-        def kernel_function(**arrays):
-            if len(arrays) == count:
-                try:
-                    values = take(arrays)
-                except KeyError:
-                    values = ()
-                if floats.issuperset(map(type, values)) and values:
-                    struct = point(*values)  # the results are read while the struct is alive
-                    values = unpack(struct.v, results)
-                    return (values[0], named(values)) if form == "loss_and_dict" else named(values)
-            values = call(arrays, form)
-            return (values[0], named(values)) if form == "loss_and_dict" else named(values)
+        kernel_function = self._keyword_function(form, returned)
+        if kernel_function is None:
+            def kernel_function(**arrays):
+                if len(arrays) == count:
+                    try:
+                        values = take(arrays)
+                    except KeyError:
+                        values = ()
+                    if floats.issuperset(map(type, values)) and values:
+                        struct = point(*values)  # the results are read while the struct is alive
+                        values = unpack(struct.v, results)
+                        return (values[0], named(values)) if form == "loss_and_dict" else named(values)
+                values = call(arrays, form)
+                return (values[0], named(values)) if form == "loss_and_dict" else named(values)
 
         def decorate(stub):
             for attribute in ("__name__", "__qualname__", "__doc__", "__module__"):
@@ -237,6 +252,38 @@ class Kernel:
             return kernel_function
 
         return decorate
+
+    def _keyword_function(self, form: str, returned: str):
+        """The module function as Python code with one keyword parameter per symbol, or None
+        when a symbol's name cannot be a parameter (a keyword, not an identifier, changed by
+        Python's NFKC normalization of identifiers, or beginning with ``_sg_``).
+
+        Python binds the keywords of a call to the parameters itself (comparing each keyword
+        with the parameter names in turn: up to KEYWORD_LIMIT symbols that is quicker than a dict), so a call of numbers
+        costs binding, one type check over all values, the one-example entry point and the
+        dict of results (``returned``, the expression of ``form``'s value in terms of the
+        results ``_sg_v``). Any other call (arrays, integers, options, a missing or unknown
+        name) builds the keyword dict and goes through :meth:`_call`, as a call of the
+        generic function does.
+        """
+        names = [a.name for a in self.symbols]
+        if not 0 < len(names) <= KEYWORD_LIMIT or not all(_parameter_name(name) for name in names):
+            return None
+        values = ", ".join(names) + ","
+        lines = [f"def kernel_function(*, {', '.join(f'{n}=_sg_missing' for n in names)}, **_sg_options):"]
+        if self._point is not None:
+            lines += [f"    if not _sg_options and _sg_floats.issuperset(map(type, ({values}))):",
+                      f"        _sg_v = _sg_unpack(_sg_point({values}).v, {self._result_count})",
+                      f"        return {returned}"]
+        lines += [f"    _sg_arrays = {{_sg_k: _sg_x for _sg_k, _sg_x in zip({tuple(names)!r}, ({values})) "
+                  f"if _sg_x is not _sg_missing}}",
+                  "    _sg_arrays.update(_sg_options)",
+                  f"    _sg_v = _sg_call(_sg_arrays, {form!r})",
+                  f"    return {returned}"]
+        namespace = {"_sg_missing": _MISSING, "_sg_floats": callplan.FLOAT_TYPES, "_sg_unpack": self._ffi.unpack,
+                     "_sg_point": self._point, "_sg_call": self._call}
+        exec("\n".join(lines), namespace)  # names are checked identifiers; no other user text
+        return namespace["kernel_function"]
 
     def tangent_function(self, option: str, wrt, form: str):
         """A decorator like :meth:`function` for the functions that take tangents: ``jvp``
@@ -423,8 +470,11 @@ class Kernel:
             for position, convert in plan.converters:
                 values[position] = convert(values[position])
         dtype = self.dtype
-        floats = np.empty(plan.float_count, dtype) if plan.float_count else None
-        buffers = []  # per result: its slot in ``floats``, or the array the kernel writes it into
+        # Every fresh result lives in one block: the numbers first, then the arrays; the kernel gets
+        # one pointer into it per result (one allocation and one buffer conversion per call).
+        buffers = []  # per result: its offset in ``block``, or the array the kernel writes it into
+        fresh = []  # (result, offset, shape) of the arrays in the block
+        end = plan.float_count
         for k, (mode, shape) in enumerate(plan.outputs):
             if mode == "float":
                 if out is not None:
@@ -435,11 +485,19 @@ class Kernel:
             elif out is not None and out[k] is not None:
                 buffers.append(self._out_array(k, out[k], shape))
             else:
-                buffers.append(np.empty(shape, dtype))
-        self._launch(n, batch, values, floats, buffers, threads)
+                buffers.append(end)
+                fresh.append((k, end, shape))
+                end += plan.sizes[k]
+        block = np.empty(end, dtype) if end or fresh else None
+        if fresh and n > CHUNK:  # slices write into the arrays themselves
+            for k, start, shape in fresh:
+                buffers[k] = block[start:start + plan.sizes[k]].reshape(shape)
+        self._launch(n, batch, values, block, buffers, threads, plan.float_count)
         results = list(buffers)
-        if floats is not None:
-            numbers = floats.tolist()
+        for k, start, shape in fresh:
+            results[k] = block[start:start + plan.sizes[k]].reshape(shape)
+        if plan.float_count:
+            numbers = block[:plan.float_count].tolist()
             for k, slot in plan.float_outputs:
                 results[k] = numbers[slot]
         for k, (mode, shape) in enumerate(plan.outputs):
@@ -450,19 +508,22 @@ class Kernel:
                 results[k] = float(total) if shape == () else target if target is not None else total.reshape(shape)
         return results
 
-    def _launch(self, n, batch, values, floats, buffers, threads) -> None:
+    def _launch(self, n, batch, values, block, buffers, threads, float_count) -> None:
         """Run the kernel on n examples (``batch``: the N of means): ``values`` per symbol (C-ordered
-        arrays with the batch axis first for inputs, or numbers), into ``floats`` and ``buffers``."""
+        arrays with the batch axis first for inputs, or numbers), into ``buffers``: per result an
+        offset into ``block`` (whose first ``float_count`` elements are the numbers), or an array.
+        A batch of several slices gets only the numbers as offsets."""
         fb = self._ffi.from_buffer
         pointer = self._pointer
         slices = chunks(n)
         if len(slices) == 1:
             call = [n, batch] + [fb(pointer, v) if type(v) is _ndarray else v for v in values]
-            base = None if floats is None else fb(pointer, floats, require_writable=True)
+            base = None if block is None else fb(pointer, block, require_writable=True)
             call += [base + b if type(b) is int else fb(pointer, b, require_writable=True) for b in buffers]
             call.append(self._workspace())
             self._check(self._function(*call))  # ``base`` stays referenced while the kernel runs
             return
+        floats = block[:float_count] if float_count else None
         shared = [fb(pointer, v) if type(v) is _ndarray and a.role == "param" else v
                   for a, v in zip(self.symbols, values)]
         reduced = [k for k, (a, b) in enumerate(zip(self.outputs, buffers)) if not a.per_example and type(b) is not int]

@@ -274,3 +274,74 @@ def test_integers_are_converted_only_when_exact(matrix):
         arguments = {**dict(W=np.ones((3, 2)), b=0.0, x=x, t=np.zeros(2)), **call}
         with pytest.raises(ArgumentDtypeError, match="cannot represent exactly"):
             matrix.value_and_grad(**arguments)
+
+
+def _generic_functions(module, monkeypatch):
+    """The module's value_and_grad and forward as the generic function (one keyword dict)
+    builds them, for kernels that got a parameter per symbol."""
+    monkeypatch.setattr(runtime.Kernel, "_keyword_function", lambda self, form, returned: None)
+    stub = lambda **arrays: None  # noqa: E731
+    return module._value_and_grad.function("loss_and_dict")(stub), module._forward.function("dict")(stub)
+
+
+def _outcome(function, arrays):
+    try:
+        return function(**arrays)
+    except Exception as exc:  # the same error, word for word
+        return type(exc), str(exc)
+
+
+@pytest.mark.parametrize("width", [1, 8, runtime.KEYWORD_LIMIT + 1])
+def test_keyword_parameters_and_the_keyword_dict_agree(width, compile_model, rng, monkeypatch):
+    module = compile_model(_wide_model(width))
+    keyword = width <= runtime.KEYWORD_LIMIT  # a function with a parameter per symbol
+    assert ("s0" in module.value_and_grad.__code__.co_varnames) == keyword
+    generic_vag, generic_forward = _generic_functions(module, monkeypatch)
+    point = _point(width, rng)
+    batch = {k: (rng.uniform(-1, 1, 5) if int(k[1:]) % 2 == 0 else v) for k, v in point.items()}
+    calls = [point, {k: np.float64(v) for k, v in point.items()}, {**point, "s0": 1}, {**point, "s0": True},
+             {**point, "s0": 2 ** 60}, {k: np.array(v) for k, v in point.items()}, batch,
+             {**batch, "threads": 2}, {**point, "mean_over": 3}, {**point, "s0": [0.5, 0.25]},
+             {k: v for k, v in point.items() if k != "s0"}, {**point, "unknown": 1.0}, {**point, "s0": "text"}]
+    for arrays in calls:
+        _same_outcome(_outcome(module.value_and_grad, arrays), _outcome(generic_vag, arrays))
+        _same_outcome(_outcome(module.forward, arrays), _outcome(generic_forward, arrays))
+    out = module.value_and_grad(**batch)
+    again = module.value_and_grad(**batch, out=out)
+    _same(again, generic_vag(**batch))
+    assert all(again[1][k] is out[1][k] for k in out[1] if isinstance(out[1][k], np.ndarray))
+    with pytest.raises(TypeError):
+        module.value_and_grad(*point.values())  # by name only, as before
+
+
+def _same_outcome(a, b):
+    if isinstance(a, tuple) and len(a) == 2 and isinstance(a[0], type):
+        assert a == b
+    else:
+        _same(a, b)
+
+
+def test_names_that_cannot_be_parameters_keep_the_keyword_dict(compile_model):
+    names = ["lambda", "x.1", "_sg_v", "ﬁ"]  # a keyword, not an identifier, the reserved prefix, NFKC-changed
+    symbols = sp.symbols(names)
+    model = sg.Model("paths_odd_names", loss=sum((k + 1) * s**2 for k, s in enumerate(symbols)), inputs=symbols,
+                     wrt=symbols)
+    module = compile_model(model)
+    assert "arrays" in module.value_and_grad.__code__.co_varnames
+    values = {name: float(k) for k, name in enumerate(names)}
+    loss, grads = module.value_and_grad(**values)
+    assert loss == sum((k + 1) * k**2 for k in range(4)) and grads == {n: 2.0 * (k + 1) * k for k, n in
+                                                                       enumerate(names)}
+
+
+def test_fresh_results_share_one_block_and_out_arrays_are_kept(matrix, rng):
+    exact = dict(W=rng.normal(size=(3, 2)), b=0.3, x=rng.normal(size=(6, 2, 1)), t=rng.normal(size=6))
+    loss, grads = matrix.value_and_grad(**exact)
+    arrays = [grads[k] for k in ("W", "x", "t")]
+    assert all(a.flags.c_contiguous and a.flags.writeable for a in arrays)
+    assert arrays[0].base is not None and all(a.base is arrays[0].base for a in arrays)  # one allocation
+    out = matrix.value_and_grad(**exact)
+    out[1]["x"] = None  # a result left out of out= is fresh; the others are written in place
+    again = matrix.value_and_grad(**exact, out=out)
+    assert again[1]["W"] is out[1]["W"] and again[1]["t"] is out[1]["t"] and again[1]["x"] is not None
+    _same(again, (loss, grads))

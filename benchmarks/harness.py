@@ -29,7 +29,8 @@ TORCH = "torch (eager)"
 CASADI_SX = "casadi SX"
 CASADI_C = "casadi C (external)"
 SYMPY = "sympy lambdify"
-CONTENDERS = (SYMGRAD, NUMPY, JAX, TORCH, CASADI_SX, CASADI_C, SYMPY)
+HAND_C = "C by hand (cffi)"  # only in the workloads that write one (the flat-vector calls)
+CONTENDERS = (SYMGRAD, NUMPY, JAX, TORCH, CASADI_SX, CASADI_C, SYMPY, HAND_C)
 PEERS = CONTENDERS[1:]
 
 

@@ -59,6 +59,7 @@ def flat_context(spec) -> dict:
         max_chunks=MAX_CHUNKS,
         functions=functions,
         hessian=by_kind.get("hvp"),
+        loss=_loss(by_kind.get("forward")),
         columns=_columns(next((k for k in spec.kernels if k.kind == "hessian"), None), offset, size),
         jacobian=(dict(jacobian_context(next(k for k in kernels if k.kind == "jacobian"), offset, size),
                        function=by_kind["jacobian"]) if "jacobian" in by_kind else None),
@@ -164,3 +165,13 @@ def _columns(k, offset: dict, theta_size: int):
             target = "out" if len(offset) == 1 else f"d->unit + {results[-1]['base']}"
             call.append(dict(expr=target, text=comment_text(f"row blocks of {a.name}")))
     return dict(kernel=k.function, call=call, blocks=blocks, results=results, direct=len(offset) == 1)
+
+
+def _loss(function):
+    """``<model>_loss_flat``: the forward wrapper's loss returned as a number (None without a loss)."""
+    if function is None:
+        return None
+    losses = [o for o in function["outputs"] if o["place"] == "value"]
+    if not losses:
+        return None
+    return dict(forward=function["name"], per_example=losses[0]["per_example"])

@@ -42,6 +42,10 @@ FLAT_KINDS = ("forward", "value_and_grad", "hvp", "jacobian")
 #: The prefixes of the tangent arguments of the derivative kernels (symgrad.forward names them).
 TANGENT_PREFIXES = ("v[", "tangents[", "cotangents[")
 
+#: The error code of <model>_loss_flat for a model with one loss per example and several examples
+#: (SG_ERROR_FLAT_LOSS of flat.c.j2; Python asks for no such loss).
+LOSS_ERROR = 100
+
 _ndarray = np.ndarray
 _FLOAT64 = np.dtype(np.float64)
 
@@ -313,27 +317,29 @@ class Flat:
 
     @staticmethod
     def raise_status(status) -> None:
-        raise runtime.KernelError(f"the kernel failed: {runtime.KERNEL_ERRORS.get(status, f'error code {status}')}")
+        errors = {**runtime.KERNEL_ERRORS, LOSS_ERROR: "one loss per example and several examples: no one value"}
+        raise runtime.KernelError(f"the kernel failed: {errors.get(status, f'error code {status}')}")
 
     def value_function(self):
-        """``f(theta) -> float``: the loss (reduced over the data), from the forward kernel."""
+        """``f(theta) -> float``: the loss (reduced over the data), from the forward kernel through
+        ``<model>_loss_flat``, which returns it as a number."""
         kernel = self.kernel("forward")
         outputs = kernel.outputs
         if not any(r.kind == "loss" for r in outputs):
             raise ArgumentError(f"the model {self.module.MODEL!r} has no loss")
         self._require_scalar_loss(kernel)
-        call, (fb, check, size, struct, null) = self.wrapper("forward"), self._locals()
-        value = self._ffi.new("double[1]")
-        out = self._ffi.new("double[]", max(place_size("forward", outputs, "out", self.n), 1))
+        results = np.zeros(max(place_size("forward", outputs, "out", self.n), 1))
+        self.struct.results = self._pointer(results)
+        call, (fb, check, size, struct, null) = getattr(self._lib, f"{self.prefix}_loss_flat"), self._locals()
         fail = self.raise_status
 
         def f(theta):
             if theta.__class__ is not _ndarray or theta.dtype is not _FLOAT64 or theta.size != size:
                 theta = check(theta)
-            status = call(fb("double *", theta), null, struct, value, out)
-            if status:
-                fail(status)
-            return value[0]
+            value = call(fb("double *", theta), struct)
+            if value != value and struct.status:  # NaN: a kernel error, or the loss's own NaN
+                fail(struct.status)
+            return value
 
         return f
 

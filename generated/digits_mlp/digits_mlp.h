@@ -47,10 +47,14 @@ struct digits_mlp_flat_data {
     double *unit;     /* unit vectors for the sweeps: 9610 elements */
     double *spare;    /* what the dense Jacobian's sweeps keep (see digits_mlp_jacobian_dense) */
     double *work;     /* the kernels' scratch memory: 188705 elements */
+    double *results;  /* the outputs digits_mlp_loss_flat computes beside the loss */
+    int status;           /* the error code of digits_mlp_loss_flat's last call */
 };
 /* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int digits_mlp_forward_flat(const double *theta, const double *tangent, const struct digits_mlp_flat_data *d, double *value, double *out);
 /* value_and_grad with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int digits_mlp_value_and_grad_flat(const double *theta, const double *tangent, const struct digits_mlp_flat_data *d, double *value, double *out);
+/* The loss alone, returned (NaN, with d->status set, if the kernel fails): what fun(theta) calls. */
+double digits_mlp_loss_flat(const double *theta, struct digits_mlp_flat_data *d);
 
 #endif /* SYMGRAD_DIGITS_MLP_H */

@@ -40,13 +40,17 @@ struct digits_softmax_flat_data {
      */
     const double *symbol[4];
     double *partial;  /* batch sums of a slice after the first: 651 elements */
-    double *unit;     /* a unit vector of theta's length, for the sweeps */
+    double *unit;     /* unit vectors for the sweeps: 650 elements */
     double *spare;    /* what the dense Jacobian's sweeps keep (see digits_softmax_jacobian_dense) */
     double *work;     /* the kernels' scratch memory: 147745 elements */
+    double *results;  /* the outputs digits_softmax_loss_flat computes beside the loss */
+    int status;           /* the error code of digits_softmax_loss_flat's last call */
 };
 /* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int digits_softmax_forward_flat(const double *theta, const double *tangent, const struct digits_softmax_flat_data *d, double *value, double *out);
 /* value_and_grad with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int digits_softmax_value_and_grad_flat(const double *theta, const double *tangent, const struct digits_softmax_flat_data *d, double *value, double *out);
+/* The loss alone, returned (NaN, with d->status set, if the kernel fails): what fun(theta) calls. */
+double digits_softmax_loss_flat(const double *theta, struct digits_softmax_flat_data *d);
 
 #endif /* SYMGRAD_DIGITS_SOFTMAX_H */

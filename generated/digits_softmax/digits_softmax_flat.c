@@ -14,6 +14,9 @@
 #include "digits_softmax.h"
 #include "symgrad_runtime.h"
 
+/* The error code of a loss asked of a model with one loss per example and several examples. */
+#define SG_ERROR_FLAT_LOSS 100
+
 /* Examples per slice of a batch of n: the slices of symgrad's runtime.chunks(n). */
 static int64_t flat_slice(int64_t n)
 {
@@ -92,4 +95,12 @@ int digits_softmax_value_and_grad_flat(const double *theta, const double *tangen
         }
     }
     return SG_OK;
+}
+
+/* The loss alone, as the return value: digits_softmax_forward_flat with the outputs into d->results. */
+double digits_softmax_loss_flat(const double *theta, struct digits_softmax_flat_data *d)
+{
+    double value[1];
+    d->status = digits_softmax_forward_flat(theta, 0, d, value, d->results);
+    return d->status == SG_OK ? value[0] : NAN;
 }

@@ -108,7 +108,7 @@ def grad(**arrays):
     """{name: gradient}: the gradient of the loss with respect to A, k, c."""
 
 
-@_runtime.jacobian_of(_jacobian, WRT, ['r', 'loss'])
+@_runtime.jacobian_of(_jacobian, WRT, [('r', ()), ('loss', ())])
 def jacobian(**arrays):
     """{row: {symbol: array}}: the Jacobian of each of r, loss (the loss of
     each example) with respect to each of A, k, c.

@@ -62,6 +62,8 @@ struct exp_decay_flat_data {
     double *unit;     /* unit vectors for the sweeps: 3 elements */
     double *spare;    /* what the dense Jacobian's sweeps keep (see exp_decay_jacobian_dense) */
     double *work;     /* the kernels' scratch memory: 1 elements */
+    double *results;  /* the outputs exp_decay_loss_flat computes beside the loss */
+    int status;           /* the error code of exp_decay_loss_flat's last call */
 };
 /* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int exp_decay_forward_flat(const double *theta, const double *tangent, const struct exp_decay_flat_data *d, double *value, double *out);
@@ -69,6 +71,8 @@ int exp_decay_forward_flat(const double *theta, const double *tangent, const str
 int exp_decay_value_and_grad_flat(const double *theta, const double *tangent, const struct exp_decay_flat_data *d, double *value, double *out);
 /* jacobian with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int exp_decay_jacobian_flat(const double *theta, const double *tangent, const struct exp_decay_flat_data *d, double *value, double *out);
+/* The loss alone, returned (NaN, with d->status set, if the kernel fails): what fun(theta) calls. */
+double exp_decay_loss_flat(const double *theta, struct exp_decay_flat_data *d);
 /* The dense Jacobian of each output and of the loss, one (n * size, 3) row-major matrix after the other. */
 int exp_decay_jacobian_dense(const double *theta, const struct exp_decay_flat_data *d, double *out);
 

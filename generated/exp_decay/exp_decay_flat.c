@@ -14,6 +14,9 @@
 #include "exp_decay.h"
 #include "symgrad_runtime.h"
 
+/* The error code of a loss asked of a model with one loss per example and several examples. */
+#define SG_ERROR_FLAT_LOSS 100
+
 /* Examples per slice of a batch of n: the slices of symgrad's runtime.chunks(n). */
 static int64_t flat_slice(int64_t n)
 {
@@ -130,6 +133,14 @@ int exp_decay_jacobian_flat(const double *theta, const double *tangent, const st
             return status;
     }
     return SG_OK;
+}
+
+/* The loss alone, as the return value: exp_decay_forward_flat with the outputs into d->results. */
+double exp_decay_loss_flat(const double *theta, struct exp_decay_flat_data *d)
+{
+    double value[1];
+    d->status = exp_decay_forward_flat(theta, 0, d, value, d->results);
+    return d->status == SG_OK ? value[0] : NAN;
 }
 
 /* The Jacobians of the rows, each a (n * row size, 3) row-major matrix, one after the other:

@@ -14,6 +14,9 @@
 #include "fan_out.h"
 #include "symgrad_runtime.h"
 
+/* The error code of a loss asked of a model with one loss per example and several examples. */
+#define SG_ERROR_FLAT_LOSS 100
+
 /* Examples per slice of a batch of n: the slices of symgrad's runtime.chunks(n). */
 static int64_t flat_slice(int64_t n)
 {
@@ -77,4 +80,16 @@ int fan_out_value_and_grad_flat(const double *theta, const double *tangent, cons
             return status;
     }
     return SG_OK;
+}
+
+/* The loss alone, as the return value: fan_out_forward_flat with the outputs into d->results. */
+double fan_out_loss_flat(const double *theta, struct fan_out_flat_data *d)
+{
+    double value[1];
+    if (d->n != 1) {  /* one loss per example: no one value */
+        d->status = SG_ERROR_FLAT_LOSS;
+        return NAN;
+    }
+    d->status = fan_out_forward_flat(theta, 0, d, value, d->results);
+    return d->status == SG_OK ? value[0] : NAN;
 }

@@ -15,8 +15,6 @@ Functions
         The loss and its gradient with respect to each of: x.
     grad(**arrays) -> dict
         The gradients alone.
-    hvp(v={name: array}, **arrays) -> dict
-        The Hessian of the loss times v, by forward over reverse.
     hessian(**arrays) -> (loss, dict, dict)
         The loss, its gradients and its Hessian H[a][b].
     sgd_step(params, lr, **batch) -> loss
@@ -36,7 +34,7 @@ this call, so that the results of calls on the parts of a batch add up.
 from . import _runtime
 from . import _train
 
-__all__ = ["forward", "value_and_grad", "grad", "hvp", "hessian", "sgd_step", "train_epoch"]
+__all__ = ["forward", "value_and_grad", "grad", "hessian", "sgd_step", "train_epoch"]
 
 MODEL = 'hs71'
 SYMGRAD_VERSION = '0.1.0'
@@ -71,14 +69,14 @@ _value_and_grad = _runtime.Kernel(
     work_size=16,
     reduce=REDUCE,
 )
-_hvp = _runtime.Kernel(
+_hessian = _runtime.Kernel(
     _ffi,
-    _lib.hs71_hvp,
+    _lib.hs71_hessian,
     None,
     dtype=DTYPE,
-    arguments=[('param', 'x', (4, 1), False, False, '', 'const double *'), ('param', 'v[x]', (4, 1), False, False, '', 'const double *'), ('output', 'x', (4, 1), False, False, 'gradient', 'double *')],
+    arguments=[('param', 'x', (4, 1), False, False, '', 'const double *'), ('input', 'v[x]', (4, 1), True, False, '', 'const double *'), ('output', 'x', (4, 1), True, False, 'gradient', 'double *')],
     declared=_DECLARED,
-    work_size=16,
+    work_size=8192,
     reduce=REDUCE,
 )
 
@@ -109,27 +107,15 @@ def grad(**arrays):
     """{name: gradient}: the gradient of the loss with respect to x."""
 
 
-@_hvp.tangent_function("v", WRT, "dict")
-def hvp(v, **arrays):
-    """{name: (Hessian of the loss) times v}, for every name among x.
-
-    ``v`` maps names among those to vectors of the symbol's shape (a name left out is zero).
-    Forward over reverse: the directional derivative of the gradient along v, in one pass,
-    with the loss averaged over the batch as value_and_grad reduces it; results have the shapes
-    of value_and_grad's gradients.
-    """
-
-
-@_runtime.hessian_of(value_and_grad, _hvp, WRT)
+@_runtime.hessian_from_columns(value_and_grad, _hessian, WRT)
 def hessian(**arrays):
     """(loss, grads, H): value_and_grad's loss and gradients, and the Hessian of the loss.
 
     H[a][b], for a and b among x, has shape shape(a) + shape(b) (JAX's
     nested convention): the derivative of each element of a's gradient with respect to each
-    element of b. A block of an input has a batch axis first: each example's own block (the
-    blocks between two examples are zero). One hvp sweep per element of the symbols, with unit
-    vectors; H[b][a] is the transpose of H[a][b], exactly.
-    """
+    element of b. Every column in one kernel call, the unit vectors as its examples
+    (the forward and backward passes computed once); one triangle, mirrored, so H[b][a] is the
+    transpose of H[a][b], exactly.    """
 
 
 _trainer = _train.Trainer(

@@ -17,10 +17,10 @@ int hs71_forward(int64_t n, int64_t batch, const double *restrict p_x, double *r
    work: 16 elements of scratch memory. */
 int hs71_value_and_grad(int64_t n, int64_t batch, const double *restrict p_x, double *restrict out_loss, double *restrict grad_x, double *restrict work);
 
-/* hvp: the Hessian of the reduced loss times v (forward over reverse), reduced like the gradients. Returns 0, or an error code from symgrad_runtime.h.
+/* hessian: the Hessian of the loss times each example's v: one column of the Hessian per example. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 16 elements of scratch memory. */
-int hs71_hvp(int64_t n, int64_t batch, const double *restrict p_x, const double *restrict p_v_x_, double *restrict d_x, double *restrict work);
+   work: 8192 elements of scratch memory. */
+int hs71_hessian(int64_t n, int64_t batch, const double *restrict p_x, const double *restrict in_v_x_, double *restrict d_x, double *restrict work);
 
 /* hs71_train: one epoch of minibatch training in C, params updated in place.
    Returns 0, or the value_and_grad kernel's error code. */
@@ -41,16 +41,18 @@ struct hs71_flat_data {
      */
     const double *symbol[1];
     double *partial;  /* batch sums of a slice after the first: 5 elements */
-    double *unit;     /* unit vectors for the sweeps: 4 elements */
+    double *unit;     /* unit vectors for the sweeps: 4 elements, or 32 for the Hessian's columns */
     double *spare;    /* what the dense Jacobian's sweeps keep (see hs71_jacobian_dense) */
     double *work;     /* the kernels' scratch memory: 17 elements */
+    double *results;  /* the outputs hs71_loss_flat computes beside the loss */
+    int status;           /* the error code of hs71_loss_flat's last call */
 };
 /* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int hs71_forward_flat(const double *theta, const double *tangent, const struct hs71_flat_data *d, double *value, double *out);
 /* value_and_grad with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int hs71_value_and_grad_flat(const double *theta, const double *tangent, const struct hs71_flat_data *d, double *value, double *out);
-/* hvp with theta (and tangent) as vectors: the loss into value, the other results into out. */
-int hs71_hvp_flat(const double *theta, const double *tangent, const struct hs71_flat_data *d, double *value, double *out);
+/* The loss alone, returned (NaN, with d->status set, if the kernel fails): what fun(theta) calls. */
+double hs71_loss_flat(const double *theta, struct hs71_flat_data *d);
 /* The dense (4, 4) Hessian of the loss, row major. */
 int hs71_hessian_flat(const double *theta, const struct hs71_flat_data *d, double *out);
 

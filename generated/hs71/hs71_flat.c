@@ -14,6 +14,9 @@
 #include "hs71.h"
 #include "symgrad_runtime.h"
 
+/* The error code of a loss asked of a model with one loss per example and several examples. */
+#define SG_ERROR_FLAT_LOSS 100
+
 /* Examples per slice of a batch of n: the slices of symgrad's runtime.chunks(n). */
 static int64_t flat_slice(int64_t n)
 {
@@ -84,46 +87,34 @@ int hs71_value_and_grad_flat(const double *theta, const double *tangent, const s
     return SG_OK;
 }
 
-/* hvp: hs71_hvp with theta and tangent as vectors. */
-int hs71_hvp_flat(const double *theta, const double *tangent, const struct hs71_flat_data *d, double *value, double *out)
+/* The loss alone, as the return value: hs71_forward_flat with the outputs into d->results. */
+double hs71_loss_flat(const double *theta, struct hs71_flat_data *d)
 {
-    (void) value;
-    /* where each result goes */
-    double *const r0 = out;  /* gradient x (4x1) */
-    const int64_t n = d->n, slice = flat_slice(n);
-    for (int64_t start = 0; start < n; start += slice) {
-        const int64_t m = n - start < slice ? n - start : slice;
-        double *const part = start > 0 ? d->partial : 0;  /* a later slice's batch sums */
-        const int status = hs71_hvp(
-            m,  /* examples in this slice */
-            d->batch,  /* examples of the whole batch (the N of means) */
-            theta + 0,  /* param x (4x1), from theta */
-            tangent + 0,  /* param v[x] (4x1), from tangent */
-            part ? part + 0 : r0,  /* gradient x (4x1) */
-            d->work);
-        if (status != SG_OK)
-            return status;
-        if (part) {
-            flat_add(r0, part + 0, 4);
-        }
-    }
-    return SG_OK;
+    double value[1];
+    d->status = hs71_forward_flat(theta, 0, d, value, d->results);
+    return d->status == SG_OK ? value[0] : NAN;
 }
 
-/* The Hessian of the loss, row major: row j is the hvp with the unit vector e_j; H[i][j] for
-   i <= j is taken from sweep j and mirrored (the Python hessian's triangle). */
+/* The Hessian of the loss, row major, in one call of hs71_hessian: its 4 examples are
+   the unit vectors e_j and its results the rows H e_j; H[i][j] for i <= j is taken from row j and
+   mirrored (the Python hessian's triangle). unit holds, per symbol, its block of every e_j, then
+   (for several symbols) the rows' blocks before they are put side by side. */
 int hs71_hessian_flat(const double *theta, const struct hs71_flat_data *d, double *out)
 {
     const int64_t size = 4;
-    for (int64_t j = 0; j < size; ++j)
-        d->unit[j] = 0;
-    for (int64_t j = 0; j < size; ++j) {
-        d->unit[j] = 1;
-        const int status = hs71_hvp_flat(theta, d->unit, d, 0, out + j * size);
-        d->unit[j] = 0;
-        if (status != SG_OK)
-            return status;
-    }
+    for (int64_t k = 0; k < size * size; ++k)
+        d->unit[k] = 0;
+    for (int64_t k = 0; k < 4; ++k)
+        d->unit[0 + (0 + k) * 4 + k] = 1;
+    const int status = hs71_hessian(
+        size,  /* examples: one unit vector each */
+        size,  /* examples of the whole batch */
+        theta + 0,  /* param x, from theta */
+        d->unit + 0,  /* v[x]: the block of x of each unit vector */
+        out,  /* row blocks of x */
+        d->work);
+    if (status != SG_OK)
+        return status;
     for (int64_t i = 0; i < size; ++i)
         for (int64_t j = i + 1; j < size; ++j)
             out[i * size + j] = out[j * size + i];

@@ -138,11 +138,10 @@ def hessian(**arrays):
     nested convention): the derivative of each element of a's gradient with respect to each
     element of b. A block of an input has a batch axis first: each example's own block (the
     blocks between two examples are zero). One hvp sweep per element of the symbols, with unit
-    vectors; H[b][a] is the transpose of H[a][b], exactly.
-    """
+    vectors; H[b][a] is the transpose of H[a][b], exactly.    """
 
 
-@_runtime.jacobian_of(_jacobian, WRT, ['c', 'loss'])
+@_runtime.jacobian_of(_jacobian, WRT, [('c', (2, 1)), ('loss', ())])
 def jacobian(**arrays):
     """{row: {symbol: array}}: the Jacobian of each of c, loss (the loss of
     each example) with respect to each of x.

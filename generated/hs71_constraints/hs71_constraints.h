@@ -50,6 +50,8 @@ struct hs71_constraints_flat_data {
     double *unit;     /* unit vectors for the sweeps: 4 elements */
     double *spare;    /* what the dense Jacobian's sweeps keep (see hs71_constraints_jacobian_dense) */
     double *work;     /* the kernels' scratch memory: 142337 elements */
+    double *results;  /* the outputs hs71_constraints_loss_flat computes beside the loss */
+    int status;           /* the error code of hs71_constraints_loss_flat's last call */
 };
 /* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int hs71_constraints_forward_flat(const double *theta, const double *tangent, const struct hs71_constraints_flat_data *d, double *value, double *out);
@@ -59,6 +61,8 @@ int hs71_constraints_value_and_grad_flat(const double *theta, const double *tang
 int hs71_constraints_jacobian_flat(const double *theta, const double *tangent, const struct hs71_constraints_flat_data *d, double *value, double *out);
 /* hvp with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int hs71_constraints_hvp_flat(const double *theta, const double *tangent, const struct hs71_constraints_flat_data *d, double *value, double *out);
+/* The loss alone, returned (NaN, with d->status set, if the kernel fails): what fun(theta) calls. */
+double hs71_constraints_loss_flat(const double *theta, struct hs71_constraints_flat_data *d);
 /* The dense (4, 4) Hessian of the loss, row major. */
 int hs71_constraints_hessian_flat(const double *theta, const struct hs71_constraints_flat_data *d, double *out);
 /* The dense Jacobian of each output and of the loss, one (n * size, 4) row-major matrix after the other. */

@@ -14,6 +14,9 @@
 #include "hs71_constraints.h"
 #include "symgrad_runtime.h"
 
+/* The error code of a loss asked of a model with one loss per example and several examples. */
+#define SG_ERROR_FLAT_LOSS 100
+
 /* Examples per slice of a batch of n: the slices of symgrad's runtime.chunks(n). */
 static int64_t flat_slice(int64_t n)
 {
@@ -138,6 +141,14 @@ int hs71_constraints_hvp_flat(const double *theta, const double *tangent, const 
         }
     }
     return SG_OK;
+}
+
+/* The loss alone, as the return value: hs71_constraints_forward_flat with the outputs into d->results. */
+double hs71_constraints_loss_flat(const double *theta, struct hs71_constraints_flat_data *d)
+{
+    double value[1];
+    d->status = hs71_constraints_forward_flat(theta, 0, d, value, d->results);
+    return d->status == SG_OK ? value[0] : NAN;
 }
 
 /* The Hessian of the loss, row major: row j is the hvp with the unit vector e_j; H[i][j] for

@@ -37,13 +37,17 @@ struct inverse_square_flat_data {
      */
     const double *symbol[1];
     double *partial;  /* batch sums of a slice after the first: 1 elements */
-    double *unit;     /* a unit vector of theta's length, for the sweeps */
+    double *unit;     /* unit vectors for the sweeps: 1 elements */
     double *spare;    /* what the dense Jacobian's sweeps keep (see inverse_square_jacobian_dense) */
     double *work;     /* the kernels' scratch memory: 1 elements */
+    double *results;  /* the outputs inverse_square_loss_flat computes beside the loss */
+    int status;           /* the error code of inverse_square_loss_flat's last call */
 };
 /* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int inverse_square_forward_flat(const double *theta, const double *tangent, const struct inverse_square_flat_data *d, double *value, double *out);
 /* value_and_grad with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int inverse_square_value_and_grad_flat(const double *theta, const double *tangent, const struct inverse_square_flat_data *d, double *value, double *out);
+/* The loss alone, returned (NaN, with d->status set, if the kernel fails): what fun(theta) calls. */
+double inverse_square_loss_flat(const double *theta, struct inverse_square_flat_data *d);
 
 #endif /* SYMGRAD_INVERSE_SQUARE_H */

@@ -14,6 +14,9 @@
 #include "logistic_regression.h"
 #include "symgrad_runtime.h"
 
+/* The error code of a loss asked of a model with one loss per example and several examples. */
+#define SG_ERROR_FLAT_LOSS 100
+
 /* Examples per slice of a batch of n: the slices of symgrad's runtime.chunks(n). */
 static int64_t flat_slice(int64_t n)
 {
@@ -99,4 +102,12 @@ int logistic_regression_value_and_grad_flat(const double *theta, const double *t
         }
     }
     return SG_OK;
+}
+
+/* The loss alone, as the return value: logistic_regression_forward_flat with the outputs into d->results. */
+double logistic_regression_loss_flat(const double *theta, struct logistic_regression_flat_data *d)
+{
+    double value[1];
+    d->status = logistic_regression_forward_flat(theta, 0, d, value, d->results);
+    return d->status == SG_OK ? value[0] : NAN;
 }

@@ -44,6 +44,8 @@ struct rosenbrock_flat_data {
     double *unit;     /* unit vectors for the sweeps: 100 elements */
     double *spare;    /* what the dense Jacobian's sweeps keep (see rosenbrock_jacobian_dense) */
     double *work;     /* the kernels' scratch memory: 209 elements */
+    double *results;  /* the outputs rosenbrock_loss_flat computes beside the loss */
+    int status;           /* the error code of rosenbrock_loss_flat's last call */
 };
 /* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int rosenbrock_forward_flat(const double *theta, const double *tangent, const struct rosenbrock_flat_data *d, double *value, double *out);
@@ -51,6 +53,8 @@ int rosenbrock_forward_flat(const double *theta, const double *tangent, const st
 int rosenbrock_value_and_grad_flat(const double *theta, const double *tangent, const struct rosenbrock_flat_data *d, double *value, double *out);
 /* hvp with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int rosenbrock_hvp_flat(const double *theta, const double *tangent, const struct rosenbrock_flat_data *d, double *value, double *out);
+/* The loss alone, returned (NaN, with d->status set, if the kernel fails): what fun(theta) calls. */
+double rosenbrock_loss_flat(const double *theta, struct rosenbrock_flat_data *d);
 /* The dense (100, 100) Hessian of the loss, row major. */
 int rosenbrock_hessian_flat(const double *theta, const struct rosenbrock_flat_data *d, double *out);
 

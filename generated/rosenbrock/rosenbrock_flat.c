@@ -14,6 +14,9 @@
 #include "rosenbrock.h"
 #include "symgrad_runtime.h"
 
+/* The error code of a loss asked of a model with one loss per example and several examples. */
+#define SG_ERROR_FLAT_LOSS 100
+
 /* Examples per slice of a batch of n: the slices of symgrad's runtime.chunks(n). */
 static int64_t flat_slice(int64_t n)
 {
@@ -108,6 +111,14 @@ int rosenbrock_hvp_flat(const double *theta, const double *tangent, const struct
         }
     }
     return SG_OK;
+}
+
+/* The loss alone, as the return value: rosenbrock_forward_flat with the outputs into d->results. */
+double rosenbrock_loss_flat(const double *theta, struct rosenbrock_flat_data *d)
+{
+    double value[1];
+    d->status = rosenbrock_forward_flat(theta, 0, d, value, d->results);
+    return d->status == SG_OK ? value[0] : NAN;
 }
 
 /* The Hessian of the loss, row major: row j is the hvp with the unit vector e_j; H[i][j] for

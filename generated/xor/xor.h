@@ -44,13 +44,17 @@ struct xor_flat_data {
      */
     const double *symbol[6];
     double *partial;  /* batch sums of a slice after the first: 10 elements */
-    double *unit;     /* a unit vector of theta's length, for the sweeps */
+    double *unit;     /* unit vectors for the sweeps: 9 elements */
     double *spare;    /* what the dense Jacobian's sweeps keep (see xor_jacobian_dense) */
     double *work;     /* the kernels' scratch memory: 142369 elements */
+    double *results;  /* the outputs xor_loss_flat computes beside the loss */
+    int status;           /* the error code of xor_loss_flat's last call */
 };
 /* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int xor_forward_flat(const double *theta, const double *tangent, const struct xor_flat_data *d, double *value, double *out);
 /* value_and_grad with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int xor_value_and_grad_flat(const double *theta, const double *tangent, const struct xor_flat_data *d, double *value, double *out);
+/* The loss alone, returned (NaN, with d->status set, if the kernel fails): what fun(theta) calls. */
+double xor_loss_flat(const double *theta, struct xor_flat_data *d);
 
 #endif /* SYMGRAD_XOR_H */

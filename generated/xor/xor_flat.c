@@ -14,6 +14,9 @@
 #include "xor.h"
 #include "symgrad_runtime.h"
 
+/* The error code of a loss asked of a model with one loss per example and several examples. */
+#define SG_ERROR_FLAT_LOSS 100
+
 /* Examples per slice of a batch of n: the slices of symgrad's runtime.chunks(n). */
 static int64_t flat_slice(int64_t n)
 {
@@ -102,4 +105,12 @@ int xor_value_and_grad_flat(const double *theta, const double *tangent, const st
         }
     }
     return SG_OK;
+}
+
+/* The loss alone, as the return value: xor_forward_flat with the outputs into d->results. */
+double xor_loss_flat(const double *theta, struct xor_flat_data *d)
+{
+    double value[1];
+    d->status = xor_forward_flat(theta, 0, d, value, d->results);
+    return d->status == SG_OK ? value[0] : NAN;
 }

@@ -152,6 +152,11 @@ def example_inputs(generated) -> dict:
         else:
             numbers = [((29 * k + 37 * i) % 61 + 2) / 64 for i in range(count)]
         values[name] = np.array(numbers, dtype=spec.dtype).reshape(full)
+    for a in (a for kernel in spec.kernels for a in kernel.arguments):  # tangents of derivative kernels (v[x])
+        if a.role in ("param", "input") and a.name not in values:
+            full = a.shape if a.role == "param" else (EXAMPLE_BATCH,) + tuple(a.shape)
+            count = int(np.prod(full, dtype=np.int64))
+            values[a.name] = np.array([((13 * i) % 61 + 2) / 64 for i in range(count)], dtype=spec.dtype).reshape(full)
     return values
 
 
@@ -217,7 +222,10 @@ def _describe(a, spec) -> str:
         if not a.shape:
             return f"input {name}: one number per example, n values"
         return f"input {name} ({_shape_text(a.shape)}): {size} values per example, n*{size} values"
-    what = {"loss": "the loss", "gradient": f"d loss / d {name}", "output": f"output {name}"}[a.kind]
+    what = {"loss": "the loss", "gradient": f"d loss / d {name}", "output": f"output {name}",
+            "tangent": f"tangent of {name}"}[a.kind]
+    if a.kind == "gradient" and a.c_name.startswith("d_"):  # the hvp, hessian and reverse Jacobian kernels
+        what = f"derivative along the tangents, for {name}"
     shape = f" ({_shape_text(a.shape)})" if a.shape else ""
     if a.per_example:
         count = "n values" if size == 1 else f"{size} values per example, n*{size} values"

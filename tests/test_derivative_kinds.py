@@ -504,3 +504,15 @@ def test_symbols_the_kernels_do_not_read_have_zero_blocks(with_input, compile_mo
     np.testing.assert_allclose(J["loss"]["u"], np.ones(3) if with_input else 1.0)
     np.testing.assert_array_equal(J["o"]["z"], np.zeros(3) if with_input else 0.0)
     np.testing.assert_array_equal(m.hvp(v={"z": 1.0}, **arrays)["w"], 0.0)
+
+
+def test_export_describes_the_extra_kernels(tmp_path):
+    """symgrad export writes the extra kernels' C library; its header says what each result is."""
+    from symgrad.export import export_c
+
+    result = export_c(_fit_case().model, tmp_path)
+    header = (tmp_path / "dk_fit" / "dk_fit.h").read_text()
+    for kind in ("jvp", "hvp", "jacobian"):
+        assert f"dk_fit_{kind}(" in header
+    assert "tangent of r" in header and "derivative along the tangents, for k" in header
+    assert result is not None

@@ -82,13 +82,20 @@ class Trainer:
         self.declared = dict(declared)
         # (name, trained, declared shape) in the order of the C function's params array
         self.params = [(name, trained, tuple(self.declared[name][1])) for name, trained in params]
+        # the shapes a trained param's array may have: its own, a vector's 1-D form; () or (1,) for a scalar
+        self._shapes = [((), (1,)) if shape == () else
+                        (shape, callplan.Argument("param", name, shape, False, False, "", "").flat)
+                        for name, _, shape in self.params]
         self.trained = [name for name, trained, _ in self.params if trained]
         self.inputs = [callplan.Argument("input", name, self.declared[name][1], True, False, "", "")
                        for name in inputs]
         self._real = "float" if self.dtype == np.float32 else "double"
         self._pointer = self._real + " *"
+        self._pointer_array = self._real + " *[]"
         self._local = threading.local()
         self._arguments = {}  # input name -> callplan.Argument, made on first use
+        # the per-example shapes of an input given as a batch: declared, or a vector's 1-D form
+        self._batch_tails = [(a.shape, a.flat) for a in self.inputs]
 
     # --- the functions of a generated module --------------------------------------------
 
@@ -97,7 +104,6 @@ class Trainer:
         lr = _number("lr", lr)
         inputs, n = self._data(batch, "batch")
         buffers, numbers_back = self._params(params)
-        self._check_disjoint([b for b, (_, trained, _) in zip(buffers, self.params) if trained])
         losses, done, status = self._run(n, n, None, 0, (lr, 0.0, 0.0, 0.0, 0.0), 0, buffers, inputs, [])
         self._finish(params, buffers, numbers_back, status)
         return float(losses[0])
@@ -121,7 +127,6 @@ class Trainer:
         buffers, numbers_back = self._params(params)
         state = self._state(state, optimizer, buffers)
         slots = [state[slot][name] for slot in STATE_SLOTS[optimizer] for name in self.trained]
-        self._check_disjoint([b for b, (_, trained, _) in zip(buffers, self.params) if trained] + slots)
         losses, done, status = self._run(n, int(batch_size), order, OPTIMIZERS.index(optimizer), hyper,
                                          state["step"], buffers, inputs, slots)
         state["step"] += done
@@ -135,17 +140,40 @@ class Trainer:
         ffi, fb, pointer = self._ffi, self._ffi.from_buffer, self._pointer
         batch_size = min(batch_size, n)  # the scratch memory is laid out for it
         steps = -(-n // batch_size)
+        local = self._local
+        if getattr(local, "hyper", None) is None:  # per thread: the small arrays every call passes
+            local.hyper, local.done = ffi.new("double[5]"), ffi.new("int64_t *")
+        hyper_c, done = local.hyper, local.done
+        hyper_c[0:5] = hyper
         losses = np.empty(steps, self.dtype)
-        done = ffi.new("int64_t *")
-        keep = [fb(pointer, b, require_writable=trained) for b, (_, trained, _) in zip(buffers, self.params)]
+        keep = self._param_pointers(buffers)
         keep_inputs = [fb(pointer, x) for x in inputs]
         keep_state = [fb(pointer, s, require_writable=True) for s in slots]
+        if slots:
+            written = [(c, b.nbytes) for c, b, (_, trained, _) in zip(keep[1], buffers, self.params) if trained]
+            self._check_disjoint(written + [(c, s.nbytes) for c, s in zip(keep_state, slots)])
         status = self._function(
-            n, batch_size, ffi.NULL if order is None else fb("int64_t *", order), optimizer,
-            ffi.new("double[5]", hyper), step, ffi.new(f"{self._real} *[]", keep),
-            ffi.new(f"{self._real} *[]", keep_inputs), ffi.new(f"{self._real} *[]", keep_state or 1),
+            n, batch_size, ffi.NULL if order is None else fb("int64_t *", order), optimizer, hyper_c, step,
+            keep[0], ffi.new(self._pointer_array, keep_inputs), ffi.new(self._pointer_array, keep_state or 1),
             fb(pointer, losses, require_writable=True), done, self._workspace(batch_size, order is not None))
         return losses, int(done[0]), status
+
+    def _param_pointers(self, buffers):
+        """(the C array of the params' pointers, their pointers): made again only when the arrays are not
+        those of the thread's previous call (a training loop passes the same ones), and then checked for
+        trained params that share memory."""
+        local = self._local
+        last = getattr(local, "params", None)
+        if last is not None and len(last[0]) == len(buffers) and all(a is b for a, b in zip(last[0], buffers)):
+            return last[1]
+        fb, pointer = self._ffi.from_buffer, self._pointer
+        keep = [fb(pointer, b, require_writable=trained) for b, (_, trained, _) in zip(buffers, self.params)]
+        written = [(c, b.nbytes) for c, b, (_, trained, _) in zip(keep, buffers, self.params) if trained]
+        if len(written) > 1:
+            self._check_disjoint(written)
+        made = (self._ffi.new(self._pointer_array, keep), keep)
+        local.params = (list(buffers), made)
+        return made
 
     def _finish(self, params, buffers, numbers_back, status) -> None:
         """Write the new values of params given as numbers back into the dict; raise a kernel error."""
@@ -158,8 +186,11 @@ class Trainer:
 
     def _workspace(self, batch_size, shuffled):
         """Scratch memory for this thread, kept and grown as minibatches need."""
-        size = max(int(self._work_size(batch_size, 1 if shuffled else 0)), 1)
         local = self._local
+        if getattr(local, "for_batch", None) == (batch_size, shuffled):
+            return local.work
+        size = max(int(self._work_size(batch_size, 1 if shuffled else 0)), 1)
+        local.for_batch = (batch_size, shuffled)
         if getattr(local, "size", 0) < size:
             local.array = np.empty(size, self.dtype)
             local.size = size
@@ -188,6 +219,10 @@ class Trainer:
         for position, (name, trained, shape) in enumerate(self.params):
             value = params[name]
             if trained:
+                if (type(value) is _ndarray and value.dtype == self.dtype and value.shape in self._shapes[position]
+                        and value.flags.num & callplan.WRITABLE == callplan.WRITABLE):
+                    buffers.append(value)  # as the kernel updates it: nothing to check further
+                    continue
                 buffers.append(self._trained(name, value, shape))
                 if buffers[-1] is not value:  # a number: its new value goes back into the dict
                     numbers_back.append((name, position))
@@ -223,6 +258,16 @@ class Trainer:
 
     def _data(self, data, what):
         """(one C-ordered array per input of the C function, n examples each; n)."""
+        if len(data) == len(self.inputs):  # every input a batch, as the kernel reads it: taken as it is
+            try:
+                values = [data[a.name] for a in self.inputs]
+            except KeyError:
+                values = ()
+            n = values[0].shape[0] if values and type(values[0]) is _ndarray and values[0].ndim else 0
+            if n and all(type(v) is _ndarray and v.dtype == self.dtype and v.shape[:1] == (n,)
+                         and v.shape[1:] in tails and v.flags.num & callplan.READABLE == callplan.READABLE
+                         for v, tails in zip(values, self._batch_tails)):
+                return values, n
         for name in data:
             role = self.declared.get(name, (None,))[0]
             if role != "input":
@@ -302,10 +347,11 @@ class Trainer:
                                         f"array of {b.size} elements (the shape of param {name!r}); got {got}")
         return state
 
-    @staticmethod
-    def _check_disjoint(arrays) -> None:
-        """Refuse trained params and state arrays that share memory: each is updated on its own."""
-        spans = sorted((a.__array_interface__["data"][0], a.nbytes) for a in arrays)
+    def _check_disjoint(self, arrays) -> None:
+        """Refuse trained params and state arrays that share memory: each is updated on its own.
+        ``arrays``: (pointer, bytes) of each."""
+        cast = self._ffi.cast
+        spans = sorted((int(cast("uintptr_t", c)), size) for c, size in arrays)
         for (start, size), (next_start, _) in zip(spans, spans[1:]):
             if start + size > next_start:
                 raise ArgumentError("params and the optimizer state must be separate arrays: two of them share "

@@ -162,8 +162,9 @@ def compile(model: Model, out_dir="generated", *, dtype: str = "float64", native
             fast_math: bool = False, flags=None, force: bool = False):
     """Build ``model`` (or reuse the cached build) and import its generated module.
 
-    The module offers ``forward``, ``value_and_grad`` and ``grad``; see its
-    docstring. ``dtype="float32"`` makes single-precision kernels;
+    The module offers ``forward``, ``value_and_grad`` and ``grad``, and the
+    ``jacobian``, ``jvp``, ``hvp`` and ``hessian`` functions the model's
+    ``kernels=`` asks for; see its docstring. ``dtype="float32"`` makes single-precision kernels;
     ``native=True`` compiles for this machine's CPU; ``fast_math=True``
     relaxes IEEE semantics (see :func:`symgrad.build.compiler_flags`).
     """

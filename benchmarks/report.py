@@ -145,14 +145,16 @@ def _metric_table(m: dict) -> list:
 def _codegen_table(rows: list) -> list:
     header = ["model", "size", "tool", "derive (s)", "generate (s)", "compile (s)", "total (s)", "C source",
               "lines", "status", "building the expression (s, not in total)"]
+    families = {"m2": ("M2 Rosenbrock", "n", "M2"), "m3": ("M3 chain", "depth", "M3"),
+                "m5": ("digits softmax example", "classes", "M5 digits")}
     out = []
     for r in rows:
-        var = "n" if r["family"] == "m2" else "depth"
-        model = "M2 Rosenbrock" if r["family"] == "m2" else "M3 chain"
+        model, var, _ = families[r["family"]]
         if r["status"] == "ok":
+            runtime = {"compiled": " (runtime helpers compiled in this build)"}.get(r.get("runtime"), "")
             out.append([model, f"{var} = {r['size']}", r["tool"], _fmt(r["derive"]), _fmt(r["generate"]),
                         _fmt(r["compile"]), _fmt(r["total"]), f"{r['source_bytes'] / 1e3:,.1f} kB",
-                        f"{r['source_lines']:,}", "ok", _fmt(r.get("expression"))])
+                        f"{r['source_lines']:,}", "ok" + runtime, _fmt(r.get("expression"))])
         else:
             out.append([model, f"{var} = {r['size']}", r["tool"], "", "", "", "", "", "",
                         f"{r['status']}: {r.get('note', '')}", ""])
@@ -162,7 +164,7 @@ def _codegen_table(rows: list) -> list:
         lines += ["", "symgrad's own stage times (s):", ""]
         names = list(stages[0]["stages"])
         lines += _table(["model", "size", *names],
-                        [[("M2" if r["family"] == "m2" else "M3"), r["size"],
+                        [[families[r["family"]][2], r["size"],
                           *(_fmt(r["stages"].get(n)) for n in names)] for r in stages])
     return lines
 

@@ -92,8 +92,8 @@ def parse_m7_sizes(text: str, parser) -> dict:
             continue
         family, _, values = part.partition("=")
         family = family.strip().lower()
-        if family not in ("m2", "m3") or not values.strip():
-            parser.error(f"--m7-sizes: expected e.g. 'm2=10,100;m3=256', got {part!r}")
+        if family not in ("m2", "m3", "m5") or not values.strip():
+            parser.error(f"--m7-sizes: expected e.g. 'm2=10,100;m3=256;m5=10', got {part!r}")
         sizes[family] = tuple(int(v) for v in values.split(","))
     return sizes
 

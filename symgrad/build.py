@@ -63,9 +63,10 @@ WIDE_WRAPPER_FLAGS = ("-O0", "-DNDEBUG")
 WIDE_WRAPPER_CDEF = 20_000  # characters of cffi declarations
 MANIFEST = ".symgrad-build.json"
 #: The runtime object (the helpers of symgrad_runtime.c, see render.split_runtime) is
-#: compiled with the kernels' flags minus these (they change nothing in it), so one
-#: object serves every model built with the same flags, and with these: each helper
-#: in its own section, so the link drops the ones a model does not call.
+#: compiled with the kernels' flags minus these and LARGE_KERNEL_FLAGS (they change
+#: nothing in it but the time GCC takes on huge kernels), so one object serves every
+#: model built with the same flags, and with RUNTIME_FLAGS: each helper in its own
+#: section, so the link drops the ones a model does not call.
 RUNTIME_UNUSED_FLAGS = ("-DSG_DISPATCH_KERNELS",)
 RUNTIME_FLAGS = ("-ffunction-sections", "-fdata-sections")
 #: Added by SYMGRAD_SANITIZE=1. Such a build loads only into a Python that has the
@@ -217,7 +218,7 @@ def cache_dir() -> Path:
 
 def runtime_flags(flags) -> tuple:
     """The flags the runtime object of a kernel build with ``flags`` is compiled with."""
-    return tuple(f for f in flags if f not in RUNTIME_UNUSED_FLAGS) + RUNTIME_FLAGS
+    return tuple(f for f in flags if f not in RUNTIME_UNUSED_FLAGS and f not in LARGE_KERNEL_FLAGS) + RUNTIME_FLAGS
 
 
 def runtime_key(source: str, flags) -> str:
@@ -231,34 +232,49 @@ def runtime_key(source: str, flags) -> str:
     return h.hexdigest()
 
 
-def cached_runtime(key: str) -> Path | None:
-    """The cached runtime object of ``key`` if it is there and intact (its SHA-256 recorded beside it)."""
+def cached_runtime(key: str, into: Path) -> Path | None:
+    """A copy in ``into`` of the cached runtime object of ``key``, if the cache has it intact (its
+    SHA-256 recorded beside it), else None. The copy is what gets linked, so that a concurrent
+    build replacing or evicting the cached object cannot touch this one."""
     folder = cache_dir() / "runtime"
     obj, digest = folder / f"{key[:32]}.o", folder / f"{key[:32]}.sha256"
+    copy = into / f"{RUNTIME_SOURCE[:-2]}-cached.o"
     try:
-        if digest.read_text().strip() == _sha256(obj):
-            return obj
+        expected = digest.read_text().strip()
+        shutil.copyfile(obj, copy)
+        if _sha256(copy) == expected:
+            return copy
     except OSError:
         pass
     return None
 
 
+#: Runtime objects the cache keeps (one per runtime source, flags and compiler); the least
+#: recently compiled ones beyond it are removed when a new one is added.
+RUNTIME_CACHE_SIZE = 16
+
+
 def publish_runtime(key: str, built: Path) -> None:
     """Put a freshly compiled runtime object into the cache: the object, then its digest, each
     written to a temporary name and renamed, under a lock; a cache that cannot be written is
-    skipped (the next build compiles the object again)."""
+    skipped (the next build compiles the object again). Keeps RUNTIME_CACHE_SIZE objects."""
     folder = cache_dir() / "runtime"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with _locked(folder / ".lock"):
-            if cached_runtime(key) is not None:
-                return
-            tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             obj, digest = folder / f"{key[:32]}.o", folder / f"{key[:32]}.sha256"
+            with contextlib.suppress(OSError):
+                if digest.read_text().strip() == _sha256(obj):  # another build published it first
+                    return
+            tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             shutil.copyfile(built, obj.with_name(obj.name + tag))
             os.replace(obj.with_name(obj.name + tag), obj)
             digest.with_name(digest.name + tag).write_text(_sha256(obj) + "\n")
             os.replace(digest.with_name(digest.name + tag), digest)
+            kept = sorted(folder.glob("*.o"), key=lambda p: p.stat().st_mtime, reverse=True)
+            for old in kept[RUNTIME_CACHE_SIZE:]:  # builds link a copy (cached_runtime): safe to remove
+                old.with_suffix(".sha256").unlink(missing_ok=True)
+                old.unlink(missing_ok=True)
     except OSError:
         pass
 
@@ -440,7 +456,7 @@ def _compile(rendered: RenderedPackage, staging: Path, extension: str, flags) ->
     runtime = None
     if RUNTIME_SOURCE in rendered.files:  # the helpers: from the cache, else compiled with the kernels
         runtime = runtime_key(rendered.files[RUNTIME_SOURCE], flags)
-        cached = cached_runtime(runtime)
+        cached = cached_runtime(runtime, staging)
         if cached is None:
             units.append((staging / RUNTIME_SOURCE, runtime_flags(flags)))
             objects.append(staging / RUNTIME_SOURCE.replace(".c", ".o"))
@@ -467,7 +483,7 @@ def _compile(rendered: RenderedPackage, staging: Path, extension: str, flags) ->
         _compile_failure(rendered, staging, [(command, done.stdout + done.stderr)])
     origin = None
     if runtime is not None:
-        origin = "compiled" if objects[-1].parent == staging else "cached"
+        origin = "cached" if objects[-1].name.endswith("-cached.o") else "compiled"
         if origin == "compiled":
             publish_runtime(runtime, objects[-1])
     return target, origin

@@ -9,6 +9,7 @@ links statically into each extension.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -118,3 +119,18 @@ def test_a_cache_that_cannot_be_written_only_costs_time(tmp_path, monkeypatch, r
     _, result = build_model(_affine("runtime_uncached"), tmp_path / "out")
     assert result.runtime == "compiled"
     _check_affine(load(result.path), rng)
+
+
+def test_the_cache_keeps_a_bounded_number_of_objects(cache, tmp_path, monkeypatch):
+    from symgrad import build
+
+    monkeypatch.setattr(build, "RUNTIME_CACHE_SIZE", 2)
+    for k in range(4):
+        built = tmp_path / f"object{k}.o"
+        built.write_bytes(b"object %d" % k)
+        build.publish_runtime(str(k) * 64, built)
+        os.utime(cache / "runtime" / f"{str(k) * 32}.o", (k, k))  # published in this order
+    kept = sorted(p.name for p in (cache / "runtime").glob("*.o"))
+    assert kept == ["2" * 32 + ".o", "3" * 32 + ".o"]
+    assert build.cached_runtime("3" * 64, tmp_path).read_bytes() == b"object 3"
+    assert build.cached_runtime("0" * 64, tmp_path) is None

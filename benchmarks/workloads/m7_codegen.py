@@ -6,9 +6,13 @@ run on the larger sizes of that model (reported as "> limit" too). The
 tools:
 
 * symgrad: ``symgrad.Model(...)`` (the frontend) + ``build_model(..., force=True)``
-  (differentiate, schedule, render, cffi compile with symgrad's flags);
-  the size is that of the generated ``<name>.c`` (forward and
-  value_and_grad kernels, batch loops included).
+  (differentiate, plan, emit, render, cffi compile with symgrad's flags);
+  the size is that of the generated kernel files (forward and
+  value_and_grad kernels, batch loops included). The runtime helpers are
+  linked from their cached object (compiled once per machine and flag set:
+  each row records whether its build found it, ``runtime``). The digits
+  softmax example (``examples/digits_softmax.py``, a 10x64 softmax
+  regression) is built by symgrad only.
 * CasADi: ``casadi.gradient`` + two ``Function``s (forward, value and
   gradient), ``CodeGenerator`` C, ``gcc -O3 -shared -fPIC``.
 * SymPy: ``sympy.diff`` for each variable, ``cse`` + ``C99CodePrinter`` for
@@ -24,7 +28,10 @@ from ..harness import Entry, Metric, Stats, WorkloadResult, describe_exception
 from ..peers import Unavailable, casadi_module, gcc, run_worker
 
 TOOLS = (("symgrad", "symgrad"), ("casadi", "casadi codegen + gcc"), ("sympy", "sympy ccode + gcc"))
-FAMILIES = {"m2": ("M2 Rosenbrock", "n"), "m3": ("M3 chain", "depth")}
+FAMILIES = {"m2": ("M2 Rosenbrock", "n"), "m3": ("M3 chain", "depth"),
+            "m5": ("digits softmax example (M5)", "classes")}
+#: Families only symgrad builds (a matrix model: the peers' code generators here take scalars).
+SYMGRAD_ONLY = ("m5",)
 
 
 class M7:
@@ -33,7 +40,8 @@ class M7:
 
     def __init__(self, cfg, available):
         self.cfg = cfg
-        self.sizes = {"m2": (10,), "m3": (3,)} if cfg.quick else {"m2": (10, 100, 1000), "m3": (16, 64, 256)}
+        self.sizes = ({"m2": (10,), "m3": (3,), "m5": (10,)} if cfg.quick
+                      else {"m5": (10,), "m2": (10, 100, 1000), "m3": (16, 64, 256)})
         self.default_sizes = dict(self.sizes)
         if cfg.m7_sizes:
             self.sizes = dict(cfg.m7_sizes)
@@ -44,8 +52,9 @@ class M7:
         return (f"Derive + generate + compile, one run each in a subprocess stopped after "
                 f"{self.cfg.codegen_seconds:.0f} s; {sizes}. The timed span starts from the model's "
                 f"expression (SymPy for symgrad and SymPy, SX for CasADi), already built. Source size: the "
-                f"bytes of the generated C file (symgrad: <name>.c with its forward and value_and_grad "
-                f"kernels; CasADi: its CodeGenerator file with a forward and a value-and-gradient function; "
+                f"bytes of the generated C (symgrad: the files of its forward and value_and_grad "
+                f"kernels, linked with the runtime helpers' object, compiled once per machine and flag set "
+                f"and cached; the digits softmax example is symgrad's only; CasADi: its CodeGenerator file with a forward and a value-and-gradient function; "
                 f"SymPy: forward and value-and-gradient C functions from cse + C99CodePrinter).")
 
     def _available(self) -> dict:
@@ -87,7 +96,9 @@ class M7:
                                      1.0, has_forward=False)
                 for tool, name in TOOLS:
                     row = {"family": family, "size": size, "tool": name}
-                    if available[tool] is not None:
+                    if family in SYMGRAD_ONLY and tool != "symgrad":
+                        row.update(status="unavailable", note="a matrix model: not written for this tool")
+                    elif available[tool] is not None:
                         row.update(status="unavailable", note=available[tool])
                     elif tool in timed_out:
                         row.update(status="timeout", note=f"> {cfg.codegen_seconds:.0f} s (not run: {var} = "

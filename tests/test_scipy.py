@@ -299,6 +299,19 @@ def test_per_example_losses_need_one_example(compile_model):
     assert one.fun(np.ones(3)) == module.forward(A=1.0, k=1.0, c=1.0, t=T[0], y=Y[0])["loss"]
 
 
+def test_float32_builds_and_batched_inputs_in_theta_are_refused(compile_model):
+    model = sg.Model("scipy_single", params=[A, k, c], inputs=[t, y], loss=R**2)
+    with pytest.raises(ArgumentDtypeError, match="need a float64 build.*without --dtype float32"):
+        Objective(compile_model(model, dtype="float32"), data={"t": 1.0, "y": 2.0})
+    by_input = compile_model(sg.Model("scipy_wrt_input", params=[A, k, c], inputs=[t, y], loss=R**2, wrt=[A, t]))
+    T, Y = _data(3)
+    with pytest.raises(ArgumentShapeError, match="theta holds the input 't'.*data holds 3 examples"):
+        Objective(by_input, data={"k": 1.0, "c": 0.0, "y": Y})
+    one = Objective(by_input, data={"k": 1.0, "c": 0.0, "y": Y[0]})
+    _, grads = by_input.value_and_grad(A=2.0, t=0.5, k=1.0, c=0.0, y=Y[0])
+    assert np.array_equal(one.jac(np.array([2.0, 0.5])), [grads["A"], grads["t"]])
+
+
 def test_constraint_needs_scipy_and_says_so(hs71, monkeypatch):
     real_import = importlib.import_module
 

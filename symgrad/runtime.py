@@ -708,11 +708,9 @@ def hessian_of(value_and_grad, hvp: Kernel, wrt):
             for b in wrt[i:]:
                 if a == b:
                     block = columns[a][a]
-                    lead = len(leads[a])
                     size = int(np.prod(shapes[a], dtype=np.int64))
                     square = block.reshape(leads[a] + (size, size))
-                    upper = np.triu(square)
-                    square = upper + np.swapaxes(np.triu(square, 1), -1, -2)
+                    square = np.triu(square) + np.swapaxes(np.triu(square, 1), -1, -2)  # the upper triangle, mirrored
                     H[a][a] = square.reshape(block.shape)
                     continue
                 if right(a, b):

@@ -44,6 +44,7 @@ xfail there, so that its fix turns the test red until the marker goes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import os
@@ -1907,6 +1908,7 @@ def test_random_model_gradients_agree(data, compile_model):
               f"{compiled - built:.2f} s, check {time.perf_counter() - compiled:.2f} s, {report}", file=sys.stderr)
 
 
+@functools.lru_cache(maxsize=1)
 def _kernel_kind_specs(count=3, most_nodes=40):
     """The first ``count`` random models (seeded, so always the same) of at most ``most_nodes``
     graph nodes, one per reduction where the seeds allow."""

@@ -458,10 +458,14 @@ class Flat:
 
         return o
 
-    def jacobian_function(self):
-        """``J(theta) -> {row: (N * row size, len(theta)) array}`` for every output and the loss,
-        from the jacobian kernel's sweeps (views of one fresh array)."""
+    def jacobian_function(self, only=None):
+        """``J(theta) -> {row: (N * row size, len(theta)) array}`` for every output and the loss (or
+        the rows named in ``only``), from the jacobian kernel's sweeps (views of one fresh array).
+        Reverse sweeps are made only for the rows asked for."""
         mode, rows = self.jacobian_rows()
+        names = [name for name, _ in rows]
+        wanted = names if only is None else [name for name in names if name in only]
+        skip = sum(1 << r for r, name in enumerate(names) if name not in wanted and r < 63)
         n, size = self.n, self.size
         self.spare()
         slices, start = {}, 0
@@ -475,9 +479,10 @@ class Flat:
             if theta.__class__ is not _ndarray or theta.dtype is not _FLOAT64 or theta.size != size:
                 theta = check(theta)
             out = np.empty(max(start, 1))
+            struct.skip = skip
             status = call(fb("double *", theta), struct, fb("double *", out))
             if status:
                 fail(status)
-            return {name: out[a:b].reshape(s) for name, (a, b, s) in slices.items()}
+            return {name: out[a:b].reshape(s) for name, (a, b, s) in slices.items() if name in wanted}
 
         return J

@@ -120,7 +120,7 @@ class Objective:
 
             self.residuals = residuals
             if "jacobian" in kinds:
-                jacobian = self.flat.jacobian_function()
+                jacobian = self.flat.jacobian_function(only=(residual,))
 
                 def residual_jacobian(theta):
                     """d residuals / d theta: ``(N * size of the output, n)``."""
@@ -205,7 +205,7 @@ def Constraint(source, lb, ub, *, output=None, multipliers=None, data=None, keep
     if "jacobian" not in kinds:
         raise MissingKernelError(f"Constraint needs the jacobian kernel of {module.MODEL!r}: add "
                                  f'kernels=("jacobian", "hessian") to its Model and rebuild')
-    dense = flat.jacobian_function()
+    dense = flat.jacobian_function(only=(output,))
 
     def jac(theta):
         return dense(theta)[output]

@@ -45,6 +45,7 @@ struct digits_softmax_flat_data {
     double *work;     /* the kernels' scratch memory: 147745 elements */
     double *results;  /* the outputs digits_softmax_loss_flat computes beside the loss */
     int status;           /* the error code of digits_softmax_loss_flat's last call */
+    int64_t skip;         /* bit r set: digits_softmax_jacobian_dense leaves row r (of the first 63) out */
 };
 /* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int digits_softmax_forward_flat(const double *theta, const double *tangent, const struct digits_softmax_flat_data *d, double *value, double *out);

@@ -64,6 +64,7 @@ struct exp_decay_flat_data {
     double *work;     /* the kernels' scratch memory: 1 elements */
     double *results;  /* the outputs exp_decay_loss_flat computes beside the loss */
     int status;           /* the error code of exp_decay_loss_flat's last call */
+    int64_t skip;         /* bit r set: exp_decay_jacobian_dense leaves row r (of the first 63) out */
 };
 /* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int exp_decay_forward_flat(const double *theta, const double *tangent, const struct exp_decay_flat_data *d, double *value, double *out);

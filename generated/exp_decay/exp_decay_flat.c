@@ -143,7 +143,8 @@ double exp_decay_loss_flat(const double *theta, struct exp_decay_flat_data *d)
     return d->status == SG_OK ? value[0] : NAN;
 }
 
-/* The Jacobians of the rows, each a (n * row size, 3) row-major matrix, one after the other:
+/* The Jacobians of the rows, each a (n * row size, 3) row-major matrix, one after the other
+   (a row whose bit is set in d->skip is left out, its place unwritten):
      r (1 per example)
      loss (1 per example)
    Reverse sweeps: cotangent e_i of one row element in every example (spare: 2 per
@@ -154,7 +155,7 @@ int exp_decay_jacobian_dense(const double *theta, const struct exp_decay_flat_da
     double *const cotangent = d->spare, *const gradient = d->spare + n * 2;
     for (int64_t k = 0; k < n * 2; ++k)
         cotangent[k] = 0;
-    for (int64_t i = 0; i < 1; ++i) {  /* r (1 per example) */
+    for (int64_t i = 0; i < 1 && !(0 < 63 && (d->skip >> 0 & 1)); ++i) {  /* r (1 per example) */
         double *const seed = cotangent + 0;
         for (int64_t e = 0; e < n; ++e)
             seed[e * 1 + i] = 1;
@@ -174,7 +175,7 @@ int exp_decay_jacobian_dense(const double *theta, const struct exp_decay_flat_da
                 row[2 + k] = gradient[d->n * 2 + e * 1 + k];
         }
     }
-    for (int64_t i = 0; i < 1; ++i) {  /* loss (1 per example) */
+    for (int64_t i = 0; i < 1 && !(1 < 63 && (d->skip >> 1 & 1)); ++i) {  /* loss (1 per example) */
         double *const seed = cotangent + d->n * 1;
         for (int64_t e = 0; e < n; ++e)
             seed[e * 1 + i] = 1;

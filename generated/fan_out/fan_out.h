@@ -42,6 +42,7 @@ struct fan_out_flat_data {
     double *work;     /* the kernels' scratch memory: 1 elements */
     double *results;  /* the outputs fan_out_loss_flat computes beside the loss */
     int status;           /* the error code of fan_out_loss_flat's last call */
+    int64_t skip;         /* bit r set: fan_out_jacobian_dense leaves row r (of the first 63) out */
 };
 /* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int fan_out_forward_flat(const double *theta, const double *tangent, const struct fan_out_flat_data *d, double *value, double *out);

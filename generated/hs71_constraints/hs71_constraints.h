@@ -52,6 +52,7 @@ struct hs71_constraints_flat_data {
     double *work;     /* the kernels' scratch memory: 142337 elements */
     double *results;  /* the outputs hs71_constraints_loss_flat computes beside the loss */
     int status;           /* the error code of hs71_constraints_loss_flat's last call */
+    int64_t skip;         /* bit r set: hs71_constraints_jacobian_dense leaves row r (of the first 63) out */
 };
 /* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int hs71_constraints_forward_flat(const double *theta, const double *tangent, const struct hs71_constraints_flat_data *d, double *value, double *out);

@@ -171,7 +171,8 @@ int hs71_constraints_hessian_flat(const double *theta, const struct hs71_constra
     return SG_OK;
 }
 
-/* The Jacobians of the rows, each a (n * row size, 4) row-major matrix, one after the other:
+/* The Jacobians of the rows, each a (n * row size, 4) row-major matrix, one after the other
+   (a row whose bit is set in d->skip is left out, its place unwritten):
      c (2 per example)
      loss (1 per example)
    Reverse sweeps: cotangent e_i of one row element in every example (spare: 3 per
@@ -182,7 +183,7 @@ int hs71_constraints_jacobian_dense(const double *theta, const struct hs71_const
     double *const cotangent = d->spare, *const gradient = d->spare + n * 3;
     for (int64_t k = 0; k < n * 3; ++k)
         cotangent[k] = 0;
-    for (int64_t i = 0; i < 2; ++i) {  /* c (2 per example) */
+    for (int64_t i = 0; i < 2 && !(0 < 63 && (d->skip >> 0 & 1)); ++i) {  /* c (2 per example) */
         double *const seed = cotangent + 0;
         for (int64_t e = 0; e < n; ++e)
             seed[e * 2 + i] = 1;
@@ -198,7 +199,7 @@ int hs71_constraints_jacobian_dense(const double *theta, const struct hs71_const
                 row[0 + k] = gradient[0 + e * 4 + k];
         }
     }
-    for (int64_t i = 0; i < 1; ++i) {  /* loss (1 per example) */
+    for (int64_t i = 0; i < 1 && !(1 < 63 && (d->skip >> 1 & 1)); ++i) {  /* loss (1 per example) */
         double *const seed = cotangent + d->n * 2;
         for (int64_t e = 0; e < n; ++e)
             seed[e * 1 + i] = 1;

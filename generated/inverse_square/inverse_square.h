@@ -42,6 +42,7 @@ struct inverse_square_flat_data {
     double *work;     /* the kernels' scratch memory: 1 elements */
     double *results;  /* the outputs inverse_square_loss_flat computes beside the loss */
     int status;           /* the error code of inverse_square_loss_flat's last call */
+    int64_t skip;         /* bit r set: inverse_square_jacobian_dense leaves row r (of the first 63) out */
 };
 /* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int inverse_square_forward_flat(const double *theta, const double *tangent, const struct inverse_square_flat_data *d, double *value, double *out);

@@ -44,6 +44,7 @@ struct log_sin_flat_data {
     double *work;     /* the kernels' scratch memory: 1 elements */
     double *results;  /* the outputs log_sin_loss_flat computes beside the loss */
     int status;           /* the error code of log_sin_loss_flat's last call */
+    int64_t skip;         /* bit r set: log_sin_jacobian_dense leaves row r (of the first 63) out */
 };
 /* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int log_sin_forward_flat(const double *theta, const double *tangent, const struct log_sin_flat_data *d, double *value, double *out);

@@ -56,6 +56,7 @@ struct logistic_regression_flat_data {
     double *work;     /* the kernels' scratch memory: 1 elements */
     double *results;  /* the outputs logistic_regression_loss_flat computes beside the loss */
     int status;           /* the error code of logistic_regression_loss_flat's last call */
+    int64_t skip;         /* bit r set: logistic_regression_jacobian_dense leaves row r (of the first 63) out */
 };
 /* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int logistic_regression_forward_flat(const double *theta, const double *tangent, const struct logistic_regression_flat_data *d, double *value, double *out);

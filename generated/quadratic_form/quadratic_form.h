@@ -36,6 +36,7 @@ struct quadratic_form_flat_data {
     double *work;     /* the kernels' scratch memory: 144393 elements */
     double *results;  /* the outputs quadratic_form_loss_flat computes beside the loss */
     int status;           /* the error code of quadratic_form_loss_flat's last call */
+    int64_t skip;         /* bit r set: quadratic_form_jacobian_dense leaves row r (of the first 63) out */
 };
 /* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int quadratic_form_forward_flat(const double *theta, const double *tangent, const struct quadratic_form_flat_data *d, double *value, double *out);

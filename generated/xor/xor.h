@@ -49,6 +49,7 @@ struct xor_flat_data {
     double *work;     /* the kernels' scratch memory: 142369 elements */
     double *results;  /* the outputs xor_loss_flat computes beside the loss */
     int status;           /* the error code of xor_loss_flat's last call */
+    int64_t skip;         /* bit r set: xor_jacobian_dense leaves row r (of the first 63) out */
 };
 /* forward with theta (and tangent) as vectors: the loss into value, the other results into out. */
 int xor_forward_flat(const double *theta, const double *tangent, const struct xor_flat_data *d, double *value, double *out);

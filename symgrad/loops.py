@@ -204,13 +204,19 @@ def _check_body(g: Graph, reader, whole) -> None:
 def parse_affine(expr, indices: dict, what: str) -> Affine:
     """``expr`` as a whole-number affine function of the loop indices (symbol -> level)."""
     expr = sp.sympify(expr)
+    if expr.is_infinite or expr.has(sp.oo, -sp.oo, sp.zoo):
+        raise ModelShapeError(f"{what} is {expr}: a loop runs over a finite range of whole numbers")
     symbols = [s for s in indices if expr.has(s)]
     others = expr.free_symbols - set(symbols)
     if others:
         raise ModelShapeError(f"{what} is {expr}, which uses {', '.join(sorted(map(str, others)))}: loop bounds "
                               "and element positions must be whole numbers or affine in the loop indices")
-    poly = sp.Poly(expr, *symbols) if symbols else None
-    if poly is not None and poly.total_degree() > 1:
+    try:
+        poly = sp.Poly(expr, *symbols) if symbols else None
+    except sp.PolynomialError:
+        poly = None
+        symbols = None
+    if symbols is None or poly is not None and poly.total_degree() > 1:
         raise ModelShapeError(f"{what} is {expr}, which is not affine in the loop indices")
     const = poly.coeff_monomial(1) if poly is not None else expr
     terms = tuple((indices[s], poly.coeff_monomial(s)) for s in symbols) if poly is not None else ()

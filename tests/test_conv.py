@@ -96,7 +96,7 @@ def test_conv1d_with_per_example_weights_agrees_with_pytorch(compile_model):
 
 def test_each_layer_and_its_gradient_show_as_one_line():
     text = show_text(_conv2d_model())
-    assert "y = conv2d(x, w, b, stride=(1, 2), padding=1)" in text
+    assert "y = conv2d(x, w, stride=(1, 2), padding=1) + channel_repeat(b)" in text
     assert "max_pool2d(h, 2)" in text and "avg_pool2d(h, 2, stride=1)" in text
     assert "w_bar = conv2d_weight_grad(x, y_bar, stride=(1, 2), padding=1)" in text
     assert "x_bar = conv_transpose2d(y_bar, w, stride=(1, 2), padding=1)" in text

@@ -114,6 +114,8 @@ def test_loops_symgrad_cannot_read_are_refused_naming_the_problem():
         sg.Model("past_the_end", loss=sp.Sum(x[i + 1, 0], (i, 0, 3)), params=[x])
     with pytest.raises(ModelShapeError, match="not affine"):
         sg.Model("square_index", loss=sp.Sum(x[i * i, 0], (i, 0, 1)), params=[x])
+    with pytest.raises(ModelShapeError, match="finite range"):
+        sg.Model("infinite", loss=sp.Sum(x[0, 0] ** i, (i, 0, sp.oo)), params=[x])
     n = sp.Symbol("n", integer=True)
     with pytest.raises(ModelShapeError, match="uses n"):
         sg.Model("symbolic_bound", loss=sp.Sum(x[i, 0], (i, 0, n)), params=[x])

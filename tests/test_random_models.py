@@ -190,7 +190,12 @@ KINKED = {"abs": (-2.0, 2.0), "relu": (-2.0, 2.0), "sign": (-2.0, 2.0)}
 #: Ops that only appear as parts of what the generator writes, or that the pipeline adds.
 DERIVED = {"symbol", "const", "batch_size", "call_size", "reduce_batch", "sum_to", "one_hot",
            "dsinc", "polygamma",  # the derivatives of sinc and digamma
-           "lu", "embed", "kron_contract"}  # a factor the solves read; adjoints of slices and Kronecker products
+           "lu", "embed", "kron_contract",  # a factor the solves read; adjoints of slices and Kronecker products
+           # the adjoints of convolution and pooling, and what loops are made of (symgrad/loops.py)
+           "conv2d_input_grad", "conv2d_weight_grad", "channel_sum", "max_pool2d_grad", "avg_pool2d_grad",
+           "loop_vjp", "loop_part", "loop_embed", "loop_index", "loop_capture", "loop_element", "loop_seed"}
+#: Ops that only derivatives of second order make (the adjoint of a loop_part).
+SECOND_ORDER_ONLY = {"loop_embed"}
 _RELATIONS = (sp.StrictLessThan, sp.LessThan, sp.StrictGreaterThan, sp.GreaterThan, sp.Ne, sp.Eq)
 
 
@@ -209,7 +214,7 @@ RULES = {
     "heaviside": 1, "atan2": 1, "matmul": 4, "matpow": 1, "transpose": 1, "index": 3,
     "inner_product": 1, "assemble": 1, "const_matrix": 1, "identity": 1, "sum": 2, "trace": 1,
     "broadcast": 1, "softmax": 2, "stable_log": 1, "cross_entropy": 1, "mse": 1, "lambda": 3,
-    "two_arg_form": 1, "norm": 1, "linalg": 5,
+    "two_arg_form": 1, "norm": 1, "linalg": 5, "blocks": 4,
 }
 #: The rules that make a scalar from scalars (used inside element-wise lambdas).
 SCALAR_RULES = ("unary", "add", "mul", "divide", "pow", "minmax", "piecewise", "heaviside", "atan2",
@@ -1029,6 +1034,69 @@ class Generator:
                         (a.iv[0] - a.iv[1] - math.log(length), 0.0), a.depth + 1)
         return Node(sg.logsumexp(a.expr, axis=axis), shape, iv_add(a.iv, (0.0, math.log(length))), a.depth + 1)
 
+    def rule_blocks(self):
+        """Convolution and pooling of a matrix (as a one-channel image), or a sum or product over
+        its elements (nested: a pair sum). Symbolic gradients are not compared (their SymPy forms
+        are layers and FunctionMatrix entries); the loss is, against PyTorch for the layers and
+        SymPy's own expansion of the loops, and the gradients against finite differences."""
+        ch = self.ch
+        a = self.matrix()
+        if a is None:
+            return None
+        a = self.fit(a, -1.5, 1.5)
+        rows, cols = a.shape
+        m = iv_max_abs(a.iv)
+        self.linalg = True
+        kind = ch.choice(("conv", "conv", "max_pool", "avg_pool", "sum", "pair_sum", "product"))
+        if kind == "conv":
+            kh, kw = ch.integer(1, rows), ch.integer(1, cols)
+            pad, stride, co = ch.choice((0, 1)), ch.choice((1, 2)), ch.choice((1, 2))
+            weight = sp.MatrixSymbol(f"K{len(self.leaves)}", co * kh, kw)
+            self.leaves.append(Leaf(weight, "param", (co * kh, kw), (-1.0, 1.0)))
+            bias = None
+            if ch.chance(0.5):
+                bias = sp.MatrixSymbol(f"B{len(self.leaves)}", co, 1)
+                self.leaves.append(Leaf(bias, "param", (co, 1), (-1.0, 1.0)))
+                self.used.add("channel_repeat")
+            self.used.add("conv2d")
+            out = sg.conv2d(a.expr, weight, bias, stride=stride, padding=pad, out_channels=co)
+            bound = kh * kw * m + (1.0 if bias is not None else 0.0)
+            return Node(out, tuple(out.shape), (-bound, bound), a.depth + 1)
+        if kind in ("max_pool", "avg_pool"):
+            k = (ch.integer(1, rows), ch.integer(1, cols))
+            self.used.add(f"{kind}2d")
+            out = (sg.max_pool2d if kind == "max_pool" else sg.avg_pool2d)(a.expr, k, stride=ch.choice((1, 2)))
+            return Node(out, tuple(out.shape), a.iv, a.depth + 1)
+        # loops read elements of a declared matrix (SymPy writes elements of some structured
+        # matrices out with floor() of the index, which is not an affine position)
+        leaf = self.matrix(lambda node: isinstance(node.expr, sp.MatrixSymbol))
+        if leaf is None:
+            return None
+        a = self.fit(leaf, -1.5, 1.5)
+        if not isinstance(a.expr, sp.MatrixSymbol):
+            return None
+        rows, cols = a.shape
+        m = iv_max_abs(a.iv)
+        i, j = sp.symbols("i j", integer=True)
+        n = rows * cols
+        element = lambda k: MatrixElement(a.expr, k // cols if cols > 1 else k, 0 if cols == 1 else k % cols)  # noqa: E731
+        if cols != 1 and rows != 1:  # loops read a column (or row) of the matrix
+            element = lambda k: MatrixElement(a.expr, k, 0)  # noqa: E731
+            n = rows
+        if kind == "sum":
+            self.used.add("sum_loop")
+            term = sp.tanh(element(i)) * (i + 1) if ch.chance(0.5) else element(i) ** 2
+            total = n * (n + 1) / 2 if term.has(sp.tanh) else n * m * m
+            return Node(sp.Sum(term, (i, 0, n - 1)), (), (-total, total), a.depth + 1)
+        if kind == "pair_sum" and n > 1:
+            self.used.add("sum_loop")
+            pairs = n * (n - 1) / 2
+            return Node(sp.Sum(sp.Sum(sp.tanh(element(i) - element(j)), (j, i + 1, n - 1)), (i, 0, n - 2)), (),
+                        (-pairs, pairs), a.depth + 1)
+        self.used.add("product_loop")
+        return Node(sp.Product(sp.Rational(3, 2) + sp.tanh(element(i)) / 2, (i, 0, n - 1)), (), (1.0, 2.0 ** n),
+                    a.depth + 1)
+
     def rule_cross_entropy(self):
         logits = self.matrix()
         if logits is None:
@@ -1406,6 +1474,8 @@ def _eval_linalg(ev, e):
     if isinstance(e, MatrixSlice):
         (r0, r1, rs), (c0, c1, cs) = e.args[1:]
         return arr(e.parent)[int(r0):int(r1):int(rs), int(c0):int(c1):int(cs)]
+    if isinstance(e, sgf.concat):
+        return np.concatenate([arr(m) for m in e.matrices], axis=e.axis)
     if isinstance(e, sp.BlockMatrix):
         grid = e.blocks
         return np.block([[arr(grid[i, j]) for j in range(grid.cols)] for i in range(grid.rows)])
@@ -1427,6 +1497,31 @@ def _eval_linalg(ev, e):
     if along is not None:
         return along(arr(e.args[0]), int(e.args[1]))
     return None
+
+
+def _eval_blocks(ev, e):
+    """The value of a convolution or pooling layer (by PyTorch float64), or of a sum or product
+    over an index (written out by SymPy), else None."""
+    from symgrad import layers
+
+    if isinstance(e, (sp.Sum, sp.Product)):
+        return ev(e.doit())
+    if not isinstance(e, layers.Layer):
+        return None
+    import torch
+    import torch.nn.functional as F
+
+    g = e.geometry
+    x = torch.tensor(np.asarray(ev(e.matrices[0]), float).reshape(1, g.channels_in, g.height, g.width))
+    if isinstance(e, layers.Conv2d):
+        w = torch.tensor(np.asarray(ev(e.matrices[1]), float).reshape(g.channels_out, g.channels_in, g.kernel_h,
+                                                                   g.kernel_w))
+        b = torch.tensor(np.asarray(ev(e.matrices[2]), float).reshape(-1)) if len(e.matrices) == 3 else None
+        out = F.conv2d(x, w, b, stride=(g.stride_h, g.stride_w), padding=(g.pad_h, g.pad_w))
+    else:
+        pool = F.max_pool2d if isinstance(e, layers.MaxPool2d) else F.avg_pool2d
+        out = pool(x, (g.kernel_h, g.kernel_w), stride=(g.stride_h, g.stride_w), padding=(g.pad_h, g.pad_w))
+    return out.numpy().reshape(g.output_shape)
 
 
 class Evaluator:
@@ -1550,6 +1645,9 @@ class Evaluator:
         linalg = _eval_linalg(ev, e)
         if linalg is not None:
             return linalg
+        blocks = _eval_blocks(ev, e)
+        if blocks is not None:
+            return blocks
         head = _NUMPY_HEADS.get(e.func)
         if head is not None:
             out = head(*[ev(a) for a in e.args])
@@ -1857,6 +1955,18 @@ def build_spec(ch, budget=5.0):
     return spec
 
 
+def _ops_within(node):
+    """The op of a node, and those of the body of a loop node and of its term's reverse pass."""
+    from symgrad import loops
+
+    found = {node.op}
+    if node.op in loops.LOOP_OPS or node.op == "loop_vjp":
+        body = node.attrs[0]
+        for inner in list(body.nodes) + list(loops.reverse_program(body).graph.nodes):
+            found |= _ops_within(inner)
+    return found
+
+
 def test_generator_covers_the_op_registry():
     """Every registry op appears in some generated model's gradient graph; a new op must be added
     to the generator (or to DERIVED when the pipeline makes it)."""
@@ -1867,10 +1977,11 @@ def test_generator_covers_the_op_registry():
         if spec is None:
             continue
         rules |= spec.ops_used
-        seen |= {node.op for node in derived(spec.model, spec.model.reduce).nodes}
+        seen |= {op for node in derived(spec.model, spec.model.reduce).nodes for op in _ops_within(node)}
         if seen >= set(ops.REGISTRY) and rules >= set(ops.REGISTRY) - DERIVED:
             break
-    assert set(ops.REGISTRY) - seen == set(), f"ops never generated: {sorted(set(ops.REGISTRY) - seen)}"
+    never = set(ops.REGISTRY) - seen - SECOND_ORDER_ONLY
+    assert never == set(), f"ops never generated: {sorted(never)}"
     assert set(ops.REGISTRY) - DERIVED - rules == set()
 
 

@@ -10,7 +10,8 @@ The three convolution ops are the partial derivatives of one trilinear form
 ``T(x, w, g) = sum g[o, i, j] w[o, c, a, b] x[c, i*sh + a - ph, j*sw + b - pw]``:
 ``conv2d(x, w) = dT/dg``, ``conv2d_input_grad(g, w) = dT/dx`` (the transposed
 convolution) and ``conv2d_weight_grad(x, g) = dT/dw`` (the correlation of the
-input with the output adjoint). So the vector-Jacobian product of each is the
+input with the output adjoint). A bias is ``channel_repeat(b)`` added to the
+convolution (its adjoint: ``channel_sum``). So the vector-Jacobian product of each is the
 other two, and derivatives of any order stay among them. Max pooling picks an
 element per window; its derivative sends the adjoint to that element
 (``max_pool2d_grad``), and the derivative of that picks again, with the
@@ -50,8 +51,6 @@ def _np_conv2d(args, g: Geometry):
     for a in range(g.kernel_h):
         for b in range(g.kernel_w):
             out += np.einsum("oc,cij->oij", w[:, :, a, b], _windows(g, padded, a, b))
-    if len(args) == 3:
-        out += np.asarray(args[2], dtype=float).reshape(g.channels_out, 1, 1)
     return out.reshape(g.output_shape)
 
 
@@ -131,7 +130,7 @@ def _shape_rule(name: str, expected):
 
     def shape(shapes, g):
         wanted = expected(g)
-        if len(shapes) not in {len(wanted)} | ({len(wanted) - 1} if name in ("conv2d", "max_pool2d") else set()):
+        if len(shapes) not in {len(wanted)} | ({len(wanted) - 1} if name == "max_pool2d" else set()):
             raise ModelShapeError(f"{name} takes {len(wanted)} matrices, got {len(shapes)}")
         for k, (got, want) in enumerate(zip(shapes, wanted)):
             if tuple(got) != tuple(want):
@@ -175,13 +174,11 @@ def _pool_sizes(g: Geometry) -> list:
     return [g.channels_in, g.height, g.width, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w]
 
 
-def _emit_helper(helper: str, sizes, *, optional_third=False, accumulate=None):
+def _emit_helper(helper: str, sizes, *, accumulate=None):
     """An emitter calling ``sg_<helper>(nb, sizes..., args as (ptr, strides)..., out, out_es[, acc])``."""
 
     def emit(p, out, args, g):
         operands = [a.strides_text() for a in args]
-        if optional_third and len(args) == 2:
-            operands.append("0, 0, 0, 0")
         extra = [] if accumulate is None else ["0"]
         return [p.helper_call(helper, p.examples(out), *sizes(g), *operands, p.target(out), *extra)]
 
@@ -200,12 +197,8 @@ def _emit_batch_sum(helper: str, sizes):
 def _conv_vjp(b, n, g):
     node = b.node(n)
     geometry = node.attrs
-    x, w = node.args[:2]
-    contributions = [b.apply("conv2d_input_grad", g, w, attrs=geometry),
-                     b.apply("conv2d_weight_grad", x, g, attrs=geometry)]
-    if len(node.args) == 3:
-        contributions.append(b.apply("channel_sum", g, attrs=geometry))
-    return contributions
+    x, w = node.args
+    return [b.apply("conv2d_input_grad", g, w, attrs=geometry), b.apply("conv2d_weight_grad", x, g, attrs=geometry)]
 
 
 def _input_grad_vjp(b, n, r):
@@ -222,17 +215,13 @@ def _weight_grad_vjp(b, n, r):
 
 def _multilinear_jvp(b, n, tangents):
     """The JVP of an op linear in each of its matrix args (the convolutions): the op with one
-    arg replaced by its tangent, summed over the args; a bias (conv2d's third arg) adds its
-    tangent repeated over its channel."""
+    arg replaced by its tangent, summed over the args."""
     node = b.node(n)
     terms = []
     for k, tangent in enumerate(tangents):
         if tangent is None:
             continue
-        if k == 2:
-            terms.append(b.apply("channel_repeat", tangent, attrs=node.attrs))
-            continue
-        args = list(node.args[:2])
+        args = list(node.args)
         args[k] = tangent
         terms.append(b.apply(node.op, *args, attrs=node.attrs))
     return b.add(*terms) if terms else None
@@ -259,6 +248,13 @@ def _read_layer(op_name):
         return r.b.apply(op_name, *[r.node(m) for m in e.matrices], attrs=e.geometry)
 
     return read
+
+
+def _read_conv2d(r, e):
+    """``sg.conv2d(x, w[, b])``: the convolution, plus the bias repeated over its channel."""
+    x, w, *bias = (r.node(m) for m in e.matrices)
+    out = r.b.apply("conv2d", x, w, attrs=e.geometry)
+    return r.b.add(out, r.b.apply("channel_repeat", *bias, attrs=e.geometry)) if bias else out
 
 
 def _conv_cost(node, shapes):
@@ -292,18 +288,18 @@ register(
         name="conv2d",
         kind="tensor",
         jvp=_multilinear_jvp,
-        shape=_shape_rule("conv2d", lambda g: (g.input_shape, g.weight_shape, (g.channels_out, 1))),
+        arity=2,
+        shape=_shape_rule("conv2d", lambda g: (g.input_shape, g.weight_shape)),
         vjp=_conv_vjp,
-        emit=_emit_helper("conv2d", _sizes, optional_third=True),
+        emit=_emit_helper("conv2d", _sizes),
         numpy=_np_conv2d,
         to_sympy=lambda args, g: layers.Conv2d(*args, g),
         text=_text("conv2d"),
         domain=_DOMAIN,
         cost=_conv_cost,
-        test_cases=_cases(lambda g: (g.input_shape, g.weight_shape, (g.channels_out, 1)))
-        + _cases(lambda g: (g.input_shape, g.weight_shape))[:1],
+        test_cases=_cases(lambda g: (g.input_shape, g.weight_shape)),
         sympy_heads=(layers.Conv2d,),
-        from_sympy=_read_layer("conv2d"),
+        from_sympy=_read_conv2d,
         sympy_children=lambda e: list(e.matrices),
     )
 )

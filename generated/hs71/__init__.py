@@ -115,7 +115,8 @@ def hessian(**arrays):
     nested convention): the derivative of each element of a's gradient with respect to each
     element of b. Every column in one kernel call, the unit vectors as its examples
     (the forward and backward passes computed once); one triangle, mirrored, so H[b][a] is the
-    transpose of H[a][b], exactly.    """
+    transpose of H[a][b], exactly.
+    """
 
 
 _trainer = _train.Trainer(

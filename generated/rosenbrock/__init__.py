@@ -125,7 +125,8 @@ def hessian(**arrays):
     nested convention): the derivative of each element of a's gradient with respect to each
     element of b. A block of an input has a batch axis first: each example's own block (the
     blocks between two examples are zero). One hvp sweep per element of the symbols, with unit
-    vectors; H[b][a] is the transpose of H[a][b], exactly.    """
+    vectors; H[b][a] is the transpose of H[a][b], exactly.
+    """
 
 
 _trainer = _train.Trainer(

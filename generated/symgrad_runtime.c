@@ -885,18 +885,19 @@ SG_RUNTIME_API void sg_lu_det(int64_t nb, int64_t n, const sg_real *fac, int64_t
     const int64_t w = n + 1;
     for (int64_t e = 0; e < nb; ++e) {
         const sg_real *f = fac + e * f_es;
-        int negative = 0;
+        int swaps = 0, negative = 0;  /* the parities of the row swaps and of U's negative pivots */
         sg_acc product = 1, logs = 0;
         for (int64_t k = 0; k < n; ++k) {
             const sg_real u = f[k * w + k];
-            negative ^= ((int64_t) f[k * w + n] != k) ^ (u < 0);
+            swaps ^= (int64_t) f[k * w + n] != k;
+            negative ^= u < 0;
             product *= u;
             logs += log(fabs((double) u));
         }
         if (log_abs)
-            out[e * out_es] = (sg_real) (negative && logs != -INFINITY ? NAN : logs);
+            out[e * out_es] = (sg_real) ((swaps ^ negative) && logs != -INFINITY ? NAN : logs);
         else
-            out[e * out_es] = (sg_real) (negative ? -product : product);
+            out[e * out_es] = (sg_real) (swaps ? -product : product);
     }
 }
 
@@ -930,17 +931,43 @@ SG_RUNTIME_API void sg_cholesky(int64_t nb, int64_t n, const sg_real *a, int64_t
 /* X[e] (n x m, dense) = T[e]^-1 B[e] (trans = 0) or T[e]^-T B[e] (trans = 1), where T
    is the lower (lower = 1) or upper triangle of the n x n matrix at t, diagonal
    included; the other triangle is not read. X may be B itself (dense): each row of X
-   is written after the row of B it replaces is read. */
+   is written after the row of B it replaces is read. A triangle shared by the nb > 1
+   examples solves for all their columns at once, in scratch (n * nb elements): the
+   same operations in the same order, in loops over the examples that vectorize. */
 SG_RUNTIME_API void sg_tri_solve(int64_t nb, int64_t n, int64_t m,
                                 const sg_real *t, int64_t t_es, int64_t t_rs, int64_t t_cs,
                                 const sg_real *b, int64_t b_es, int64_t b_rs, int64_t b_cs,
-                                sg_real *out, int64_t out_es, int lower, int trans)
+                                sg_real *out, int64_t out_es, int lower, int trans, sg_real *scratch)
 {
     if (trans) {  /* T^T of a lower triangle is an upper one, read with the strides swapped */
         const int64_t s = t_rs;
         t_rs = t_cs;
         t_cs = s;
         lower = !lower;
+    }
+    if (t_es == 0 && nb > 1) {
+        for (int64_t c = 0; c < m; ++c) {
+            for (int64_t i = 0; i < n; ++i)  /* W[i, e] = B[e][i, c] */
+                for (int64_t e = 0; e < nb; ++e)
+                    scratch[i * nb + e] = b[e * b_es + i * b_rs + c * b_cs];
+            for (int64_t q = 0; q < n; ++q) {
+                const int64_t i = lower ? q : n - 1 - q;
+                sg_real *restrict wi = scratch + i * nb;
+                for (int64_t k = lower ? 0 : i + 1; k < (lower ? i : n); ++k) {
+                    const sg_real tik = t[i * t_rs + k * t_cs];
+                    const sg_real *restrict wk = scratch + k * nb;
+                    for (int64_t e = 0; e < nb; ++e)
+                        wi[e] -= tik * wk[e];
+                }
+                const sg_real tii = t[i * t_rs + i * t_cs];
+                for (int64_t e = 0; e < nb; ++e)
+                    wi[e] /= tii;
+            }
+            for (int64_t i = 0; i < n; ++i)
+                for (int64_t e = 0; e < nb; ++e)
+                    out[e * out_es + i * m + c] = scratch[i * nb + e];
+        }
+        return;
     }
     for (int64_t e = 0; e < nb; ++e) {
         const sg_real *te = t + e * t_es;
@@ -1132,25 +1159,21 @@ static inline int64_t sg_conv_end(int64_t w, int64_t wo, int64_t s, int64_t b, i
     return last / s + 1 < wo ? last / s + 1 : wo;
 }
 
-/* OUT[e] = the cross-correlation of X[e] with the kernels K[e], plus the bias B[e]
-   (one per output channel; bias may be a null pointer). */
+/* OUT[e] = the cross-correlation of X[e] with the kernels K[e]. */
 SG_RUNTIME_API void sg_conv2d(int64_t nb, int64_t ci, int64_t h, int64_t w, int64_t co, int64_t kh, int64_t kw,
                              int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                              const sg_real *x, int64_t x_es, int64_t x_rs, int64_t x_cs,
                              const sg_real *k, int64_t k_es, int64_t k_rs, int64_t k_cs,
-                             const sg_real *bias, int64_t b_es, int64_t b_rs, int64_t b_cs,
                              sg_real *out, int64_t out_es)
 {
     const int64_t ho = (h + 2 * ph - kh) / sh + 1, wo = (w + 2 * pw - kw) / sw + 1;
-    (void) b_cs;
     for (int64_t e = 0; e < nb; ++e) {
         const sg_real *xe = x + e * x_es, *ke = k + e * k_es;
         for (int64_t o = 0; o < co; ++o)
             for (int64_t i = 0; i < ho; ++i) {
                 sg_real *restrict row = out + e * out_es + (o * ho + i) * wo;
-                const sg_real b0 = bias ? bias[e * b_es + o * b_rs] : 0;
                 for (int64_t j = 0; j < wo; ++j)
-                    row[j] = b0;
+                    row[j] = 0;
                 for (int64_t c = 0; c < ci; ++c)
                     for (int64_t a = 0; a < kh; ++a) {
                         const int64_t u = i * sh + a - ph;

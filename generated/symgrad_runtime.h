@@ -464,11 +464,13 @@ SG_RUNTIME_API void sg_cholesky(int64_t nb, int64_t n, const sg_real *a, int64_t
 /* X[e] (n x m, dense) = T[e]^-1 B[e] (trans = 0) or T[e]^-T B[e] (trans = 1), where T
    is the lower (lower = 1) or upper triangle of the n x n matrix at t, diagonal
    included; the other triangle is not read. X may be B itself (dense): each row of X
-   is written after the row of B it replaces is read. */
+   is written after the row of B it replaces is read. A triangle shared by the nb > 1
+   examples solves for all their columns at once, in scratch (n * nb elements): the
+   same operations in the same order, in loops over the examples that vectorize. */
 SG_RUNTIME_API void sg_tri_solve(int64_t nb, int64_t n, int64_t m,
                                 const sg_real *t, int64_t t_es, int64_t t_rs, int64_t t_cs,
                                 const sg_real *b, int64_t b_es, int64_t b_rs, int64_t b_cs,
-                                sg_real *out, int64_t out_es, int lower, int trans);
+                                sg_real *out, int64_t out_es, int lower, int trans, sg_real *scratch);
 
 /* out[e] = det(A[e]) (log_abs = 0) or log(det(A[e])) (log_abs = 1) from its Cholesky
    factor L[e]: the square of the product of L's diagonal, or twice the sum of its logs. */
@@ -535,13 +537,11 @@ static inline int64_t sg_conv_end(int64_t w, int64_t wo, int64_t s, int64_t b, i
     return last / s + 1 < wo ? last / s + 1 : wo;
 }
 
-/* OUT[e] = the cross-correlation of X[e] with the kernels K[e], plus the bias B[e]
-   (one per output channel; bias may be a null pointer). */
+/* OUT[e] = the cross-correlation of X[e] with the kernels K[e]. */
 SG_RUNTIME_API void sg_conv2d(int64_t nb, int64_t ci, int64_t h, int64_t w, int64_t co, int64_t kh, int64_t kw,
                              int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                              const sg_real *x, int64_t x_es, int64_t x_rs, int64_t x_cs,
                              const sg_real *k, int64_t k_es, int64_t k_rs, int64_t k_cs,
-                             const sg_real *bias, int64_t b_es, int64_t b_rs, int64_t b_cs,
                              sg_real *out, int64_t out_es);
 
 /* OUT[e] (the input's shape) = the transposed convolution of the output adjoint G[e]

@@ -15,6 +15,8 @@ are scalars.
 
 from __future__ import annotations
 
+import builtins
+
 import numpy as np
 import sympy as sp
 from sympy.codegen import cfunctions as _cfunctions
@@ -630,15 +632,60 @@ def _square_arg(name: str, arg):
     return arg
 
 
+class concat(_MatrixOf):
+    """Matrices one above the other (axis 0: ``sg.vstack``) or side by side (axis 1:
+    ``sg.hstack``).
+
+    Like a ``sp.BlockMatrix`` of one column or row of blocks, but its shape is worked out
+    once, when it is made: SymPy computes a BlockMatrix's shape from its blocks' shapes
+    every time it is asked, which for a state concatenated with an input at each step of
+    a recurrent network (``h = tanh(W [h; x] + b)``) takes time exponential in the steps.
+    """
+
+    def __new__(cls, axis, *matrices):
+        axis = int(axis)
+        name = ("vstack", "hstack")[axis]
+        matrices = [_matrix_arg(name, m) for m in matrices]
+        shapes = [tuple(int(d) for d in matrix_shape(m)) for m in matrices]
+        keep = 1 - axis
+        if len({s[keep] for s in shapes}) != 1:
+            raise sp.ShapeError(f"{name}: the matrices have shapes {', '.join(map(str, shapes))}; their "
+                                f"{('columns', 'rows')[axis]} must agree")
+        total = builtins.sum(s[axis] for s in shapes)
+        obj = Basic.__new__(cls, sp.Integer(axis), *matrices)
+        obj._shape = (sp.Integer(total), sp.Integer(shapes[0][1])) if axis == 0 else (
+            sp.Integer(shapes[0][0]), sp.Integer(total))
+        return obj
+
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def axis(self) -> int:
+        return int(self.args[0])
+
+    @property
+    def matrices(self):
+        return self.args[1:]
+
+    def _sympystr(self, printer):
+        return f"{('vstack', 'hstack')[self.axis]}({', '.join(printer._print(m) for m in self.matrices)})"
+
+    def _latex(self, printer):
+        separator = r" \\ " if self.axis == 0 else " & "
+        return r"\begin{bmatrix}" + separator.join(printer._print(m) for m in self.matrices) + r"\end{bmatrix}"
+
+
 def hstack(*matrices):
-    """The matrices side by side (a ``sp.BlockMatrix`` of one row of blocks)."""
-    return sp.BlockMatrix([[_matrix_arg("hstack", m) for m in matrices]])
+    """The matrices side by side (the rows must agree)."""
+    return concat(1, *matrices)
 
 
 def vstack(*matrices):
-    """The matrices one above the other (a ``sp.BlockMatrix`` of one column of blocks): the
-    concatenation ``[h; x]`` of two column vectors is ``sg.vstack(h, x)``."""
-    return sp.BlockMatrix([[_matrix_arg("vstack", m)] for m in matrices])
+    """The matrices one above the other (the columns must agree): the concatenation
+    ``[h; x]`` of two column vectors is ``sg.vstack(h, x)``."""
+    return concat(0, *matrices)
 
 
 def diag(*matrices):

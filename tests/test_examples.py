@@ -97,3 +97,26 @@ def test_digits_mlp_accuracy_progress_and_plot(tmp_path):
     assert accuracy >= 96.0
     assert "training: 100%" in done.stderr  # the tqdm progress bar
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gaussian_nll_fits_the_sample_covariance():
+    out = run_example("gaussian_nll")
+    assert float(re.search(r"max \|mean - sample mean\| = (\S+)", out).group(1)) < 1e-8
+    assert float(re.search(r"max \|covariance - np.cov\| = (\S+)", out).group(1)) < 1e-8
+
+
+def test_attention_agrees_with_pytorch_and_trains():
+    out = run_example("attention")
+    assert "every row of weights sums to 1: True" in out
+    loss_diff, grad_diff = (float(v) for v in re.search(r"loss (\S+), worst gradient difference (\S+)", out).groups())
+    assert loss_diff < 1e-13 and grad_diff < 1e-12
+    first = float(re.search(r"^loss (\S+);", out, re.M).group(1))
+    assert float(re.search(r"after 200 steps: loss (\S+)", out).group(1)) < 0.7 * first
+
+
+def test_elman_rnn_agrees_with_pytorch_and_trains():
+    out = run_example("elman_rnn")
+    loss_diff, grad_diff = (float(v) for v in re.search(r"loss (\S+), worst gradient difference (\S+)", out).groups())
+    assert loss_diff < 1e-13 and grad_diff < 1e-12
+    losses = [float(v) for v in re.findall(r"step +\d+: loss (\S+)", out)]
+    assert losses[-1] < 0.01 * losses[0]

@@ -1474,6 +1474,8 @@ def _eval_linalg(ev, e):
     if isinstance(e, MatrixSlice):
         (r0, r1, rs), (c0, c1, cs) = e.args[1:]
         return arr(e.parent)[int(r0):int(r1):int(rs), int(c0):int(c1):int(cs)]
+    if isinstance(e, sgf.concat):
+        return np.concatenate([arr(m) for m in e.matrices], axis=e.axis)
     if isinstance(e, sp.BlockMatrix):
         grid = e.blocks
         return np.block([[arr(grid[i, j]) for j in range(grid.cols)] for i in range(grid.rows)])

@@ -275,7 +275,8 @@ def _lu_solve_vjp(b, n, g):
     a, _, f = node.args
     (trans,) = node.attrs
     rhs_bar = b.apply("lu_solve", a, g, f, attrs=(not trans,))
-    a_bar = b.neg(b.matmul(n, b.transpose(rhs_bar)) if trans else b.matmul(rhs_bar, b.transpose(n)))
+    # the product last, so that a batch sum of it is one matrix product over the tile
+    a_bar = b.matmul(n, b.neg(b.transpose(rhs_bar))) if trans else b.matmul(b.neg(rhs_bar), b.transpose(n))
     return [a_bar, rhs_bar, None]
 
 
@@ -288,6 +289,12 @@ def _emit_lu_solve(p, out, args, attrs):
 
 def _es(operand):
     return operand.example_stride if operand.varying else 0
+
+def _solve_scratch(node):
+    """A column of the right-hand side for every example of a tile (sg_tri_solve's shared-factor path)."""
+    from ..plan import MAX_TILE
+
+    return node.shape[0] * MAX_TILE
 
 
 def _solve_text(name):
@@ -323,17 +330,17 @@ def _cho_solve_vjp(b, n, g):
     """X = A⁻¹B with A = L Lᵀ symmetric: B̄ = A⁻¹X̄, Ā = -B̄Xᵀ."""
     a, _, chol = b.node(n).args
     rhs_bar = b.apply("cho_solve", a, g, chol)
-    return [b.neg(b.matmul(rhs_bar, b.transpose(n))), rhs_bar, None]
+    return [b.matmul(b.neg(rhs_bar), b.transpose(n)), rhs_bar, None]
 
 
 def _emit_cho_solve(p, out, args, attrs):
     _, rhs, chol = args
     n = rhs.rows
     first = p.helper_call("tri_solve", p.examples(out), n, rhs.cols, chol.strides_text(), rhs.strides_text(),
-                          p.target(out), 1, 0)
+                          p.target(out), 1, 0, "scratch")
     # then Lᵀ X = Y, in place in the result
     second = p.helper_call("tri_solve", p.examples(out), n, rhs.cols, chol.strides_text(),
-                           f"{out.text}, {_es(out)}, {rhs.cols}, 1", p.target(out), 1, 1)
+                           f"{out.text}, {_es(out)}, {rhs.cols}, 1", p.target(out), 1, 1, "scratch")
     return [first, second]
 
 
@@ -347,6 +354,7 @@ register(
         vjp=_cho_solve_vjp,
         jvp=_cho_solve_jvp,
         emit=_emit_cho_solve,
+        scratch=_solve_scratch,
         numpy=lambda args, attrs: _np_solve(args, (False,)),
         to_sympy=lambda args, attrs: sp.MatMul(sp.Inverse(args[0]), args[1]),
         text=lambda args, attrs: f"solve({args[0]}, {args[1]})",
@@ -363,15 +371,18 @@ def _tri_solve_vjp(b, n, g):
     t, _ = node.args
     lower, trans = node.attrs
     rhs_bar = b.apply("tri_solve", t, g, attrs=(lower, not trans))
-    full = b.matmul(n, b.transpose(rhs_bar)) if trans else b.matmul(rhs_bar, b.transpose(n))
-    return [b.apply("triangle", b.neg(full), attrs=(lower, 1)), rhs_bar]
+    # the product innermost: a batch sum of the triangle is the triangle of one product over the tile
+    negated = b.neg(rhs_bar)
+    full = b.matmul(n, b.transpose(negated)) if trans else b.matmul(negated, b.transpose(n))
+    return [b.apply("triangle", full, attrs=(lower, 1)), rhs_bar]
 
 
 def _emit_tri_solve(p, out, args, attrs):
     t, rhs = args
     lower, trans = attrs
     return [p.helper_call("tri_solve", p.examples(out), rhs.rows, rhs.cols, t.strides_text(), rhs.strides_text(),
-                          p.target(out), int(lower), int(trans))]
+                          p.target(out), int(lower), int(trans), "scratch")]
+
 
 
 # op(T)⁻¹B for the lower (or upper) triangle T of the first arg. attrs: (lower, transposed).
@@ -384,6 +395,7 @@ register(
         vjp=_tri_solve_vjp,
         jvp=_tri_solve_jvp,
         emit=_emit_tri_solve,
+        scratch=_solve_scratch,
         numpy=_np_tri_solve,
         to_sympy=lambda args, attrs: sgf.triangular_solve(args[0], args[1], lower=attrs[0], trans=attrs[1]),
         text=lambda args, attrs: call("triangular_solve", [args[0], args[1]] + (["upper"] if not attrs[0] else [])
@@ -568,3 +580,45 @@ def _read_spd(r, e):
     are computed (read by the heads around it)."""
     return r.node(e.args[0])
 
+
+
+def quadratic_form(b, left, right):
+    """``xᵀ A⁻¹ x`` for an spd A = L Lᵀ as ``yᵀ y`` with ``y = L⁻¹ x``: one triangular solve
+    instead of two (and as many fewer in the backward pass), and never negative. Matches the
+    product ``xᵀ (A⁻¹ x)`` and ``(A⁻¹ x)ᵀ x``, as the matmul entry's simplification meets them;
+    None for other products."""
+    first, second = b.node(left), b.node(right)
+    if second.op == "cho_solve" and transpose_of(b, left, second.args[1]):
+        node = second  # xᵀ (A⁻¹ x)
+    elif first.op == "transpose" and b.node(first.args[0]).op == "cho_solve" \
+            and _same(b, b.node(first.args[0]).args[1], right):
+        node = b.node(first.args[0])  # (A⁻¹ x)ᵀ x
+    else:
+        return None
+    _, x, chol = node.args
+    b.note_rewrite("x.T*A^-1*x -> y.T*y with y = L^-1*x, L = cholesky(A), for an spd A")
+    y = b.apply("tri_solve", chol, x, attrs=(True, False))
+    return b.matmul(b.transpose(y), y)
+
+
+def _same(b, y, x) -> bool:
+    """Whether the node ``y`` is ``x``, or the transpose of a transpose of it."""
+    node = b.node(y)
+    return y == x or (node.op == "transpose" and transpose_of(b, node.args[0], x))
+
+
+def transpose_of(b, t, x, depth=4) -> bool:
+    """Whether the node ``t`` is the transpose of the node ``x``: ``x.T``, or, as SymPy writes
+    ``(x - mu).T``, a sum (or scalar multiple) of the transposes of x's terms."""
+    tn, xn = b.node(t), b.node(x)
+    if tn.shape == () or (tn.op == "transpose" and tn.args[0] == x):
+        return t == x if tn.shape == () else True
+    if depth == 0 or tn.op != xn.op or tn.op not in ("add", "mul") or len(tn.args) != len(xn.args):
+        return False
+    rest = list(xn.args)
+    for term in tn.args:
+        match = next((k for k, other in enumerate(rest) if transpose_of(b, term, other, depth - 1)), None)
+        if match is None:
+            return False
+        del rest[match]
+    return True

@@ -40,7 +40,11 @@ def _simplify_matmul(b, args, attrs):
     """A column of copies times a row is a broadcast: OneMatrix(m, 1) * r -> r repeated m times.
     A product with an inverse is a solve: (A⁻¹ I) B -> A⁻¹ B and B (A⁻¹ I) -> (A⁻ᵀ Bᵀ)ᵀ, so no
     inverse is formed to be multiplied."""
-    solved = _solve_product(b, *args)
+    from .factor import quadratic_form
+
+    solved = quadratic_form(b, *args)
+    if solved is None:
+        solved = _solve_product(b, *args)
     if solved is not None:
         return solved
     left, right = (b.node(a) for a in args)
@@ -543,6 +547,15 @@ def _emit_reduce_batch(p, out, args, attrs):
     return [p.helper_call("reduce_batch", "nt", a.rows, a.cols, a.strides_text(), out.text)]
 
 
+def _simplify_reduce_batch(b, args, attrs):
+    """The batch sum of a triangle is the triangle of the batch sum: the sum then reaches the
+    matrix product inside (an adjoint of a triangular solve), which sums itself over the tile."""
+    node = b.node(args[0])
+    if node.op == "triangle":
+        return b.apply("triangle", b.apply("reduce_batch", node.args[0]), attrs=node.attrs)
+    return None
+
+
 def _reduce_batch_jvp(b, n, tangents):
     """The batch sum of the tangent; a tangent the same for every example (that of a param)
     sums to the number of examples of the call times it, as in the reverse pass."""
@@ -560,6 +573,7 @@ register(
         shape=lambda shapes, attrs: shapes[0],
         vjp=lambda b, n, g: [g],
         emit=_emit_reduce_batch,
+        simplify=_simplify_reduce_batch,
         jvp=_reduce_batch_jvp,
         numpy=lambda args, attrs: args[0],
         to_sympy=lambda args, attrs: sp.Function("batch_sum")(args[0]),

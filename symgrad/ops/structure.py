@@ -18,6 +18,7 @@ from sympy.matrices.expressions.diagonal import DiagMatrix, DiagonalMatrix, Diag
 from sympy.matrices.expressions.kronecker import KroneckerProduct
 from sympy.matrices.expressions.slice import MatrixSlice
 
+from .. import functions as sgf
 from ..errors import ModelShapeError, UnsupportedFunctionError
 from . import Op, linear_jvp, reads, register
 from .text import POWER, call, shape as shape_text, wrap
@@ -245,7 +246,7 @@ register(
 
 @reads(BlockMatrix, children=lambda e: [blk for blk in e.blocks if not isinstance(blk, sp.ZeroMatrix)])
 def _read_block_matrix(r, e):
-    """``sp.BlockMatrix`` (and ``sp.BlockDiagMatrix``, ``sg.hstack``, ``sg.vstack``): zero blocks
+    """``sp.BlockMatrix`` (and ``sp.BlockDiagMatrix``): zero blocks
     are left out of the node, whose other elements start as zeros."""
     grid = e.blocks
     row_starts, col_starts = [0], [0]
@@ -265,6 +266,17 @@ def _read_block_matrix(r, e):
     if not ids:
         return r.b.broadcast(r.b.const(0), shape)
     return r.b.apply("block", *ids, attrs=(shape, tuple(corners)))
+
+
+@reads(sgf.concat, children=lambda e: list(e.matrices))
+def _read_concat(r, e):
+    """``sg.vstack`` / ``sg.hstack``: one block node."""
+    ids = [r.node(m) for m in e.matrices]
+    corners, at = [], 0
+    for i in ids:
+        corners.append((at, 0) if e.axis == 0 else (0, at))
+        at += _dims(r.b.shape(i))[e.axis]
+    return r.b.apply("block", *ids, attrs=((int(e.shape[0]), int(e.shape[1])), tuple(corners)))
 
 
 # --- diagonals ---------------------------------------------------------------------------------------

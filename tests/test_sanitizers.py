@@ -113,6 +113,15 @@ CALLS = """
                 if case != "slices":
                     call(**lists)
                     call(**arrays)
+            trainer = getattr(module, "_trainer", None)  # the fused training kernel, where the model has one
+            if trainer is not None and case != "one":
+                params = {p: np.array(arrays[p], dtype=float) for p, _, _ in trainer.params}
+                examples = {a.name: arrays[a.name] for a in trainer.inputs}
+                n = len(next(iter(examples.values())))
+                for optimizer in ("sgd", "momentum", "adam"):  # one minibatch (sliced when large), then shuffled ones
+                    module.train_epoch(params, examples, n, 1e-3, optimizer)
+                    module.train_epoch(params, examples, 2 if case == "few" else 4097, 1e-3, optimizer, shuffle=0)
+                module.sgd_step(params, 1e-3, **examples)
         print("called", name)
     print("ok")
 """

@@ -410,6 +410,8 @@ def test_show_hessian_and_stats_of_the_extra_kernels():
         assert line in stats, stats
     assert "The compiled jacobian takes forward sweeps: 2" in show_text(case.model)
     assert "jacobian: reverse mode, 3 sweeps" in show_stats(_mlp_case().model)
+    columns = show_stats(_no_inputs_model("dk_columns_stats", lambda x, p: {}))
+    assert "hessian: value_and_grad and one call of the hessian kernel, 5 columns" in columns, columns
 
 
 @pytest.mark.parametrize("make", [_fit_case, _inputs_case], ids=["fit", "inputs"])

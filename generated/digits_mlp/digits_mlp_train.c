@@ -159,7 +159,15 @@ int digits_mlp_train(int64_t n, int64_t batch_size, const int64_t *order, int op
         double loss = 0, part_loss = 0;
         for (int64_t a = 0; a < nb; a += slice) {
             const int64_t count = nb - a < slice ? nb - a : slice;
-            const int status = digits_mlp_value_and_grad(count, nb, p_W1, p_b1, p_W2, p_b2, x_x + a * 64, x_target + a * 10, a == 0 ? &loss : &part_loss, a == 0 ? grad_W1 : part_W1, a == 0 ? grad_b1 : part_b1, a == 0 ? grad_W2 : part_W2, a == 0 ? grad_b2 : part_b2, kernel_work);
+            /* the params and the slice's examples; the results: the minibatch's own for the first slice */
+            const int status = digits_mlp_value_and_grad(
+                count, nb, p_W1, p_b1, p_W2, p_b2, x_x + a * 64, x_target + a * 10,
+                a == 0 ? &loss : &part_loss,
+                a == 0 ? grad_W1 : part_W1,
+                a == 0 ? grad_b1 : part_b1,
+                a == 0 ? grad_W2 : part_W2,
+                a == 0 ? grad_b2 : part_b2,
+                kernel_work);
             if (status != 0)
                 return status;
             if (a > 0) {

@@ -153,7 +153,13 @@ int digits_softmax_train(int64_t n, int64_t batch_size, const int64_t *order, in
         double loss = 0, part_loss = 0;
         for (int64_t a = 0; a < nb; a += slice) {
             const int64_t count = nb - a < slice ? nb - a : slice;
-            const int status = digits_softmax_value_and_grad(count, nb, p_W, p_b, x_x + a * 64, x_c + a, a == 0 ? &loss : &part_loss, a == 0 ? grad_W : part_W, a == 0 ? grad_b : part_b, kernel_work);
+            /* the params and the slice's examples; the results: the minibatch's own for the first slice */
+            const int status = digits_softmax_value_and_grad(
+                count, nb, p_W, p_b, x_x + a * 64, x_c + a,
+                a == 0 ? &loss : &part_loss,
+                a == 0 ? grad_W : part_W,
+                a == 0 ? grad_b : part_b,
+                kernel_work);
             if (status != 0)
                 return status;
             if (a > 0) {

@@ -163,7 +163,14 @@ int logistic_regression_train(int64_t n, int64_t batch_size, const int64_t *orde
         double loss = 0, part_loss = 0;
         for (int64_t a = 0; a < nb; a += slice) {
             const int64_t count = nb - a < slice ? nb - a : slice;
-            const int status = logistic_regression_value_and_grad(count, nb, p_w1[0], p_w2[0], p_b[0], x_x1 + a, x_x2 + a, x_y + a, a == 0 ? &loss : &part_loss, a == 0 ? grad_w1 : part_w1, a == 0 ? grad_w2 : part_w2, a == 0 ? grad_b : part_b, kernel_work);
+            /* the params and the slice's examples; the results: the minibatch's own for the first slice */
+            const int status = logistic_regression_value_and_grad(
+                count, nb, p_w1[0], p_w2[0], p_b[0], x_x1 + a, x_x2 + a, x_y + a,
+                a == 0 ? &loss : &part_loss,
+                a == 0 ? grad_w1 : part_w1,
+                a == 0 ? grad_w2 : part_w2,
+                a == 0 ? grad_b : part_b,
+                kernel_work);
             if (status != 0)
                 return status;
             if (a > 0) {

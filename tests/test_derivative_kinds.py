@@ -518,3 +518,18 @@ def test_export_describes_the_extra_kernels(tmp_path):
         assert f"dk_fit_{kind}(" in header
     assert "tangent of r" in header and "derivative along the tangents, for k" in header
     assert result is not None
+
+
+def test_a_model_without_a_loss_has_its_outputs_jacobian_and_jvp(compile_model):
+    a, b, x = sp.symbols("a b x")
+    model = sg.Model("dk_no_loss", params=[a, b], inputs=[x], outputs={"y": a * sp.exp(b * x)},
+                     kernels=("jacobian", "jvp"))
+    m = compile_model(model)
+    X = np.linspace(0.0, 1.0, 4)
+    J = m.jacobian(a=2.0, b=0.5, x=X)
+    assert list(J) == ["y"]
+    np.testing.assert_allclose(J["y"]["a"], np.exp(0.5 * X), rtol=1e-14)
+    np.testing.assert_allclose(J["y"]["b"], 2.0 * X * np.exp(0.5 * X), rtol=1e-14)
+    outputs, tangents = m.jvp({"a": 1.0, "b": -1.0}, a=2.0, b=0.5, x=X)
+    np.testing.assert_allclose(tangents["y"], np.exp(0.5 * X) - 2.0 * X * np.exp(0.5 * X), rtol=1e-13)
+    assert not hasattr(m, "hvp")

@@ -199,13 +199,15 @@ def test_frozen_params_and_input_gradients(compile_model):
     module = compile_model(model)
     rng = np.random.default_rng(5)
     data = {"x": rng.normal(size=9), "t": rng.normal(size=9)}
-    params = {"a": np.array(0.5), "k": 2.0}
-    expected = 0.5
-    for idx in (slice(0, 4), slice(4, 8), slice(8, 9)):
-        _, grads = module.value_and_grad(a=expected, k=2.0, x=data["x"][idx], t=data["t"][idx])
-        expected = expected - 0.1 * grads["a"]
-    module.train_epoch(params, data, 4, 0.1)
-    assert params["a"] == expected and params["k"] == 2.0
+    for shuffle in (None, 3):
+        params = {"a": np.array(0.5), "k": 2.0}
+        order = np.arange(9) if shuffle is None else np.random.default_rng(shuffle).permutation(9)
+        expected = 0.5
+        for idx in (order[0:4], order[4:8], order[8:9]):
+            _, grads = module.value_and_grad(a=expected, k=2.0, x=data["x"][idx], t=data["t"][idx])
+            expected = expected - 0.1 * grads["a"]
+        module.train_epoch(params, data, 4, 0.1, shuffle=shuffle)
+        assert params["a"] == expected and params["k"] == 2.0
 
 
 def test_pytorch_optimizers_agree(net):

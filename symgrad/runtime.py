@@ -21,9 +21,10 @@ Calling convention (what a user passes):
   into those arrays, which are returned), ``threads=K`` and, for
   ``reduce="mean"`` models, ``mean_over=N`` (the number of examples the
   mean divides by: a caller that splits a batch into parts adds the parts'
-  results). A symbol of the same name takes the name.
+  results) and ``inputs=`` (the model's scalar inputs as the columns of one
+  (N, k) array, in declaration order). A symbol of the same name takes the name.
 
-Results are new arrays the caller owns (or the ``out=`` arrays), with the
+Results are new arrays the caller owns (views of one block per call), or the ``out=`` arrays, with the
 batch axis first when any input was batched, and plain floats for scalars
 otherwise. Gradients have the shape their symbol was passed in.
 
@@ -201,8 +202,11 @@ class Kernel:
         self._reduce = reduce
         self._mean_results = reduce == "mean" and any(not a.per_example for a in self.outputs)
         # Call options; a symbol of the same name takes the name (None: never popped).
-        self._out, self._threads, self._mean_over = (None if name in declared else name
-                                                     for name in ("out", "threads", "mean_over"))
+        self._out, self._threads, self._mean_over, self._columns = (
+            None if name in declared else name for name in ("out", "threads", "mean_over", "inputs"))
+        # The model's scalar inputs, in declaration order: the columns of an ``inputs=`` array.
+        self._scalar_inputs = [name for name, (role, shape) in dict(declared).items()
+                               if role == "input" and tuple(shape) == ()]
         self._plans = {}
         self._local = threading.local()
 
@@ -395,6 +399,8 @@ class Kernel:
         arrays = dict(arrays)
         for name in (self._out, self._threads, self._mean_over):
             arrays.pop(name, None)
+        if self._columns in arrays:
+            arrays.update(self._split_columns(arrays.pop(self._columns), arrays))
         return self._lookup(*self._values(arrays))[0]
 
     # --- the call ------------------------------------------------------------------------
@@ -407,6 +413,8 @@ class Kernel:
                                        arrays.pop(self._mean_over, None))
             if threads is not None and (type(threads) is not int or threads < 1):
                 raise ArgumentError(f"threads must be a whole number >= 1, got {threads!r}")
+        if self._columns in arrays:
+            arrays.update(self._split_columns(arrays.pop(self._columns), arrays))
         values, extras = self._values(arrays)
         key = callplan.signature(values)
         plan = self._plans.get(key) if extras is None else None
@@ -579,6 +587,28 @@ class Kernel:
         return work
 
     # --- options -------------------------------------------------------------------------
+
+    def _split_columns(self, columns, arrays) -> dict:
+        """The scalar inputs given as the columns of one ``inputs=`` array, by name.
+
+        ``columns`` is an (N, k) array whose column j is the j-th of the model's k
+        scalar inputs (declaration order), or a length-k vector for one example. It is
+        turned once into a C-ordered (k, N) array of the kernel's dtype (no copy when it
+        is a Fortran-ordered array of that dtype) whose rows the kernel reads as they
+        are, instead of k strided columns converted one by one.
+        """
+        names = self._scalar_inputs
+        array = callplan.as_array(callplan.Argument("input", "inputs", (), True, False, "", ""), columns, self.dtype)
+        if not names or array.ndim not in (1, 2) or array.shape[-1] != len(names):
+            expected = f"(N, {len(names)}) or ({len(names)},)" if names else "nothing: the model has no scalar inputs"
+            raise ArgumentShapeError(f"inputs= takes the model's scalar inputs ({', '.join(names) or 'none'}) as the "
+                                     f"columns of one array of shape {expected}; got shape {array.shape}")
+        twice = [name for name in names if name in arrays]
+        if twice:
+            raise ArgumentError(f"input {twice[0]!r} is given twice: by name and as a column of inputs=")
+        callplan.check_integers(callplan.Argument("input", "inputs", (), True, False, "", ""), array, self.dtype)
+        rows = np.ascontiguousarray(array.T, dtype=self.dtype)
+        return dict(zip(names, rows))
 
     def _check_mean_over(self, mean_over, n) -> int:
         if self._reduce != "mean":

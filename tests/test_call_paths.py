@@ -345,3 +345,35 @@ def test_fresh_results_share_one_block_and_out_arrays_are_kept(matrix, rng):
     again = matrix.value_and_grad(**exact, out=out)
     assert again[1]["W"] is out[1]["W"] and again[1]["t"] is out[1]["t"] and again[1]["x"] is not None
     _same(again, (loss, grads))
+
+
+def test_scalar_inputs_as_the_columns_of_one_array(compile_model, matrix, rng):
+    module = compile_model(_wide_model(8))  # inputs s0, s2, s4, s6; params s1, s3, s5, s7
+    params = {f"s{k}": float(v) for k, v in zip(range(1, 8, 2), rng.uniform(-1, 1, 4))}
+    for n in (1, 7, runtime.CHUNK + 5):
+        columns = rng.uniform(-1.5, 1.5, (n, 4))
+        by_name = {f"s{2 * j}": columns[:, j] for j in range(4)}  # strided columns, converted one by one
+        expected = module.value_and_grad(**params, **by_name)
+        _same(module.value_and_grad(**params, inputs=columns), expected)
+        _same(module.value_and_grad(**params, inputs=np.asfortranarray(columns)), expected)  # read in place
+        _same(module.value_and_grad(**params, inputs=columns.tolist(), threads=2), expected)
+        _same(module.forward(**params, inputs=columns), module.forward(**params, **by_name))
+    one = rng.uniform(-1, 1, 4)
+    _same(module.value_and_grad(**params, inputs=one),
+          module.value_and_grad(**params, **{f"s{2 * j}": float(one[j]) for j in range(4)}))
+    with pytest.raises(ArgumentError, match=r"columns of one array of shape \(N, 4\) or \(4,\); got shape \(3, 5\)"):
+        module.value_and_grad(**params, inputs=np.zeros((3, 5)))
+    with pytest.raises(ArgumentError, match="'s0' is given twice"):
+        module.value_and_grad(**params, inputs=np.zeros((3, 4)), s0=np.zeros(3))
+    with pytest.raises(ArgumentDtypeError, match="2\\*\\*53"):
+        module.value_and_grad(**params, inputs=np.full((2, 4), 2 ** 60))
+    # Matrix inputs stay by name; the scalar ones (here t) may come as columns.
+    W, x, t = rng.normal(size=(3, 2)), rng.normal(size=(5, 2)), rng.normal(size=5)
+    _same(matrix.value_and_grad(W=W, b=0.1, x=x, inputs=t[:, None]), matrix.value_and_grad(W=W, b=0.1, x=x, t=t))
+
+
+def test_a_symbol_named_inputs_takes_the_name(compile_model):
+    inputs, x = sp.symbols("inputs x")
+    module = compile_model(sg.Model("paths_inputs_symbol", loss=inputs * x**2, inputs=[inputs, x], wrt=[x]))
+    loss, grads = module.value_and_grad(inputs=np.array([1.0, 2.0]), x=np.array([3.0, 4.0]))
+    assert loss == pytest.approx((9 + 32) / 2) and grads["x"].tolist() == [3.0, 8.0]

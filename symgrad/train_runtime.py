@@ -120,7 +120,8 @@ class Trainer:
         if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ArgumentError(f"batch_size must be a whole number >= 1; got {batch_size!r}")
         if not isinstance(data, dict):
-            raise ArgumentError(f"data must be a dict of the inputs' arrays ({', '.join(a.name for a in self.inputs)}), "
+            names = ", ".join(a.name for a in self.inputs)
+            raise ArgumentError(f"data must be a dict of the inputs' arrays ({names}), "
                                 f"examples along the first axis; got {type(data).__name__}")
         inputs, n = self._data(data, "data")
         order = self._order(shuffle, n)
@@ -202,7 +203,8 @@ class Trainer:
     def _params(self, params):
         """(one array per param of the C function, [(name, position)] of params given as numbers)."""
         if not isinstance(params, dict):
-            raise ArgumentError(f"params must be a dict of the params' arrays ({', '.join(n for n, _, _ in self.params)}), "
+            names = ", ".join(n for n, _, _ in self.params)
+            raise ArgumentError(f"params must be a dict of the params' arrays ({names}), "
                                 f"updated in place; got {type(params).__name__}")
         for name in params:
             role = self.declared.get(name, (None,))[0]
@@ -223,7 +225,7 @@ class Trainer:
                         and value.flags.num & callplan.WRITABLE == callplan.WRITABLE):
                     buffers.append(value)  # as the kernel updates it: nothing to check further
                     continue
-                buffers.append(self._trained(name, value, shape))
+                buffers.append(self._trained(name, value, shape, self._shapes[position]))
                 if buffers[-1] is not value:  # a number: its new value goes back into the dict
                     numbers_back.append((name, position))
             else:
@@ -235,8 +237,9 @@ class Trainer:
                 buffers.append(np.ascontiguousarray(array.reshape(shape), dtype=self.dtype))
         return buffers, numbers_back
 
-    def _trained(self, name, value, shape):
-        """The array a trained param is updated in; a 0-d copy of a number (written back after)."""
+    def _trained(self, name, value, shape, shapes):
+        """The array a trained param is updated in (``shapes``: those it may have); a 0-d copy of a
+        number (written back after)."""
         if type(value) is not _ndarray:
             if shape == () and isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
                 return np.array(value, dtype=self.dtype)
@@ -244,8 +247,6 @@ class Trainer:
                                 f"{self.dtype} and shape {shape}" + (" (or a number, which is replaced in the dict "
                                                                        "by its new value)" if shape == () else "")
                                 + f"; got {type(value).__name__}")
-        flat = callplan.Argument("param", name, shape, False, False, "", "").flat
-        shapes = ((), (1,)) if shape == () else (shape, flat)
         if value.shape not in shapes:
             raise ArgumentShapeError(f"param {name!r} must have shape {shape}; got {value.shape}")
         if value.dtype != self.dtype:

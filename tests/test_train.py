@@ -48,7 +48,8 @@ def _data(dtype=np.float64, n=N, seed=0):
 
 def _params(dtype=np.float64, seed=1):
     rng = np.random.default_rng(seed)
-    return {"W": rng.normal(0, 0.5, (CLASSES, FEATURES)).astype(dtype), "b": rng.normal(0, 0.5, (CLASSES, 1)).astype(dtype),
+    return {"W": rng.normal(0, 0.5, (CLASSES, FEATURES)).astype(dtype),
+            "b": rng.normal(0, 0.5, (CLASSES, 1)).astype(dtype),
             "s": np.array(1.3, dtype=dtype)}
 
 
@@ -121,7 +122,8 @@ def test_epochs_equal_the_numpy_loop_to_the_bit(net, optimizer, shuffle):
 def test_float32_epochs_equal_the_numpy_loop_to_the_bit(net32, optimizer):
     data, params = _data(np.float32), _params(np.float32)
     mine, theirs = _copy(params), _copy(params)
-    ref_state = {"step": 0, **{slot: {k: np.zeros_like(v) for k, v in params.items()} for slot in ("velocity", "m", "v")}}
+    ref_state = {"step": 0, **{slot: {k: np.zeros_like(v) for k, v in params.items()}
+                               for slot in ("velocity", "m", "v")}}
     losses, state = net32.train_epoch(mine, data, 8, 0.2, optimizer, shuffle=1, **HYPER)
     expected = _reference_epoch(net32, theirs, data, 8, 0.2, optimizer, np.random.default_rng(1).permutation(N),
                                 ref_state, HYPER)
@@ -305,6 +307,6 @@ def test_a_state_of_wrong_arrays_is_refused(net):
     params, data = _params(), _data()
     _, state = net.train_epoch(params, data, 8, 0.1, "momentum")
     state["velocity"]["W"] = np.zeros(5)
-    with pytest.raises(ArgumentError, match=r"state\['velocity'\]\['W'\] must be a writable, C-contiguous float64 array "
-                                            "of 18 elements"):
+    with pytest.raises(ArgumentError, match=r"state\['velocity'\]\['W'\] must be a writable, C-contiguous "
+                                            "float64 array of 18 elements"):
         net.train_epoch(params, data, 8, 0.1, "momentum", state=state)

@@ -820,12 +820,62 @@ SG_RUNTIME_API void sg_lu(int64_t nb, int64_t n, const sg_real *a, int64_t a_es,
 
 /* X[e] (n x m, dense) = A[e]^-1 B[e] (trans = 0) or A[e]^-T B[e] (trans = 1), from the
    factorization F[e] = sg_lu(A[e]). With P A = L U: A x = b is L U x = P b, and
-   A^T x = b is U^T L^T (P x) = b. */
+   A^T x = b is U^T L^T (P x) = b. A factor shared by the nb > 1 examples solves for all
+   their columns at once, in scratch (n * nb elements), as sg_tri_solve does. */
 SG_RUNTIME_API void sg_lu_solve(int64_t nb, int64_t n, int64_t m, const sg_real *fac, int64_t f_es,
                                const sg_real *b, int64_t b_es, int64_t b_rs, int64_t b_cs,
-                               sg_real *out, int64_t out_es, int trans)
+                               sg_real *out, int64_t out_es, int trans, sg_real *scratch)
 {
     const int64_t w = n + 1;
+    if (f_es == 0 && nb > 1) {
+        for (int64_t c = 0; c < m; ++c) {
+            for (int64_t i = 0; i < n; ++i)  /* W[i, e] = B[e][i, c] */
+                for (int64_t e = 0; e < nb; ++e)
+                    scratch[i * nb + e] = b[e * b_es + i * b_rs + c * b_cs];
+            for (int64_t q = 0; q < n; ++q) {  /* not trans: swaps, then L, then U; trans: U^T, L^T, swaps */
+                const int64_t k = trans ? n - 1 - q : q;
+                const int64_t p = (int64_t) fac[k * w + n];
+                if (!trans && p != k)
+                    for (int64_t e = 0; e < nb; ++e) {
+                        const sg_real t = scratch[k * nb + e];
+                        scratch[k * nb + e] = scratch[p * nb + e];
+                        scratch[p * nb + e] = t;
+                    }
+            }
+            for (int64_t pass = 0; pass < 2; ++pass) {
+                /* pass 0: the lower system (L, or U^T), forward; pass 1: the upper (U, or L^T), backward */
+                for (int64_t q = 0; q < n; ++q) {
+                    const int64_t i = pass == 0 ? q : n - 1 - q;
+                    sg_real *restrict wi = scratch + i * nb;
+                    for (int64_t k = pass == 0 ? 0 : i + 1; k < (pass == 0 ? i : n); ++k) {
+                        const sg_real fik = trans ? fac[k * w + i] : fac[i * w + k];
+                        const sg_real *restrict wk = scratch + k * nb;
+                        for (int64_t e = 0; e < nb; ++e)
+                            wi[e] -= fik * wk[e];
+                    }
+                    if (pass == (trans ? 0 : 1)) {  /* U's diagonal divides; L's is 1 */
+                        const sg_real uii = fac[i * w + i];
+                        for (int64_t e = 0; e < nb; ++e)
+                            wi[e] /= uii;
+                    }
+                }
+            }
+            for (int64_t q = 0; q < n; ++q) {
+                const int64_t k = n - 1 - q;
+                const int64_t p = (int64_t) fac[k * w + n];
+                if (trans && p != k)
+                    for (int64_t e = 0; e < nb; ++e) {
+                        const sg_real t = scratch[k * nb + e];
+                        scratch[k * nb + e] = scratch[p * nb + e];
+                        scratch[p * nb + e] = t;
+                    }
+            }
+            for (int64_t i = 0; i < n; ++i)
+                for (int64_t e = 0; e < nb; ++e)
+                    out[e * out_es + i * m + c] = scratch[i * nb + e];
+        }
+        return;
+    }
     for (int64_t e = 0; e < nb; ++e) {
         const sg_real *f = fac + e * f_es;
         sg_real *x = out + e * out_es;

@@ -444,10 +444,11 @@ SG_RUNTIME_API void sg_lu(int64_t nb, int64_t n, const sg_real *a, int64_t a_es,
 
 /* X[e] (n x m, dense) = A[e]^-1 B[e] (trans = 0) or A[e]^-T B[e] (trans = 1), from the
    factorization F[e] = sg_lu(A[e]). With P A = L U: A x = b is L U x = P b, and
-   A^T x = b is U^T L^T (P x) = b. */
+   A^T x = b is U^T L^T (P x) = b. A factor shared by the nb > 1 examples solves for all
+   their columns at once, in scratch (n * nb elements), as sg_tri_solve does. */
 SG_RUNTIME_API void sg_lu_solve(int64_t nb, int64_t n, int64_t m, const sg_real *fac, int64_t f_es,
                                const sg_real *b, int64_t b_es, int64_t b_rs, int64_t b_cs,
-                               sg_real *out, int64_t out_es, int trans);
+                               sg_real *out, int64_t out_es, int trans, sg_real *scratch);
 
 /* out[e] = det(A[e]) (log_abs = 0) or log(det(A[e])) (log_abs = 1: NaN for a negative
    determinant, -inf for a singular matrix), from F[e] = sg_lu(A[e]): the product of

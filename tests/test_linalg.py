@@ -292,3 +292,36 @@ def test_a_quadratic_form_in_an_spd_inverse_is_one_triangular_solve_per_example(
     assert sum(1 for node in live if node.op in ("tri_solve", "cho_solve") and node.varying) == 2
     assert not any(node.op == "triangle" and node.varying for node in live)
     assert "x.T*A^-1*x -> y.T*y with y = L^-1*x, L = cholesky(A), for an spd A" in graph.rewrites
+
+
+@pytest.fixture(scope="module")
+def shared_factor(compile_model):
+    P = sp.MatrixSymbol("P", n, n)
+    x = sp.MatrixSymbol("x", n, 2)
+    S = P * P.T + sp.Identity(n)
+    outputs = {"lu": P.inv() * x, "lu_t": (x.T * P.inv()).T, "tri": sg.triangular_solve(P, x),
+               "tri_t": sg.triangular_solve(P, x, lower=False, trans=True), "cho": sg.spd(S).inv() * x}
+    return compile_model(sg.Model("shared_factor", outputs=outputs, loss=sg.sum(outputs["lu"] + outputs["cho"]),
+                                  params=[P], inputs=[x]))
+
+
+def test_solves_with_a_shared_factor_match_the_per_example_path_and_numpy(shared_factor):
+    """A factor of params only solves a tile's examples at once (n > 1 examples); one example
+    takes the per-example loop. Both against NumPy, over more than one tile."""
+    p = XV
+    x = rng.normal(size=(300, n, 2))
+    batch = shared_factor.forward(P=p, x=x)
+    s = p @ p.T + np.eye(n)
+    expected = {"lu": np.linalg.solve(p, x), "lu_t": np.linalg.solve(p.T, x), "tri": np.linalg.solve(np.tril(p), x),
+                "tri_t": np.linalg.solve(np.triu(p).T, x), "cho": np.linalg.solve(s, x)}
+    for name, want in expected.items():
+        np.testing.assert_allclose(batch[name], want, rtol=1e-12, atol=1e-13, err_msg=name)
+        for e in (0, 299):
+            one = shared_factor.forward(P=p, x=x[e])[name]
+            np.testing.assert_allclose(one, batch[name][e], rtol=1e-14, atol=1e-15, err_msg=name)
+    _, grads = shared_factor.value_and_grad(P=p, x=x)
+    tp = torch.tensor(p, requires_grad=True)
+    tx = torch.tensor(x)
+    ts = tp @ tp.T + torch.eye(n, dtype=torch.float64)
+    ((torch.linalg.solve(tp, tx) + torch.linalg.solve(ts, tx)).sum(dim=(1, 2)).mean()).backward()
+    np.testing.assert_allclose(grads["P"], tp.grad.numpy(), rtol=1e-11)

@@ -156,7 +156,14 @@ int attention_train(int64_t n, int64_t batch_size, const int64_t *order, int opt
         double loss = 0, part_loss = 0;
         for (int64_t a = 0; a < nb; a += slice) {
             const int64_t count = nb - a < slice ? nb - a : slice;
-            const int status = attention_value_and_grad(count, nb, p_Wq, p_Wk, p_Wv, x_X + a * 24, x_target + a * 24, a == 0 ? &loss : &part_loss, a == 0 ? grad_Wq : part_Wq, a == 0 ? grad_Wk : part_Wk, a == 0 ? grad_Wv : part_Wv, kernel_work);
+            /* the params and the slice's examples; the results: the minibatch's own for the first slice */
+            const int status = attention_value_and_grad(
+                count, nb, p_Wq, p_Wk, p_Wv, x_X + a * 24, x_target + a * 24,
+                a == 0 ? &loss : &part_loss,
+                a == 0 ? grad_Wq : part_Wq,
+                a == 0 ? grad_Wk : part_Wk,
+                a == 0 ? grad_Wv : part_Wv,
+                kernel_work);
             if (status != 0)
                 return status;
             if (a > 0) {

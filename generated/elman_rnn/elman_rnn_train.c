@@ -159,7 +159,15 @@ int elman_rnn_train(int64_t n, int64_t batch_size, const int64_t *order, int opt
         double loss = 0, part_loss = 0;
         for (int64_t a = 0; a < nb; a += slice) {
             const int64_t count = nb - a < slice ? nb - a : slice;
-            const int status = elman_rnn_value_and_grad(count, nb, p_W, p_b, p_w_out, p_c[0], x_X + a * 40, x_y + a, a == 0 ? &loss : &part_loss, a == 0 ? grad_W : part_W, a == 0 ? grad_b : part_b, a == 0 ? grad_w_out : part_w_out, a == 0 ? grad_c : part_c, kernel_work);
+            /* the params and the slice's examples; the results: the minibatch's own for the first slice */
+            const int status = elman_rnn_value_and_grad(
+                count, nb, p_W, p_b, p_w_out, p_c[0], x_X + a * 40, x_y + a,
+                a == 0 ? &loss : &part_loss,
+                a == 0 ? grad_W : part_W,
+                a == 0 ? grad_b : part_b,
+                a == 0 ? grad_w_out : part_w_out,
+                a == 0 ? grad_c : part_c,
+                kernel_work);
             if (status != 0)
                 return status;
             if (a > 0) {

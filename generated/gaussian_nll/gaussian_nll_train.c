@@ -146,7 +146,13 @@ int gaussian_nll_train(int64_t n, int64_t batch_size, const int64_t *order, int 
         double loss = 0, part_loss = 0;
         for (int64_t a = 0; a < nb; a += slice) {
             const int64_t count = nb - a < slice ? nb - a : slice;
-            const int status = gaussian_nll_value_and_grad(count, nb, p_mu, p_L, x_x + a * 3, a == 0 ? &loss : &part_loss, a == 0 ? grad_mu : part_mu, a == 0 ? grad_L : part_L, kernel_work);
+            /* the params and the slice's examples; the results: the minibatch's own for the first slice */
+            const int status = gaussian_nll_value_and_grad(
+                count, nb, p_mu, p_L, x_x + a * 3,
+                a == 0 ? &loss : &part_loss,
+                a == 0 ? grad_mu : part_mu,
+                a == 0 ? grad_L : part_L,
+                kernel_work);
             if (status != 0)
                 return status;
             if (a > 0) {

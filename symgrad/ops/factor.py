@@ -284,7 +284,7 @@ def _emit_lu_solve(p, out, args, attrs):
     _, rhs, f = args
     (trans,) = attrs
     return [p.helper_call("lu_solve", p.examples(out), rhs.rows, rhs.cols, f.pointer(), _es(f), rhs.strides_text(),
-                          p.target(out), int(trans))]
+                          p.target(out), int(trans), "scratch")]
 
 
 def _es(operand):
@@ -315,6 +315,7 @@ register(
         vjp=_lu_solve_vjp,
         jvp=_lu_solve_jvp,
         emit=_emit_lu_solve,
+        scratch=_solve_scratch,
         numpy=_np_solve,
         to_sympy=lambda args, attrs: sp.MatMul(sp.Inverse(sp.Transpose(args[0]) if attrs[0] else args[0]), args[1]),
         text=lambda args, attrs: f"solve({args[0]}{'.T' if attrs[0] else ''}, {args[1]})",

@@ -710,6 +710,58 @@ def body_text(body: Body, arg_texts) -> str:
     return f"{body.kind}({body.index} = {bounds}: {texts[body.result]})"
 
 
+def vjp_text(body: Body, arg_texts) -> str:
+    """The reverse loop in the display dialect: each iteration's contributions to the captures'
+    adjoints, ``sum_vjp(i = 0..18: x[i + 1, 0] += 200*(...); x[i, 0] += ...)``, for the
+    seed (the loop's adjoint) ``arg_texts[-1]``; a nested loop's contributions nest."""
+    from .naming import node_text
+
+    program = reverse_program(body)
+    g = program.graph
+    captures, seed = arg_texts[:-1], arg_texts[-1]
+    names = {**_index_names(body), **_level_names(g)}
+    texts: dict = {}
+    needed = program.needed()
+    uses: dict = {}
+    for nid in needed:
+        for a in g.nodes[nid].args:
+            uses[a] = uses.get(a, 0) + 1
+    for effect in program.effects:
+        uses[effect[-1]] = uses.get(effect[-1], 0) + 1
+    bindings = []  # a value read more than once is written once, under a name
+    for nid in needed:
+        node = g.nodes[nid]
+        if node.op == "loop_capture":
+            texts[nid] = captures[node.attrs[0]]
+        elif node.op == "loop_index":
+            texts[nid] = node.attrs[1]
+        elif node.op == "loop_seed":
+            texts[nid] = seed
+        elif node.op == "loop_element":
+            row, col = node.attrs
+            texts[nid] = f"{texts[node.args[0]]}[{row.text(names)}, {col.text(names)}]"
+        elif node.op in LOOP_OPS:
+            texts[nid] = body_text(node.attrs[0], [texts[a] for a in node.args])
+        else:
+            texts[nid] = node_text(g, nid, [texts[a] for a in node.args])
+            if uses.get(nid, 0) > 1 and node.op != "const":
+                name = f"u{body.level}_{len(bindings)}"
+                bindings.append(f"{name} = {texts[nid]}")
+                texts[nid] = name
+    parts = list(bindings)
+    for effect in program.effects:
+        if effect[0] == "add":
+            _, k, row, col, adj = effect
+            where = captures[k] if row is None else f"{captures[k]}[{row.text(names)}, {col.text(names)}]"
+            parts.append(f"{where} += {texts[adj]}")
+        else:
+            _, loop, adj = effect
+            inner_captures = [captures[k] for k in _capture_map(g, loop)]
+            parts.append(vjp_text(g.nodes[loop].attrs[0], inner_captures + [texts[adj]]))
+    bounds = f"{body.lower.text(names)}..{body.upper.text(names)}"
+    return f"{body.kind}_vjp({body.index} = {bounds}: {'; '.join(parts)})"
+
+
 def _index_names(body: Body) -> dict:
     return {body.level: body.index}
 

@@ -199,7 +199,7 @@ register(
         numpy=lambda args, attrs: loops.run_loop_vjp(args, attrs[0]),
         # the captures and the seed, which each loop_part differentiates by (see loops.vjp_sympy)
         to_sympy=lambda args, attrs: sp.Tuple(*args),
-        text=lambda args, attrs: call(f"{attrs[0].kind}_vjp", [args[-1], loops.body_text(attrs[0], args[:-1])]),
+        text=lambda args, attrs: loops.vjp_text(attrs[0], args),
         cost=lambda node, shapes: 3 * _loop_cost(node, shapes),
     )
 )

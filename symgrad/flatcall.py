@@ -334,9 +334,13 @@ class Flat:
         fail = self.raise_status
 
         def f(theta):
-            if theta.__class__ is not _ndarray or theta.dtype is not _FLOAT64 or theta.size != size:
-                theta = check(theta)
-            value = call(fb("double *", theta), struct)
+            try:
+                if theta.dtype is not _FLOAT64 or theta.size != size:
+                    theta = check(theta)
+                pointer = fb("double *", theta)
+            except (AttributeError, ValueError):  # not an array, or not C-contiguous
+                pointer = fb("double *", check(theta))
+            value = call(pointer, struct)
             if value != value and struct.status:  # NaN: a kernel error, or the loss's own NaN
                 fail(struct.status)
             return value
@@ -361,19 +365,27 @@ class Flat:
 
         if with_value:
             def g(theta):
-                if theta.__class__ is not _ndarray or theta.dtype is not _FLOAT64 or theta.size != size:
-                    theta = check(theta)
+                try:
+                    if theta.dtype is not _FLOAT64 or theta.size != size:
+                        theta = check(theta)
+                    pointer = fb("double *", theta)
+                except (AttributeError, ValueError):  # not an array, or not C-contiguous
+                    pointer = fb("double *", check(theta))
                 out = empty(size)
-                status = call(fb("double *", theta), null, struct, value, fb("double *", out))
+                status = call(pointer, null, struct, value, fb("double *", out))
                 if status:
                     fail(status)
                 return value[0], out
         else:
             def g(theta):
-                if theta.__class__ is not _ndarray or theta.dtype is not _FLOAT64 or theta.size != size:
-                    theta = check(theta)
+                try:
+                    if theta.dtype is not _FLOAT64 or theta.size != size:
+                        theta = check(theta)
+                    pointer = fb("double *", theta)
+                except (AttributeError, ValueError):  # not an array, or not C-contiguous
+                    pointer = fb("double *", check(theta))
                 out = empty(size)
-                status = call(fb("double *", theta), null, struct, value, fb("double *", out))
+                status = call(pointer, null, struct, value, fb("double *", out))
                 if status:
                     fail(status)
                 return out
@@ -398,12 +410,20 @@ class Flat:
         empty, fail = np.empty, self.raise_status
 
         def h(theta, v):
-            if theta.__class__ is not _ndarray or theta.dtype is not _FLOAT64 or theta.size != size:
-                theta = check(theta)
-            if v.__class__ is not _ndarray or v.dtype is not _FLOAT64 or v.size != size:
-                v = check(v, "v")
+            try:
+                if theta.dtype is not _FLOAT64 or theta.size != size:
+                    theta = check(theta)
+                pointer = fb("double *", theta)
+            except (AttributeError, ValueError):  # not an array, or not C-contiguous
+                pointer = fb("double *", check(theta))
+            try:
+                if v.dtype is not _FLOAT64 or v.size != size:
+                    v = check(v, "v")
+                v_pointer = fb("double *", v)
+            except (AttributeError, ValueError):  # not an array, or not C-contiguous
+                v_pointer = fb("double *", check(v, "v"))
             out = empty(size)
-            status = call(fb("double *", theta), fb("double *", v), struct, null, fb("double *", out))
+            status = call(pointer, v_pointer, struct, null, fb("double *", out))
             if status:
                 fail(status)
             return out
@@ -419,10 +439,14 @@ class Flat:
         empty, fail = np.empty, self.raise_status
 
         def H(theta):
-            if theta.__class__ is not _ndarray or theta.dtype is not _FLOAT64 or theta.size != size:
-                theta = check(theta)
+            try:
+                if theta.dtype is not _FLOAT64 or theta.size != size:
+                    theta = check(theta)
+                pointer = fb("double *", theta)
+            except (AttributeError, ValueError):  # not an array, or not C-contiguous
+                pointer = fb("double *", check(theta))
             out = empty((size, size))
-            status = call(fb("double *", theta), struct, fb("double *", out))
+            status = call(pointer, struct, fb("double *", out))
             if status:
                 fail(status)
             return out
@@ -448,10 +472,14 @@ class Flat:
         fail = self.raise_status
 
         def o(theta):
-            if theta.__class__ is not _ndarray or theta.dtype is not _FLOAT64 or theta.size != size:
-                theta = check(theta)
+            try:
+                if theta.dtype is not _FLOAT64 or theta.size != size:
+                    theta = check(theta)
+                pointer = fb("double *", theta)
+            except (AttributeError, ValueError):  # not an array, or not C-contiguous
+                pointer = fb("double *", check(theta))
             out = np.empty(total)
-            status = call(fb("double *", theta), null, struct, value, fb("double *", out))
+            status = call(pointer, null, struct, value, fb("double *", out))
             if status:
                 fail(status)
             return {name: out[a:b].reshape(s) for name, (a, b, s) in slices.items()}
@@ -476,11 +504,15 @@ class Flat:
         fail = self.raise_status
 
         def J(theta):
-            if theta.__class__ is not _ndarray or theta.dtype is not _FLOAT64 or theta.size != size:
-                theta = check(theta)
+            try:
+                if theta.dtype is not _FLOAT64 or theta.size != size:
+                    theta = check(theta)
+                pointer = fb("double *", theta)
+            except (AttributeError, ValueError):  # not an array, or not C-contiguous
+                pointer = fb("double *", check(theta))
             out = np.empty(max(start, 1))
             struct.skip = skip
-            status = call(fb("double *", theta), struct, fb("double *", out))
+            status = call(pointer, struct, fb("double *", out))
             if status:
                 fail(status)
             return {name: out[a:b].reshape(s) for name, (a, b, s) in slices.items() if name in wanted}

@@ -266,6 +266,9 @@ def test_errors_name_the_problem_and_the_fix(fit, plain, fit2):
     with pytest.raises(ArgumentShapeError, match=r"v has shape \(4,\)"):
         obj.hessp(np.zeros(3), np.zeros(4))
     assert obj.fun([1, 2, 3]) == obj.fun(np.array([1.0, 2.0, 3.0]))  # lists and integers convert exactly
+    strided = np.array([1.0, 9.0, 2.0, 9.0, 3.0, 9.0])[::2]  # not contiguous: copied
+    assert obj.fun(strided) == obj.fun(np.array([1.0, 2.0, 3.0]))
+    assert np.array_equal(obj.hessp(strided, strided), obj.hessp(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0])))
     assert obj.fun(np.array([1, 2, 3], dtype=np.float32)) == obj.fun(np.array([1.0, 2.0, 3.0]))
     with pytest.raises(ArgumentDtypeError, match="cannot represent exactly"):
         obj.fun(np.array([2**60, 0, 0]))

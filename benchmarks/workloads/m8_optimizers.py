@@ -303,14 +303,16 @@ class M9(Workload):
         return (f"One value_and_grad (and one forward) of the Rosenbrock function of {self.dim} variables at one "
                 f"point held as a float64 vector, the call of an optimizer. symgrad: symgrad.scipy.Objective's "
                 f"fun_and_jac and fun (theta to C as one pointer, the data bound once), for a model of one "
-                f"MatrixSymbol x of {self.dim}x1 (first table) and for M2's model of {self.dim} scalar symbols "
-                f"(second); the same function in C by hand (a loop over x, gcc -O3) "
+                f"MatrixSymbol x of {self.dim}x1 written element by element (first table), the same "
+                f"written as sp.Sum over an index (second: one loop in C) and M2's model of {self.dim} scalar "
+                f"symbols (third); the same function in C by hand (a loop over x, gcc -O3) "
                 f"called through cffi with one pointer in and one out; the peers' one-point calls as in M2 "
-                f"(jit of value_and_grad, torch autograd, CasADi SX and its C). The third table: the gradient "
+                f"(jit of value_and_grad, torch autograd, CasADi SX and its C). The fourth table: the gradient "
                 f"alone, Objective.jac against the hand-written gradient.")
 
     def metrics(self):
         return [Metric("flat_matrix", f"MatrixSymbol x ({self.dim}x1), 1 point", "µs/call", 1e6),
+                Metric("flat_sum", f"MatrixSymbol x ({self.dim}x1) summed by sp.Sum, 1 point", "µs/call", 1e6),
                 Metric("flat_scalars", f"{self.dim} scalar symbols, 1 point", "µs/call", 1e6),
                 Metric("jac", f"gradient alone (jac), MatrixSymbol x ({self.dim}x1)", "µs/call", 1e6,
                        has_forward=False)]
@@ -318,7 +320,7 @@ class M9(Workload):
     def references(self):
         value, grad = np_value_and_grad(self.point)
         ref = ((value, {"x": grad}), np_forward(self.point))
-        return {"flat_matrix": ref, "flat_scalars": ref, "jac": ((0.0, {"x": grad}), None)}
+        return {"flat_matrix": ref, "flat_sum": ref, "flat_scalars": ref, "jac": ((0.0, {"x": grad}), None)}
 
     def self_check(self):
         from ..harness import finite_difference_check
@@ -338,9 +340,13 @@ class M9(Workload):
         matrix = Objective(self.symgrad_module(sg.Model(f"bench_m9_x{self.dim}", params=[x],
                                                         loss=rosenbrock([x[i, 0] for i in range(self.dim)]))))
         scalars = Objective(self.symgrad_module(symgrad_model("m2", self.dim)))
+        i = sp.Symbol("i", integer=True)
+        term = 100 * (x[i + 1, 0] - x[i, 0] ** 2) ** 2 + (1 - x[i, 0]) ** 2
+        summed = Objective(self.symgrad_module(sg.Model(f"bench_m9_sum{self.dim}", params=[x],
+                                                        loss=sp.Sum(term, (i, 0, self.dim - 2)))))
         point = self.point
         cases = {}
-        for key, obj in (("flat_matrix", matrix), ("flat_scalars", scalars)):
+        for key, obj in (("flat_matrix", matrix), ("flat_sum", summed), ("flat_scalars", scalars)):
             both, fun = obj.fun_and_jac, obj.fun
             cases[key] = Case(lambda both=both: both(point), _value_and_gradient, lambda fun=fun: fun(point), float)
         jac = matrix.jac
@@ -367,7 +373,8 @@ class M9(Workload):
 
         point = self.point
         case = Case(lambda: fun_and_jac(point), _value_and_gradient, lambda: fun(point), float)
-        return {"flat_matrix": case, "flat_scalars": case, "jac": Case(lambda: jac(point), _gradient_alone)}
+        return {"flat_matrix": case, "flat_sum": case, "flat_scalars": case,
+                "jac": Case(lambda: jac(point), _gradient_alone)}
 
     def build_numpy(self):
         point = self.point

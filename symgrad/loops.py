@@ -340,7 +340,10 @@ class Reverse:
 
     def needed(self) -> list:
         """The nodes the effects read, in topological order."""
-        roots = [eff[-1] for eff in self.effects] + [eff[1] for eff in self.effects if eff[0] == "loop"]
+        roots = [eff[-1] for eff in self.effects]
+        for eff in self.effects:  # a nested loop's reverse reads its captures, not its value
+            if eff[0] == "loop":
+                roots += list(self.graph.nodes[eff[1]].args)
         return self.graph.ancestors(roots)
 
 

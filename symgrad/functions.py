@@ -776,6 +776,9 @@ class _Extreme(_Reduction):
 
     nargs = 1
 
+    def _sympystr(self, printer):
+        return f"{type(self).__name__[:3]}({printer._print(self.args[0])})"
+
     @classmethod
     def eval(cls, z):
         if not _stand_in(z):

@@ -207,6 +207,10 @@ def test_constraint_functions_against_torch_and_central_differences(hs71):
     Hv = torch.func.hessian(lambda x: torch.dot(torch.from_numpy(v), _hs71_c(x)))(th).numpy()
     assert np.allclose(con.hess(theta, v), Hv, rtol=1e-14, atol=1e-14)
     assert np.allclose(con.hess(theta, v), _central(lambda z: v @ con.jac(z), theta), rtol=1e-6, atol=1e-6)
+    # From an Objective of the same module: its data, the multipliers set per call all the same.
+    shared = Constraint(Objective(constraints, data={"v": np.ones((2, 1))}), [25, 40], [np.inf, 40])
+    assert np.array_equal(shared.hess(theta, v), con.hess(theta, v))
+    assert np.array_equal(shared.jac(theta), con.jac(theta))
 
 
 # --- the examples converge as they say ----------------------------------------------------------

@@ -18,6 +18,7 @@ backward pass and gradient formulas.
 __version__ = "0.1.0"
 
 from . import errors  # noqa: E402
+from . import loops  # noqa: E402,F401  (registers the ops of sums and products over an index)
 from .functions import (  # noqa: E402
     broadcast_to,
     cholesky,

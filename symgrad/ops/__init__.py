@@ -15,7 +15,8 @@ Families: :mod:`.leaf` (symbols and constants), :mod:`.arith` (+, *, powers),
 special functions), :mod:`.factor` (LU and Cholesky factorizations, solves,
 inverses, determinants), :mod:`.structure` (slices, blocks, diagonals,
 Kronecker products), :mod:`.axis` (reductions and softmax along an axis),
-:mod:`.conv` (convolution and pooling), :mod:`.loop` (sums and products over an index).
+:mod:`.conv` (convolution and pooling). :mod:`symgrad.loops` registers the loop ops
+(sums and products over an index), which need the graph.
 """
 
 from __future__ import annotations
@@ -281,4 +282,4 @@ def elementwise_cost(per_element: int):
 
 # Importing the families registers their ops.
 from . import leaf, arith, elementwise, nn, linalg, special, factor, structure, axis  # noqa: E402,F401
-from . import conv, loop  # noqa: E402,F401
+from . import conv  # noqa: E402,F401

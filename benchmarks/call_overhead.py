@@ -6,11 +6,16 @@ path itself (argument checks, the plan lookup, cffi, building results):
 * one-example calls with Python floats (logistic regression; the Rosenbrock
   function of 100 scalar symbols), which run the one-example entry point;
 * batch-32 calls with arrays of the kernel's layout, fresh results and with
-  ``out=`` (the digits MLP, 64-128-10; Rosenbrock of 100 symbols, reduce=None).
+  ``out=`` (the digits MLP, 64-128-10; Rosenbrock of 100 symbols, reduce=None);
+* a batch of 10,000 Rosenbrock points held in one (N, 100) array: as 100
+  strided columns by name, and as ``inputs=`` (one transposing copy).
 
 Each case reports the median over ``--repeats`` runs of the time per call
-(each run loops long enough to take about 20 ms). The machine's load average
-is recorded next to the numbers: on a busy machine they are slower. Writes
+(each run loops long enough to take about 20 ms), in the CPU time of the
+calling thread (``time.thread_time``: a call runs on that thread, and on a
+shared machine wall-clock time counts the other processes too). The
+machine's load average is recorded next to the numbers: on a busy machine
+they are still somewhat slower (shared caches). Writes
 ``benchmarks/CALLS.md`` (``--output`` elsewhere). Builds go to
 ``benchmarks/.work/calls/``.
 """
@@ -56,6 +61,8 @@ def _cases(modules: dict) -> list:
                      b2=np.zeros((10, 1)), x=rng.uniform(0, 1, (32, 64, 1)), target=target)
     mlp_out = mlp.value_and_grad(**mlp_batch)
     rb_out = rb.value_and_grad(**rb_batch)
+    table = rng.uniform(-1.5, 1.5, (10_000, 100))
+    columns = {f"x{i}": table[:, i] for i in range(100)}
     return [
         ("logistic_regression value_and_grad, one example (6 floats)", lambda: lr.value_and_grad(**lr_point)),
         ("Rosenbrock n=100 value_and_grad, one point (100 floats)", lambda: rb.value_and_grad(**rb_point)),
@@ -63,26 +70,31 @@ def _cases(modules: dict) -> list:
         ("Rosenbrock n=100 value_and_grad, batch 32, out=", lambda: rb.value_and_grad(**rb_batch, out=rb_out)),
         ("digits_mlp value_and_grad, batch 32, fresh results", lambda: mlp.value_and_grad(**mlp_batch)),
         ("digits_mlp value_and_grad, batch 32, out=", lambda: mlp.value_and_grad(**mlp_batch, out=mlp_out)),
+        ("Rosenbrock n=100 value_and_grad, batch 10,000 of an (N, 100) array, 100 strided columns",
+         lambda: rb.value_and_grad(**columns)),
+        ("Rosenbrock n=100 value_and_grad, batch 10,000 of an (N, 100) array, inputs=",
+         lambda: rb.value_and_grad(inputs=table)),
     ]
 
 
 def _per_call(function, repeats: int) -> float:
     """Median seconds per call over ``repeats`` runs of about 20 ms each."""
+    clock = time.thread_time
     function()
-    number, start = 1, time.perf_counter()
+    number, start = 1, clock()
     while True:  # calls per run
         for _ in range(number):
             function()
-        if time.perf_counter() - start > 0.02:
+        if clock() - start > 0.02:
             break
         number *= 2
-        start = time.perf_counter()
+        start = clock()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         for _ in range(number):
             function()
-        times.append((time.perf_counter() - start) / number)
+        times.append((clock() - start) / number)
     return statistics.median(times)
 
 
@@ -101,7 +113,7 @@ def main(argv=None) -> None:
         "# Per-call time of generated modules",
         "",
         "Written by `python -m benchmarks.call_overhead` (see its docstring). Median time per call over "
-        f"{args.repeats} runs.",
+        f"{args.repeats} runs, in CPU time of the calling thread.",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, NumPy {np.__version__}; 1-minute load average "

@@ -849,8 +849,8 @@ def _only_in_bodies(name):
 
 
 def _no_second_order(*args):
-    raise ModelError("second derivatives through a Sum or Product loop are not supported yet "
-                     "(first derivatives, forward or reverse, are)")
+    raise ModelError("second derivatives through a Product loop are not supported yet (first derivatives, "
+                     "forward or reverse, are; and second derivatives of a Sum)")
 
 
 register(Op(name="loop_index", kind="leaf", arity=0, shape=lambda shapes, attrs: (),
@@ -958,14 +958,26 @@ def _loop_vjp_vjp(b, n, r):
 
 
 def _loop_vjp_jvp(b, n, tangents):
-    """``loop_vjp`` is linear in its seed: its tangent along the seed is the loop_vjp of the
-    seed's tangent. Along the captures it is a second derivative (not supported yet)."""
+    """The JVP of ``loop_vjp(c..., seed) = seed * grad L(c)``: along the seed, the loop_vjp of
+    its tangent; along the captures' tangents t, ``seed * H(c) t = seed * grad_c J(c; t)``, the
+    reverse loop (with the same seed) of the loop's directional derivative J along t, its
+    captures' parts packed back (what forward-over-reverse Hessian products need)."""
     node = b.node(n)
-    if any(t is not None for t in tangents[:-1]):
-        _no_second_order()
-    if tangents[-1] is None:
-        return None
-    return b.apply("loop_vjp", *node.args[:-1], tangents[-1], attrs=node.attrs)
+    (body,) = node.attrs
+    captures, seed = node.args[:-1], node.args[-1]
+    terms = []
+    if tangents[-1] is not None:
+        terms.append(b.apply("loop_vjp", *captures, tangents[-1], attrs=node.attrs))
+    wanted = [k for k in range(len(captures)) if tangents[k] is not None]
+    if wanted:
+        if body.kind != "sum":
+            _no_second_order()
+        slots = {k: len(captures) + m for m, k in enumerate(wanted)}
+        along = b.apply("sum_loop", *captures, *[tangents[k] for k in wanted], attrs=(tangent_body(body, slots),))
+        total = sum(body.sizes())
+        for k, part in enumerate(_loop_vjp(b, along, seed)[:len(captures)]):
+            terms.append(b.apply("loop_embed", part, attrs=(body.offsets()[k], body.captures[k], total)))
+    return b.add(*terms) if terms else None
 
 
 def _emit_embed(p, out, args, attrs):

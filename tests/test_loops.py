@@ -121,3 +121,32 @@ def test_loops_symgrad_cannot_read_are_refused_naming_the_problem():
         sg.Model("symbolic_bound", loss=sp.Sum(x[i, 0], (i, 0, n)), params=[x])
     with pytest.raises((ModelShapeError, UnsupportedFunctionError), match="matrix"):
         sg.Model("matrix_term", loss=sp.Sum(sg.sum(x * i), (i, 0, 2)), params=[x])
+
+
+def test_the_hessian_through_sums_agrees_with_pytorch(compile_model):
+    """Forward over reverse through loops: the loop's reverse pass has a JVP (a reverse loop of
+    the term's directional derivative), also where a capture is a value computed outside
+    (the mean of x) and a scalar param multiplies a whole sum."""
+    n = 6
+    x = sp.MatrixSymbol("x", n, 1)
+    a = sp.Symbol("a")
+    mean = sg.sum(x) / n
+    loss = (sp.Sum(100 * (x[i + 1, 0] - x[i, 0] ** 2) ** 2 + (a - x[i, 0]) ** 2, (i, 0, n - 2))
+            + a * sp.Sum((x[i, 0] - mean) ** 2, (i, 0, n - 1)))
+    module = compile_model(sg.Model("sums_hessian", loss=loss, params=[x, a], kernels=("hvp", "hessian")))
+    X, A = np.random.default_rng(1).standard_normal((n, 1)), 0.7
+
+    def reference(v):
+        tx, ta = v[:n].reshape(n, 1), v[n]
+        return ((100 * (tx[1:] - tx[:-1] ** 2) ** 2 + (ta - tx[:-1]) ** 2).sum()
+                + ta * ((tx - tx.mean()) ** 2).sum())
+
+    point = torch.tensor(np.concatenate([X[:, 0], [A]]))
+    expected = torch.autograd.functional.hessian(reference, point).numpy()
+    _, _, blocks = module.hessian(x=X, a=A)
+    got = np.zeros((n + 1, n + 1))
+    got[:n, :n] = blocks["x"]["x"].reshape(n, n)
+    got[:n, n] = blocks["x"]["a"].reshape(n)
+    got[n, :n] = blocks["a"]["x"].reshape(n)
+    got[n, n] = blocks["a"]["a"]
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-10)

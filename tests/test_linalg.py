@@ -325,3 +325,16 @@ def test_solves_with_a_shared_factor_match_the_per_example_path_and_numpy(shared
     ts = tp @ tp.T + torch.eye(n, dtype=torch.float64)
     ((torch.linalg.solve(tp, tx) + torch.linalg.solve(ts, tx)).sum(dim=(1, 2)).mean()).backward()
     np.testing.assert_allclose(grads["P"], tp.grad.numpy(), rtol=1e-11)
+
+
+def test_the_gradients_of_linear_algebra_ops_are_sympy_expressions():
+    """model.gradients() (the SymPy view) of models using the ops: the adjoints of slices and
+    Kronecker products are written out as explicit matrices."""
+    R = sp.MatrixSymbol("R", n, 2)
+    for loss in (sp.log(sp.Determinant(X)), sg.sum(X.inv() * R), sg.sum(X[0:2, 1:3]),
+                 sg.sum(sp.KroneckerProduct(X, R)), sg.sum(sg.cholesky(X * X.T)), sg.sum(sg.vstack(X, R.T))):
+        model = sg.Model("sympy_view", loss=loss, params=[X, R])
+        gradients = model.gradients()
+        assert set(gradients) == {X, R}
+    assert sg.Model("sympy_view", loss=sg.sum(X[0:2, 1:3]), params=[X]).gradients()[X] == sp.Matrix(
+        [[0, 1, 1], [0, 1, 1], [0, 0, 0]])

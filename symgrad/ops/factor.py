@@ -214,7 +214,8 @@ register(
         shape=lambda shapes, attrs: (_square(shapes[0], "lu"), _square(shapes[0], "lu") + 1),
         emit=_emit_lu,
         numpy=lambda args, attrs: np_lu(args[0]),
-        to_sympy=lambda args, attrs: sp.Function("lu")(args[0]),
+        # a value only the solves and determinants read, whose own forms name the matrix
+        to_sympy=lambda args, attrs: sp.Function("lu", commutative=True)(args[0]),
         differentiable=False,
         cost=lambda node, shapes: 2 * shapes[0][0] ** 3 // 3,
     )

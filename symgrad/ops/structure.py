@@ -123,6 +123,17 @@ def _emit_embed(p, out, args, attrs):
     return lines
 
 
+def _sympy_embed(args, attrs):
+    """The matrix of zeros with the arg's elements at the slice, written out."""
+    shape, ((r0, r1, rs), (c0, c1, cs)) = attrs
+    rows, cols = _dims(shape)
+    rows_at = {r: k for k, r in enumerate(range(r0, r1, rs))}
+    cols_at = {c: k for k, c in enumerate(range(c0, c1, cs))}
+    g = args[0]
+    return sp.ImmutableMatrix(rows, cols, lambda i, j: g[rows_at[i], cols_at[j]]
+                              if i in rows_at and j in cols_at else 0)
+
+
 def _np_embed(args, attrs):
     shape, ((r0, r1, rs), (c0, c1, cs)) = attrs
     out = np.zeros(_dims(shape))
@@ -142,7 +153,7 @@ register(
         jvp=linear_jvp,
         emit=_emit_embed,
         numpy=_np_embed,
-        to_sympy=lambda args, attrs: sp.Function("embed")(args[0]),
+        to_sympy=lambda args, attrs: _sympy_embed(args, attrs),
         text=lambda args, attrs: call("embed", [args[0], shape_text(attrs[0]), "[" + ", ".join(
             _bound_text(*bounds, extent) for bounds, extent in zip(attrs[1], _dims(attrs[0]))) + "]"]),
         domain=((-1.0, 1.0),),
@@ -464,6 +475,20 @@ def _np_kron_contract(args, attrs):
     return np.einsum("ikjl,ij->kl", g.reshape(ra, rb, ca, cb), x)
 
 
+def _sympy_kron_contract(args, attrs):
+    """The contraction written out, element by element."""
+    side, other = attrs
+    g, x = args
+    xr, xc = (int(d) for d in x.shape)
+    if side == 0:
+        (ra, ca), (rb, cb) = other, (xr, xc)
+        return sp.ImmutableMatrix(ra, ca, lambda i, j: sp.Add(*[
+            g[i * rb + k, j * cb + l] * x[k, l] for k in range(rb) for l in range(cb)]))
+    (ra, ca), (rb, cb) = (xr, xc), other
+    return sp.ImmutableMatrix(rb, cb, lambda k, l: sp.Add(*[
+        g[i * rb + k, j * cb + l] * x[i, j] for i in range(ra) for j in range(ca)]))
+
+
 def _emit_kron_contract(p, out, args, attrs):
     g, x = args
     side, other = attrs
@@ -483,7 +508,7 @@ register(
         jvp=lambda b, n, tangents: _bilinear_jvp(b, n, tangents),
         emit=_emit_kron_contract,
         numpy=_np_kron_contract,
-        to_sympy=lambda args, attrs: sp.Function("kron_contract")(*args),
+        to_sympy=_sympy_kron_contract,
         text=lambda args, attrs: call("kron_contract", list(args) + [str(attrs[0])]),
         domain=((-1.0, 1.0), (-1.0, 1.0)),
         cost=lambda node, shapes: 2 * shapes[0][0] * shapes[0][1],

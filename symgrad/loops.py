@@ -80,7 +80,7 @@ class Affine:
 
     def c(self) -> str:
         """C text of the value: ``l0 + 1``, ``2 * l1``; parenthesized when it has several terms."""
-        parts = [f"l{level}" if c == 1 else f"{c} * l{level}" for level, c in self.terms]
+        parts = [f"l{level}" if c == 1 else f"-l{level}" if c == -1 else f"{c} * l{level}" for level, c in self.terms]
         if self.const or not parts:
             parts.append(str(self.const))
         text = " + ".join(parts).replace("+ -", "- ")
@@ -628,14 +628,24 @@ class _C:
             if effect[0] == "add":
                 _, k, row, col, _ = effect
                 top = to_top[k]
-                index = str(offsets[top]) if row is None else \
-                    f"{offsets[top]} + {_position(row)} * {(shapes[top] or (1, 1))[1]} + {_position(col)}"
+                index = str(offsets[top]) if row is None else _flat_index(offsets[top], row, col,
+                                                                         (shapes[top] or (1, 1))[1])
                 body_lines.append(f"{_element_at(out, self.e, index)} += {value};")
             else:
                 inner = g.nodes[effect[1]].attrs[0]
                 inner_top = [to_top[k] for k in _capture_map(g, effect[1])]
                 body_lines += ["{"] + ["    " + ln for ln in self.reverse(inner, inner_top, value, out, shapes)] + ["}"]
         return lines + [loop] + ["    " + ln for ln in body_lines] + ["}"]
+
+
+def _flat_index(offset: int, row: Affine, col: Affine, cols: int) -> str:
+    """C text of ``offset + row * cols + col``, its terms gathered: ``l0 * 3 + l1 + 5``."""
+    coefs: dict = {}
+    for level, c in row.terms:
+        coefs[level] = coefs.get(level, 0) + c * cols
+    for level, c in col.terms:
+        coefs[level] = coefs.get(level, 0) + c
+    return Affine(offset + row.const * cols + col.const, tuple(sorted(coefs.items()))).c().strip("()")
 
 
 def _position(a: Affine):

@@ -82,8 +82,8 @@ SG_KERNEL int pairwise_ranking_value_and_grad(int64_t n, int64_t batch, const do
                         const double r1_14 = sg_heaviside(r1_9, 0.5);
                         const double r1_16 = t1 * r1_14;
                         const double r1_18 = -r1_16;
-                        v12[e * 25 + 0 + (l0 + 5) * 1 + 0] += r1_16;
-                        v12[e * 25 + 0 + l1 * 1 + 0] += r1_18;
+                        v12[e * 25 + l0 + 5] += r1_16;
+                        v12[e * 25 + l1] += r1_18;
                     }
                 }
             }

@@ -281,8 +281,10 @@ class _BodyReader:
             if x in memo:
                 stack.pop()
                 continue
-            if isinstance(x, ExprWithLimits) or x.is_Atom or not x.args:
-                memo[x] = any(s in self.indices for s in x.free_symbols) if not x.is_Atom else x in self.indices
+            if isinstance(x, (ExprWithLimits, sp.Indexed)) or x.is_Atom or not x.args:
+                # an Indexed is an atom to SymPy, but its indices are free symbols of it
+                by_symbols = isinstance(x, (ExprWithLimits, sp.Indexed)) or not x.is_Atom
+                memo[x] = any(s in self.indices for s in x.free_symbols) if by_symbols else x in self.indices
                 stack.pop()
                 continue
             missing = [a for a in x.args if a not in memo]
@@ -297,13 +299,16 @@ class _BodyReader:
         return not (e.is_Number or e.is_NumberSymbol or e in (sp.true, sp.false)) and not self._uses_index(e)
 
     def _children(self, e) -> list:
-        if self._independent(e) or isinstance(e, (MatrixElement, sp.Sum, sp.Product)):
+        if self._independent(e) or isinstance(e, (MatrixElement, sp.Indexed, sp.Sum, sp.Product)):
             return []
         from .frontend import SympyReader
 
         return SympyReader._children(self._plain, e)
 
     def _convert(self, e) -> int:
+        if isinstance(e, sp.Indexed):
+            e = self._as_element(e)
+            self._uses_memo.pop(e, None)
         if self._independent(e):
             return self.capture_node(self.top.read(e))
         if isinstance(e, (sp.Sum, sp.Product)):
@@ -313,6 +318,23 @@ class _BodyReader:
         from .frontend import SympyReader
 
         return SympyReader._convert(self._plain, e)
+
+    def _as_element(self, e):
+        """``sp.IndexedBase(x)[i]`` of a declared MatrixSymbol x: its element, ``x[i, 0]`` for a
+        column (``x[0, i]`` for a row), ``x[i, j]`` with two indices."""
+        label = e.base.label
+        if not isinstance(label, sp.MatrixSymbol):
+            raise UnsupportedFunctionError(
+                f"the indexed element {self.describe(e)} is of {label}, which is not a MatrixSymbol: declare "
+                f"x = sp.MatrixSymbol(...) and write sp.IndexedBase(x)[i], or x[i, 0]")
+        rows, cols = (int(d) for d in label.shape)
+        if len(e.indices) == 2:
+            return MatrixElement(label, *e.indices)
+        if len(e.indices) == 1 and 1 in (rows, cols):
+            (k,) = e.indices
+            return MatrixElement(label, k, 0) if cols == 1 else MatrixElement(label, 0, k)
+        raise UnsupportedFunctionError(f"the indexed element {self.describe(e)} of the {rows}x{cols} matrix "
+                                       f"{label} needs {'one index' if 1 in (rows, cols) else 'two indices'}")
 
     def _element(self, e) -> int:
         parent = e.parent

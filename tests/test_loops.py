@@ -150,3 +150,15 @@ def test_the_hessian_through_sums_agrees_with_pytorch(compile_model):
     got[n, :n] = blocks["a"]["x"].reshape(n)
     got[n, n] = blocks["a"]["a"]
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-10)
+
+
+def test_indexed_elements_of_a_declared_matrix_read_as_its_elements():
+    x = sp.MatrixSymbol("x", 5, 1)
+    X = sp.IndexedBase(x)
+    indexed = sg.Model("indexed_sum", loss=sp.Sum(X[i] ** 2 * X[0] + sp.sin(X[i + 1]), (i, 0, 3)), params=[x])
+    written = sg.Model("element_sum", loss=sp.Sum(x[i, 0] ** 2 * x[0, 0] + sp.sin(x[i + 1, 0]), (i, 0, 3)),
+                       params=[x])
+    assert show_text(indexed).replace("indexed_sum", "element_sum") == show_text(written)
+    with pytest.raises(UnsupportedFunctionError, match="needs two indices"):
+        sg.Model("two_indices", loss=sp.Sum(sp.IndexedBase(sp.MatrixSymbol("M", 3, 3))[i], (i, 0, 2)),
+                 params=[sp.MatrixSymbol("M", 3, 3)])

@@ -116,3 +116,26 @@ def test_layouts_that_do_not_fit_are_refused_with_the_layout_to_use():
         sg.conv2d(x, sp.MatrixSymbol("w", 3, 3), sp.MatrixSymbol("b", 2, 1))
     with pytest.raises(sp.ShapeError, match="at most half the kernel"):
         sg.max_pool2d(x, 2, padding=2)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_strided_view_as_input_and_float32_kernels(compile_model, dtype):
+    """The helpers read their args through strides: a transposed input (column stride not 1)
+    and average pooling with padding; float32 kernels agree with float64 PyTorch to float32."""
+    xt = sp.MatrixSymbol("xt", 7, 6)  # the image, transposed
+    w = sp.MatrixSymbol("w", 2 * 2, 3)
+    y = sg.avg_pool2d(sg.conv2d(xt.T, w, stride=(2, 1), out_channels=2), 3, stride=1, padding=1, channels=2)
+    module = compile_model(sg.Model(f"conv_view_{dtype}", loss=sg.sum(y.applyfunc(sp.sin)), params=[w],
+                                    inputs=[xt], wrt=[w, xt]), dtype=dtype)
+    rng = np.random.default_rng(11)
+    XT, Wv = rng.standard_normal((4, 7, 6)), rng.standard_normal((4, 3))
+    loss, grads = module.value_and_grad(w=Wv, xt=XT)
+    tx = torch.tensor(XT, requires_grad=True)
+    tw = torch.tensor(Wv, requires_grad=True)
+    out = F.conv2d(tx.transpose(1, 2)[:, None], tw.reshape(2, 1, 2, 3), stride=(2, 1))
+    t_loss = torch.sin(F.avg_pool2d(out, 3, stride=1, padding=1)).sum((1, 2, 3)).mean()
+    t_loss.backward()
+    tol = 1e-12 if dtype == "float64" else 2e-5
+    assert loss == pytest.approx(t_loss.item(), rel=tol, abs=tol)
+    np.testing.assert_allclose(grads["w"], tw.grad.numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(grads["xt"], tx.grad.numpy(), rtol=tol, atol=tol)

@@ -162,3 +162,13 @@ def test_indexed_elements_of_a_declared_matrix_read_as_its_elements():
     with pytest.raises(UnsupportedFunctionError, match="needs two indices"):
         sg.Model("two_indices", loss=sp.Sum(sp.IndexedBase(sp.MatrixSymbol("M", 3, 3))[i], (i, 0, 2)),
                  params=[sp.MatrixSymbol("M", 3, 3)])
+
+
+def test_float32_loops_agree_with_float64(compile_model):
+    model = _lennard_jones(5)
+    single, double = compile_model(model, dtype="float32"), compile_model(model)
+    grid = np.array([[a, b, 0] for a in range(3) for b in range(2)], float)[:5]
+    R = 1.12 * grid + 0.05 * np.random.default_rng(4).standard_normal((5, 3))
+    (l32, g32), (l64, g64) = single.value_and_grad(r=R), double.value_and_grad(r=R)
+    assert l32 == pytest.approx(l64, rel=1e-5)
+    np.testing.assert_allclose(g32["r"], g64["r"], rtol=1e-4, atol=1e-4 * np.abs(g64["r"]).max())

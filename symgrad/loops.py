@@ -345,7 +345,8 @@ class _BodyReader:
         rows, cols = self.top.b.shape(self.top.read(parent)) or (1, 1)
         row = parse_affine(e.i, self.indices, f"the row of {self.describe(e)}")
         col = parse_affine(e.j, self.indices, f"the column of {self.describe(e)}")
-        for what, position, extent in (("row", row, rows), ("column", col, cols)):
+        empty = any(a > b for a, b in self.ranges.values())  # a loop that never runs reads nothing
+        for what, position, extent in (("row", row, rows), ("column", col, cols)) if not empty else ():
             low, high = position.interval(self.ranges)
             if low < 0 or high >= extent:
                 raise ModelShapeError(

@@ -172,3 +172,12 @@ def test_float32_loops_agree_with_float64(compile_model):
     (l32, g32), (l64, g64) = single.value_and_grad(r=R), double.value_and_grad(r=R)
     assert l32 == pytest.approx(l64, rel=1e-5)
     np.testing.assert_allclose(g32["r"], g64["r"], rtol=1e-4, atol=1e-4 * np.abs(g64["r"]).max())
+
+
+def test_empty_ranges_and_terms_without_the_index(compile_model):
+    w, x = sp.Symbol("w"), sp.MatrixSymbol("x", 3, 1)
+    loss = sp.Sum(w, (i, 0, 9)) + sp.Sum(x[i, 0], (i, 2, 1)) + sp.Product(x[i, 0], (i, 3, 2)) + sp.Sum(1, (i, 0, 4)) * w
+    module = compile_model(sg.Model("edge_loops", loss=loss, params=[w, x]))
+    loss_value, grads = module.value_and_grad(w=2.0, x=np.ones((3, 1)))
+    assert loss_value == 31.0 and grads["w"] == 15.0  # 10 w + 0 + 1 + 5 w
+    np.testing.assert_array_equal(grads["x"], np.zeros((3, 1)))

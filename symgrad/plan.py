@@ -30,13 +30,12 @@ from dataclasses import dataclass, field
 from . import ops
 from .graph import Graph, live_nodes
 from .naming import c_identifiers, node_var
-from .ops import size_of
+from .ops import MAX_TILE, size_of
 from .printer import REAL_TYPES, Operand
 
 KINDS = ("forward", "value_and_grad", "jvp", "hvp", "jacobian", "hessian")
 ALIGN = 8  # elements; buffers start on 64-byte boundaries for doubles
 TILE_BUDGET = 65536  # elements of per-tile scratch to aim for (512 KiB of doubles)
-MAX_TILE = 256
 
 # Roles of a live node in a kernel.
 ARG, LITERAL, VIEW, FUSED = "arg", "literal", "view", "fused"

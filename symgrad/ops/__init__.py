@@ -197,6 +197,11 @@ def linear_jvp(b, node_id, tangents):
     return b.apply(node.op, *args, attrs=node.attrs)
 
 
+#: The most examples a kernel runs through one tile of its loop: the planner never makes
+#: tiles larger, so a runtime helper's scratch per tile (``Op.scratch``) may be sized by it.
+MAX_TILE = 256
+
+
 # --- shape helpers shared by the families -------------------------------------
 
 

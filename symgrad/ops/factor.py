@@ -32,7 +32,7 @@ import sympy as sp
 
 from .. import functions as sgf
 from ..errors import ModelShapeError
-from . import Op, linear_jvp, reads, register
+from . import MAX_TILE, Op, linear_jvp, reads, register
 from .text import call
 
 
@@ -291,10 +291,9 @@ def _emit_lu_solve(p, out, args, attrs):
 def _es(operand):
     return operand.example_stride if operand.varying else 0
 
+
 def _solve_scratch(node):
     """A column of the right-hand side for every example of a tile (sg_tri_solve's shared-factor path)."""
-    from ..plan import MAX_TILE
-
     return node.shape[0] * MAX_TILE
 
 

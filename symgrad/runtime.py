@@ -208,6 +208,11 @@ class Kernel:
         self._scalar_inputs = [name for name, (role, shape) in dict(declared).items()
                                if role == "input" and tuple(shape) == ()]
         self._plans = {}
+        # Per param position: (the array of the last call, its cffi pointer). A param array passed
+        # again (the same object: a training loop's weights) reuses its pointer; the reference
+        # kept here keeps its memory alive, so the pointer stays valid.
+        self._params = frozenset(k for k, a in enumerate(self.symbols) if a.role == "param" and not a.by_value)
+        self._last = [(None, None)] * len(self.symbols)
         self._local = threading.local()
 
     # --- the functions of a generated module --------------------------------------------
@@ -525,7 +530,19 @@ class Kernel:
         pointer = self._pointer
         slices = chunks(n)
         if len(slices) == 1:
-            call = [n, batch] + [fb(pointer, v) if type(v) is _ndarray else v for v in values]
+            if self._params:
+                call = [n, batch] + list(values)
+                last = self._last
+                for k, v in enumerate(values):
+                    if type(v) is _ndarray:
+                        seen, converted = last[k]
+                        if seen is not v:
+                            converted = fb(pointer, v)
+                            if k in self._params:
+                                last[k] = (v, converted)
+                        call[k + 2] = converted
+            else:
+                call = [n, batch] + [fb(pointer, v) if type(v) is _ndarray else v for v in values]
             base = None if block is None else fb(pointer, block, require_writable=True)
             call += [base + b if type(b) is int else fb(pointer, b, require_writable=True) for b in buffers]
             call.append(self._workspace())

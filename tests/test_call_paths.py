@@ -377,3 +377,15 @@ def test_a_symbol_named_inputs_takes_the_name(compile_model):
     module = compile_model(sg.Model("paths_inputs_symbol", loss=inputs * x**2, inputs=[inputs, x], wrt=[x]))
     loss, grads = module.value_and_grad(inputs=np.array([1.0, 2.0]), x=np.array([3.0, 4.0]))
     assert loss == pytest.approx((9 + 32) / 2) and grads["x"].tolist() == [3.0, 8.0]
+
+
+def test_a_param_array_passed_again_is_read_again(matrix, rng):
+    """Its pointer is reused, never its values: changes in place between calls count."""
+    W, x, t = rng.normal(size=(3, 2)), rng.normal(size=(4, 2)), rng.normal(size=4)
+    first = matrix.value_and_grad(W=W, b=0.1, x=x, t=t)
+    _same(matrix.value_and_grad(W=W, b=0.1, x=x, t=t), first)
+    W *= 2.0  # the same array, new values
+    _same(matrix.value_and_grad(W=W, b=0.1, x=x, t=t), matrix.value_and_grad(W=W.copy(), b=0.1, x=x, t=t))
+    with pytest.raises(AssertionError):
+        _same(matrix.value_and_grad(W=W, b=0.1, x=x, t=t), first)
+    _same(matrix.value_and_grad(W=W, b=0.1, x=x, t=t, threads=2), matrix.value_and_grad(W=W.copy(), b=0.1, x=x, t=t))

@@ -188,7 +188,8 @@ def test_batch_sums_in_c_equal_the_mean_of_per_example_gradients(compile_model, 
 def test_code_size_does_not_grow_with_layer_width():
     def source(hidden):
         files = sg.generate(_mlp_model(hidden)).package.files
-        return "".join(text for name, text in files.items() if name.endswith(".c"))
+        # The model's own C: the runtime helpers' source is the same for every model.
+        return "".join(text for name, text in files.items() if name.endswith(".c") and name != "symgrad_runtime.c")
 
     small, wide = source(128), source(1024)
     assert abs(len(wide) - len(small)) / len(small) < 0.10

@@ -335,7 +335,7 @@ class Flat:
 
         def f(theta):
             try:
-                if theta.dtype is not _FLOAT64 or theta.size != size:
+                if theta.dtype is not _FLOAT64 or theta.ndim != 1 or theta.size != size:
                     theta = check(theta)
                 pointer = fb("double *", theta)
             except (AttributeError, ValueError):  # not an array, or not C-contiguous
@@ -366,7 +366,7 @@ class Flat:
         if with_value:
             def g(theta):
                 try:
-                    if theta.dtype is not _FLOAT64 or theta.size != size:
+                    if theta.dtype is not _FLOAT64 or theta.ndim != 1 or theta.size != size:
                         theta = check(theta)
                     pointer = fb("double *", theta)
                 except (AttributeError, ValueError):  # not an array, or not C-contiguous
@@ -379,7 +379,7 @@ class Flat:
         else:
             def g(theta):
                 try:
-                    if theta.dtype is not _FLOAT64 or theta.size != size:
+                    if theta.dtype is not _FLOAT64 or theta.ndim != 1 or theta.size != size:
                         theta = check(theta)
                     pointer = fb("double *", theta)
                 except (AttributeError, ValueError):  # not an array, or not C-contiguous
@@ -411,13 +411,13 @@ class Flat:
 
         def h(theta, v):
             try:
-                if theta.dtype is not _FLOAT64 or theta.size != size:
+                if theta.dtype is not _FLOAT64 or theta.ndim != 1 or theta.size != size:
                     theta = check(theta)
                 pointer = fb("double *", theta)
             except (AttributeError, ValueError):  # not an array, or not C-contiguous
                 pointer = fb("double *", check(theta))
             try:
-                if v.dtype is not _FLOAT64 or v.size != size:
+                if v.dtype is not _FLOAT64 or v.ndim != 1 or v.size != size:
                     v = check(v, "v")
                 v_pointer = fb("double *", v)
             except (AttributeError, ValueError):  # not an array, or not C-contiguous
@@ -440,7 +440,7 @@ class Flat:
 
         def H(theta):
             try:
-                if theta.dtype is not _FLOAT64 or theta.size != size:
+                if theta.dtype is not _FLOAT64 or theta.ndim != 1 or theta.size != size:
                     theta = check(theta)
                 pointer = fb("double *", theta)
             except (AttributeError, ValueError):  # not an array, or not C-contiguous
@@ -473,7 +473,7 @@ class Flat:
 
         def o(theta):
             try:
-                if theta.dtype is not _FLOAT64 or theta.size != size:
+                if theta.dtype is not _FLOAT64 or theta.ndim != 1 or theta.size != size:
                     theta = check(theta)
                 pointer = fb("double *", theta)
             except (AttributeError, ValueError):  # not an array, or not C-contiguous
@@ -505,7 +505,7 @@ class Flat:
 
         def J(theta):
             try:
-                if theta.dtype is not _FLOAT64 or theta.size != size:
+                if theta.dtype is not _FLOAT64 or theta.ndim != 1 or theta.size != size:
                     theta = check(theta)
                 pointer = fb("double *", theta)
             except (AttributeError, ValueError):  # not an array, or not C-contiguous

@@ -156,7 +156,14 @@ int exp_decay_train(int64_t n, int64_t batch_size, const int64_t *order, int opt
         double loss = 0, part_loss = 0;
         for (int64_t a = 0; a < nb; a += slice) {
             const int64_t count = nb - a < slice ? nb - a : slice;
-            const int status = exp_decay_value_and_grad(count, nb, p_A[0], p_k[0], p_c[0], x_t + a, x_y + a, a == 0 ? &loss : &part_loss, a == 0 ? grad_A : part_A, a == 0 ? grad_k : part_k, a == 0 ? grad_c : part_c, kernel_work);
+            /* the params and the slice's examples; the results: the minibatch's own for the first slice */
+            const int status = exp_decay_value_and_grad(
+                count, nb, p_A[0], p_k[0], p_c[0], x_t + a, x_y + a,
+                a == 0 ? &loss : &part_loss,
+                a == 0 ? grad_A : part_A,
+                a == 0 ? grad_k : part_k,
+                a == 0 ? grad_c : part_c,
+                kernel_work);
             if (status != 0)
                 return status;
             if (a > 0) {

@@ -136,7 +136,12 @@ int hs71_train(int64_t n, int64_t batch_size, const int64_t *order, int optimize
         double loss = 0, part_loss = 0;
         for (int64_t a = 0; a < nb; a += slice) {
             const int64_t count = nb - a < slice ? nb - a : slice;
-            const int status = hs71_value_and_grad(count, nb, p_x, a == 0 ? &loss : &part_loss, a == 0 ? grad_x : part_x, kernel_work);
+            /* the params and the slice's examples; the results: the minibatch's own for the first slice */
+            const int status = hs71_value_and_grad(
+                count, nb, p_x,
+                a == 0 ? &loss : &part_loss,
+                a == 0 ? grad_x : part_x,
+                kernel_work);
             if (status != 0)
                 return status;
             if (a > 0) {

@@ -353,7 +353,24 @@ class Kernel:
                     shape = self.declared[key][1]
                     value = 0.0 if shape == () else np.zeros(shape, self.dtype)
                 arrays[key] = value
+            elif tangents.get(name) is not None:
+                self._check_unread_tangent(key, name, tangents[name])
         return self._call(arrays, "dict")
+
+    def _check_unread_tangent(self, key, name, value) -> None:
+        """Refuse a tangent the kernel does not read (its symbol enters the result linearly or
+        not at all) as it would refuse one it reads: real numbers of its symbol's shape."""
+        role, shape = self.declared[name]
+        arg = callplan.Argument(role, key, shape, role == "input", False, "", "")
+        array = callplan.as_array(arg, value, self.dtype)
+        callplan.check_integers(arg, array, self.dtype)
+        if role == "input":
+            callplan._input_form(arg, array.shape)  # raises the shape error
+        elif shape == () and (array.size != 1 or array.ndim > 1):
+            raise ArgumentShapeError(f"param {key!r} is one number shared by all examples; "
+                                     f"got an array of shape {array.shape}")
+        elif shape != () and array.shape not in (arg.shape, arg.flat):
+            raise ArgumentShapeError(f"param {key!r} must have shape {arg.shape}; got {array.shape}")
 
     def sweeper(self, option: str, names, arrays):
         """``(run, plan)`` for calls that differ only in the tangent arguments ``option[name]``:

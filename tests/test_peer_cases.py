@@ -407,3 +407,27 @@ def test_flat_objective_against_torch_and_refuses_theta_of_another_shape(tmp_pat
         obj.hessp(theta.reshape(9, 1), p)
     with pytest.raises(ArgumentShapeError, match=r"has shape \(9, 1\); expected \(9,\)"):
         obj.hessp(theta, p.reshape(9, 1))
+
+
+def test_tangents_the_kernel_does_not_read_are_checked_too(tmp_path_factory):
+    """u, Q and r enter the loss linearly and z not at all, so the hvp kernel reads none of their
+    tangents: a tangent of the wrong shape or dtype is refused all the same (JAX and torch.func
+    refuse a tangent that does not match its primal), and a right one counts as what it is."""
+    wv, uv, zv, xv = sp.symbols("wv uv zv xv")
+    Q, r = sp.MatrixSymbol("Q", 2, 2), sp.MatrixSymbol("r", 2, 1)
+    model = sg.Model("peer_unread", params=[wv, uv, zv, Q], inputs=[xv, r], wrt=[wv, uv, zv, Q, r],
+                     loss=wv ** 2 * xv + uv + sg.sum(Q) + sg.sum(r), outputs={"o": wv * xv}, kernels=("jvp", "hvp"))
+    m = sg.compile(model, out_dir=tmp_path_factory.mktemp("peer"))
+    arrays = dict(wv=0.5, uv=2.0, zv=3.0, Q=np.eye(2), xv=np.array([1.0, 2.0, 3.0]), r=np.ones((3, 2, 1)))
+    got = m.hvp(v={"wv": 1.0, "uv": 1.0, "zv": 2.0, "Q": np.ones((2, 2)), "r": np.ones((3, 2, 1))}, **arrays)
+    assert got["wv"] == pytest.approx(2 * 2.0) and got["uv"] == 0.0
+    np.testing.assert_array_equal(got["Q"], np.zeros((2, 2)))
+    with pytest.raises(ArgumentShapeError, match=r"param 'v\[zv\]' is one number shared by all examples; got an "
+                                                 r"array of shape \(5,\)"):
+        m.hvp(v={"zv": np.ones(5)}, **arrays)
+    with pytest.raises(ArgumentShapeError, match=r"param 'v\[Q\]' must have shape \(2, 2\); got \(3, 2\)"):
+        m.hvp(v={"Q": np.ones((3, 2))}, **arrays)
+    with pytest.raises(ArgumentShapeError, match=r"input 'v\[r\]' has shape \(3, 3\)"):
+        m.hvp(v={"r": np.ones((3, 3))}, **arrays)
+    with pytest.raises(sg.errors.ArgumentDtypeError, match=r"'tangents\[uv\]' has dtype <U3"):
+        m.jvp(tangents={"uv": "abc"}, **arrays)

@@ -431,3 +431,37 @@ def test_tangents_the_kernel_does_not_read_are_checked_too(tmp_path_factory):
         m.hvp(v={"r": np.ones((3, 3))}, **arrays)
     with pytest.raises(sg.errors.ArgumentDtypeError, match=r"'tangents\[uv\]' has dtype <U3"):
         m.jvp(tangents={"uv": "abc"}, **arrays)
+
+
+def test_spd_ops_forward_mode_agrees_with_their_gradients(tmp_path_factory):
+    """sg.spd(S) reads S's lower triangle; its gradients are those of the full matrix at a
+    symmetric point (torch.linalg.solve and torch.logdet on S itself). Along a symmetric
+    tangent jvp and hvp equal torch.func's; along any tangent jvp is <gradient, tangent>, so
+    forward and reverse mode agree (torch's own Cholesky jvp does not, off the symmetric ones)."""
+    S, bb = sp.MatrixSymbol("S", 3, 3), sp.MatrixSymbol("bb", 3, 1)
+    Ssp = sg.spd(S)
+    loss = (sg.logdet(Ssp) + sg.scalar(bb.T * Ssp.inv() * bb) + sg.sum((Ssp.inv() * bb).applyfunc(sp.sin))
+            + sg.sum(sg.cholesky(Ssp) * bb) + sg.sum((S.inv() * bb).applyfunc(sp.cos)))
+    model = sg.Model("peer_spd", params=[S, bb], loss=loss, kernels=("jvp", "hvp"))
+    m = sg.compile(model, out_dir=tmp_path_factory.mktemp("peer"))
+
+    def f(S, b):
+        return (torch.logdet(S) + (b.T @ torch.linalg.solve(S, b))[0, 0] + torch.sin(torch.linalg.solve(S, b)).sum()
+                + (torch.linalg.cholesky(S) @ b).sum() + torch.cos(torch.linalg.solve(S, b)).sum())
+
+    rng = np.random.default_rng(0)
+    M = rng.standard_normal((3, 3))
+    s0, b0 = M @ M.T + np.eye(3), rng.standard_normal((3, 1))
+    D, db = rng.standard_normal((3, 3)), rng.standard_normal((3, 1))
+    _, grads = m.value_and_grad(S=s0, bb=b0)
+    reference = jacrev(f, argnums=(0, 1))(_t(s0), _t(b0))
+    _close(grads["S"], reference[0], "grad S", **F64)
+    symmetric = (D + D.T) / 2
+    _, tangents = m.jvp({"S": symmetric, "bb": db}, S=s0, bb=b0)
+    _close(tangents["loss"], t_jvp(f, (_t(s0), _t(b0)), (_t(symmetric), _t(db)))[1], "jvp, symmetric tangent", **F64)
+    _, tangents = m.jvp({"S": D, "bb": db}, S=s0, bb=b0)
+    _close(tangents["loss"], np.sum(grads["S"] * D) + np.sum(grads["bb"] * db), "jvp = <grad, t>", **F64)
+    got = m.hvp({"S": symmetric, "bb": db}, S=s0, bb=b0)
+    _, expected = t_jvp(jacrev(f, argnums=(0, 1)), (_t(s0), _t(b0)), (_t(symmetric), _t(db)))
+    _close(got["S"], expected[0], "hvp S", **F64)
+    _close(got["bb"], expected[1], "hvp bb", **F64)

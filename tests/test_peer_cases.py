@@ -465,3 +465,16 @@ def test_spd_ops_forward_mode_agrees_with_their_gradients(tmp_path_factory):
     _, expected = t_jvp(jacrev(f, argnums=(0, 1)), (_t(s0), _t(b0)), (_t(symmetric), _t(db)))
     _close(got["S"], expected[0], "hvp S", **F64)
     _close(got["bb"], expected[1], "hvp bb", **F64)
+
+
+def test_symbolic_hessian_of_axis_extremes_is_a_formula_of_numbers():
+    """The tie indicators of sg.max/sg.min along an axis are numbers (Piecewise 1/0) in the
+    formulas model.gradients() and model.hessian() show: SymPy refused the Eq inside a product
+    ('Relational cannot be used in Mul')."""
+    Xm, cm = sp.MatrixSymbol("Xm", 2, 2), sp.Symbol("cm")
+    model = sg.Model("peer_axis_formula", params=[Xm, cm],
+                     loss=sg.sum(sg.max(Xm, axis=1)) * cm + sg.sum(sg.min(Xm, axis=0)))
+    H = model.hessian()
+    assert np.shape(H[cm][Xm]) == (2, 2) and np.shape(H[Xm][Xm]) == (2, 2, 2, 2)
+    assert not any(isinstance(e, sp.core.relational.Relational) for e in sp.Array(H[cm][Xm]))
+    model.gradients()

@@ -32,10 +32,17 @@ def _emit_extreme(p, out, args, attrs):
                           int(is_max))]
 
 
+def _tied(b, n):
+    """1 where an element equals its line's extreme, 0 elsewhere: a select of numbers, not the
+    comparison itself, so the formula SymPy is shown (model.gradients(), model.hessian()) adds
+    and multiplies numbers, as the Max and Min of scalars do."""
+    (a,) = b.node(n).args
+    return b.apply("select", b.apply("eq", a, n), b.const(1), b.const(0))
+
+
 def _extreme_vjp(b, n, g):
     """g sent to the elements equal to the extreme, divided by how many there are."""
-    (a,) = b.node(n).args
-    tied = b.apply("eq", a, n)
+    tied = _tied(b, n)
     return [b.mul(b.mul(g, b.recip(b.sum_to(tied, b.shape(n)))), tied)]
 
 
@@ -44,8 +51,7 @@ def _extreme_jvp(b, n, tangents):
     (t,) = tangents
     if t is None:
         return None
-    (a,) = b.node(n).args
-    tied = b.apply("eq", a, n)
+    tied = _tied(b, n)
     return b.mul(b.sum_to(b.mul(tied, t), b.shape(n)), b.recip(b.sum_to(tied, b.shape(n))))
 
 

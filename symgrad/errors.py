@@ -59,6 +59,10 @@ class ArgumentDtypeError(ArgumentError):
     """An argument has a dtype that cannot be converted without loss."""
 
 
+class MissingKernelError(SymgradError, AttributeError):
+    """The module was built without the kernel a function needs (add it to the Model's kernels=)."""
+
+
 class KernelError(SymgradError, RuntimeError):
     """A kernel reported a failure while running (for example a class index out of range)."""
 

@@ -57,11 +57,14 @@ ArgumentShapeError = callplan.ArgumentShapeError
 ArgumentDtypeError = callplan.ArgumentDtypeError
 
 try:
-    from symgrad.errors import KernelError
+    from symgrad.errors import KernelError, MissingKernelError
 except ImportError:  # a standalone generated module
 
     class KernelError(RuntimeError):
         """A kernel reported a failure while running."""
+
+    class MissingKernelError(AttributeError):
+        """The module was built without the kernel a function needs (add it to the Model's kernels=)."""
 
 
 SCALAR_TYPES = callplan.SCALAR_TYPES
@@ -707,6 +710,20 @@ class Kernel:
 
 
 # --- Hessians and Jacobians from sweeps of the hvp and jacobian kernels ------------------------
+
+
+#: The derivative functions a build may lack, and the kernels= entries that give each.
+EXTRA_FUNCTIONS = {"jvp": ("jvp",), "hvp": ("hvp",), "hessian": ("hvp", "hessian"), "jacobian": ("jacobian",)}
+
+
+def missing_attribute(module: str, model: str, name: str) -> AttributeError:
+    """The error for ``module.<name>`` that does not exist: for a derivative function the
+    build left out, which ``kernels=`` entry of the Model builds it."""
+    if name not in EXTRA_FUNCTIONS:
+        return AttributeError(f"module {module!r} has no attribute {name!r}")
+    asked = " or ".join(repr(k) for k in EXTRA_FUNCTIONS[name])
+    return MissingKernelError(f"the model {model!r} was built without {name}(): add {asked} to the kernels=(...) "
+                              f"of its Model and rebuild")
 
 
 def _units(shape, dtype):

@@ -29,7 +29,7 @@ import importlib
 
 import numpy as np
 
-from .errors import ArgumentError, ModelError, SymgradError
+from .errors import ArgumentError, MissingKernelError, ModelError
 
 __all__ = ["Objective", "Constraint", "constraint_model", "MissingKernelError"]
 
@@ -43,10 +43,6 @@ _NEEDS = {
     "residuals": ("forward", None),
     "residual_jacobian": ("jacobian", '"jacobian"'),
 }
-
-
-class MissingKernelError(SymgradError, AttributeError):
-    """The module was built without the kernel an Objective or Constraint function needs."""
 
 
 def _scipy_optimize():

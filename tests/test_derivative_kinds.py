@@ -374,6 +374,18 @@ def test_unknown_kernel_names_are_refused_with_the_valid_ones():
         sg.Model("dk_bad", params=[k], outputs={"o": k}, kernels=("hvp",))
 
 
+def test_a_function_whose_kernel_was_not_built_names_the_kernels_to_add(compile_model):
+    k = sp.Symbol("k")
+    m = compile_model(sg.Model("dk_plain", params=[k], loss=k ** 2))
+    with pytest.raises(sg.errors.MissingKernelError, match=r"without hvp\(\): add 'hvp' to the kernels="):
+        m.hvp(v={"k": 1.0}, k=1.0)
+    with pytest.raises(AttributeError, match="'hvp' or 'hessian'"):
+        m.hessian(k=1.0)
+    assert not hasattr(m, "jacobian") and not hasattr(m, "no_such_name")
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        m.no_such_name
+
+
 # --- formulas and views -------------------------------------------------------------------------
 
 

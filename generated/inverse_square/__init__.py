@@ -95,3 +95,8 @@ def sgd_step(*args, **kwargs):
 def train_epoch(*args, **kwargs):
     """Not available: the model \'inverse_square\' has reduce=None (one loss per example); training steps need one loss for the minibatch: declare reduce=\'mean\' or reduce=\'sum\'."""
     raise _runtime.ArgumentError("the model \'inverse_square\' has reduce=None (one loss per example); training steps need one loss for the minibatch: declare reduce=\'mean\' or reduce=\'sum\'")
+
+
+def __getattr__(name):
+    """A derivative function this build has no kernel for: an error naming the kernels= that builds it."""
+    raise _runtime.missing_attribute(__name__, MODEL, name)

@@ -47,6 +47,7 @@ import contextlib
 import functools
 import hashlib
 import math
+import operator
 import os
 import random
 import signal
@@ -1499,13 +1500,28 @@ def _eval_linalg(ev, e):
     return None
 
 
+def _terms(function, limits):
+    """The terms of a sum or product over ``limits`` (innermost first, as SymPy keeps them),
+    the indices replaced by integers: SymPy's own ``doit`` may substitute an index past the
+    end of a matrix while it looks for a closed form."""
+    if not limits:
+        yield function
+        return
+    index, low, high = limits[-1]
+    for value in range(int(low), int(high) + 1):
+        inner = [(i, a.xreplace({index: value}), b.xreplace({index: value})) for i, a, b in limits[:-1]]
+        yield from _terms(function.xreplace({index: value}), inner)
+
+
 def _eval_blocks(ev, e):
     """The value of a convolution or pooling layer (by PyTorch float64), or of a sum or product
-    over an index (written out by SymPy), else None."""
+    over an index (its terms written out one by one), else None."""
     from symgrad import layers
 
     if isinstance(e, (sp.Sum, sp.Product)):
-        return ev(e.doit())
+        values = [ev(term) for term in _terms(e.function, e.limits)]
+        start = 0.0 if isinstance(e, sp.Sum) else 1.0
+        return functools.reduce(operator.add if isinstance(e, sp.Sum) else operator.mul, values, start)
     if not isinstance(e, layers.Layer):
         return None
     import torch

@@ -117,7 +117,7 @@ CALLS = """
             if trainer is not None and case != "one":
                 params = {p: np.array(arrays[p], dtype=float) for p, _, _ in trainer.params}
                 examples = {a.name: arrays[a.name] for a in trainer.inputs}
-                n = len(next(iter(examples.values())))
+                n = len(next(iter(examples.values()))) if examples else 1  # a model without inputs: one example
                 for optimizer in ("sgd", "momentum", "adam"):  # one minibatch (sliced when large), then shuffled ones
                     module.train_epoch(params, examples, n, 1e-3, optimizer)
                     module.train_epoch(params, examples, 2 if case == "few" else 4097, 1e-3, optimizer, shuffle=0)

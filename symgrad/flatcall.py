@@ -330,7 +330,7 @@ class Flat:
         self._require_scalar_loss(kernel)
         results = np.zeros(max(place_size("forward", outputs, "out", self.n), 1))
         self.struct.results = self._pointer(results)
-        call, (fb, check, size, struct, null) = getattr(self._lib, f"{self.prefix}_loss_flat"), self._locals()
+        call, (fb, check, size, struct, _) = getattr(self._lib, f"{self.prefix}_loss_flat"), self._locals()
         fail = self.raise_status
 
         def f(theta):
@@ -435,7 +435,7 @@ class Flat:
         hvp sweep per element of theta, symmetric from one triangle."""
         if self.columns is None:
             self._check_order(self.kernel("hvp"), "hvp")
-        call, (fb, check, size, struct, null) = self.wrapper("hessian"), self._locals()
+        call, (fb, check, size, struct, _) = self.wrapper("hessian"), self._locals()
         empty, fail = np.empty, self.raise_status
 
         def H(theta):
@@ -500,7 +500,7 @@ class Flat:
         for name, row_size in rows:
             slices[name] = (start, start + n * row_size * size, (n * row_size, size))
             start += n * row_size * size
-        call, (fb, check, size, struct, null) = self.wrapper("jacobian_dense"), self._locals()
+        call, (fb, check, size, struct, _) = self.wrapper("jacobian_dense"), self._locals()
         fail = self.raise_status
 
         def J(theta):

@@ -12,7 +12,6 @@ line's maximum, as :mod:`.nn` does for a whole matrix.
 from __future__ import annotations
 
 import numpy as np
-import sympy as sp
 
 from .. import functions as sgf
 from . import Op, reads, register, size_of

@@ -297,14 +297,6 @@ def _solve_scratch(node):
     return node.shape[0] * MAX_TILE
 
 
-def _solve_text(name):
-    def text(args, attrs):
-        inverse = f"{args[0]}^-T" if attrs and attrs[0] else f"{args[0]}^-1"
-        return call(name, [inverse, args[1]]) if name else f"{inverse}*{args[1]}"
-
-    return text
-
-
 # A⁻¹B (attrs (False,)) or A⁻ᵀB (attrs (True,)) from F = lu(A): args (A, B, F).
 register(
     Op(

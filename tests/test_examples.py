@@ -120,3 +120,24 @@ def test_elman_rnn_agrees_with_pytorch_and_trains():
     assert loss_diff < 1e-13 and grad_diff < 1e-12
     losses = [float(v) for v in re.findall(r"step +\d+: loss (\S+)", out)]
     assert losses[-1] < 0.01 * losses[0]
+
+
+def test_transformer_block_agrees_with_pytorch_and_learns_the_task():
+    out = run_example("transformer_block")
+    loss_diff, grad_diff = (float(v) for v in re.search(r"loss (\S+), worst gradient difference (\S+)", out).groups())
+    assert loss_diff < 1e-13 and grad_diff < 1e-12
+    losses = [float(v) for v in re.findall(r"mean training loss (\S+)", out)]
+    assert losses == sorted(losses, reverse=True) and losses[-1] < 0.2
+    before = float(re.search(r"before training: test accuracy (\S+)%", out).group(1))
+    after = float(re.search(r"; test accuracy (\S+)%", out).group(1))
+    assert before < 65 and after > 90  # chance is 50%: the block compares positions
+
+
+def test_skipgram_agrees_with_pytorch_and_groups_words_by_class():
+    out = run_example("skipgram")
+    loss_diff, grad_diff = (float(v) for v in re.search(r"loss (\S+), worst gradient difference (\S+)", out).groups())
+    assert loss_diff < 1e-13 and grad_diff < 1e-12
+    first, last = (float(v) for v in re.findall(r"epoch \d: mean loss (\S+)", out))
+    assert last < 0.8 * first
+    assert re.search(r"^cat +(sheep|dog|horse|cow|goat) ", out, re.M)
+    assert float(re.search(r"nearest neighbour is of their own class: (\d+)%", out).group(1)) >= 80

@@ -278,24 +278,25 @@ def _arguments(plan: KernelPlan) -> list:
         else:
             arguments.append(Argument(f"p_{ident}", f"const {real} *", "param", name, node.shape, False))
             plan.operands[nid] = dense(f"p_{ident}", node.shape, False)
-    gradients = set(g.results.get("gradients", ()))
-    losses = set(g.results.get("loss", ()))
-    tangents = set(g.results.get("tangents", ()))
+    # A result's group is known by identity, not equality: an output that is the constant 0 and
+    # its tangent (the same zero node, under the same name) are equal Results of two groups.
+    def group(*names):
+        return {id(r) for name in names for r in g.results.get(name, ())}
+
+    gradients, losses, tangents = group("gradients"), group("loss"), group("tangents", "jacobian")
     # Second-order and Jacobian results: gradients (shaped like their symbol) or tangents of outputs.
-    per_symbol = set(g.results.get("hvp", ())) | set(g.results.get("jacobian_rows", ())) \
-        | set(g.results.get("hessian_columns", ()))
-    jacobian = set(g.results.get("jacobian", ()))
-    plain_ids = c_identifiers([r.name for r in plan.results if r not in gradients | per_symbol | tangents | jacobian])
-    tangent_ids = c_identifiers([r.name for r in plan.results if r in tangents | jacobian])
+    per_symbol = group("hvp", "jacobian_rows", "hessian_columns")
+    plain_ids = c_identifiers([r.name for r in plan.results if id(r) not in gradients | per_symbol | tangents])
+    tangent_ids = c_identifiers([r.name for r in plan.results if id(r) in tangents])
     for r in plan.results:
-        if r in gradients:
+        if id(r) in gradients:
             kind, c_name = "gradient", f"grad_{symbol_ids[r.name]}"
-        elif r in per_symbol:
+        elif id(r) in per_symbol:
             kind, c_name = "gradient", f"d_{symbol_ids[r.name]}"
-        elif r in tangents or r in jacobian:
+        elif id(r) in tangents:
             kind, c_name = "tangent", f"tan_{tangent_ids[r.name]}"
         else:
-            kind, c_name = ("loss" if r in losses else "output"), f"out_{plain_ids[r.name]}"
+            kind, c_name = ("loss" if id(r) in losses else "output"), f"out_{plain_ids[r.name]}"
         arguments.append(Argument(c_name, f"{real} *", "output", r.name, g.nodes[r.node].shape, r.per_example,
                                   kind=kind))
     return arguments

@@ -1,0 +1,33 @@
+"""Adversarial cases: models and calls at the edges of what the kernels see, each a regression
+test of a bug found by the randomized comparison with torch.func (tests/test_torch_random.py)
+or by probing extreme inputs. Each case names the reference it is checked against."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import symgrad as sg
+
+
+def test_constant_zero_output_with_a_jvp_kernel(compile_model):
+    """An output that is the constant 0 has the zero node as its tangent too: the output and its
+    tangent were equal Results, so the planner named both tangents (`tan_o_2` twice) and the C did
+    not compile. The tangent of a constant is 0 (torch.func.jvp of a constant output)."""
+    a = sp.Symbol("a", real=True)
+    x = sp.MatrixSymbol("x", 2, 1)
+    model = sg.Model("adv_zero_output", loss=a * sg.sum(x), params=[a], inputs=[x],
+                     outputs={"zero": sp.Integer(0), "zeros": sp.ZeroMatrix(2, 1), "y": a * x},
+                     kernels=("jvp", "jacobian"))
+    m = compile_model(model)
+    X = np.array([[[1.0], [2.0]], [[3.0], [-1.0]]])
+    outputs, tangents = m.jvp({"a": 1.0}, a=2.0, x=X)
+    np.testing.assert_array_equal(outputs["zero"], [0.0, 0.0])
+    np.testing.assert_array_equal(tangents["zero"], [0.0, 0.0])
+    np.testing.assert_array_equal(tangents["zeros"], np.zeros((2, 2, 1)))
+    np.testing.assert_allclose(tangents["y"], X)
+    np.testing.assert_allclose(tangents["loss"], X.sum(axis=(1, 2)).mean())
+    J = m.jacobian(a=2.0, x=X)
+    np.testing.assert_array_equal(J["zero"]["a"], [0.0, 0.0])
+    np.testing.assert_allclose(J["y"]["a"], X)

@@ -27,14 +27,15 @@ from pathlib import Path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
-WORKLOADS = ("M1", "M2", "M3", "M4", "M5", "M6", "M7", "M8", "M9")
+WORKLOADS = ("M1", "M2", "M3", "M4", "M5", "M6", "M7", "M8", "M9", "M10")
 
 
 def workload_class(wid: str):
-    from .workloads import digits, m1_scalar, m2_rosenbrock, m3_chain, m4_xor, m7_codegen, m8_optimizers
+    from .workloads import digits, m1_scalar, m2_rosenbrock, m3_chain, m4_xor, m7_codegen, m8_optimizers, m10_blocks
 
     return {"M1": m1_scalar.M1, "M2": m2_rosenbrock.M2, "M3": m3_chain.M3, "M4": m4_xor.M4, "M5": digits.M5,
-            "M6": digits.M6, "M7": m7_codegen.M7, "M8": m8_optimizers.M8, "M9": m8_optimizers.M9}[wid]
+            "M6": digits.M6, "M7": m7_codegen.M7, "M8": m8_optimizers.M8, "M9": m8_optimizers.M9,
+            "M10": m10_blocks.M10}[wid]
 
 
 def machine() -> dict:

@@ -19,35 +19,34 @@ SG_KERNEL int skipgram_forward(int64_t n, int64_t batch, const double *restrict 
 {
     /* scratch memory */
     double *const scratch = work + 0;  /* packing space for matrix products */
-    double *const v7 = work + 132096;  /* v7, 128 examples */
-    double *const v8 = work + 134144;  /* v8, 128 examples */
-    double *const v9 = work + 139264;  /* v9, 128 examples */
-    double *const v14 = work + 140288;  /* v14, 128 examples */
-    double *const v17 = work + 141312;  /* v17, 128 examples */
-    double *const v18 = work + 148480;  /* v18, 128 examples */
-    double *const v19 = work + 174080;  /* v19 (negative_scores), 128 examples */
-    double *const v23 = work + 175104;  /* v23, 128 examples */
-    double *const v24 = work + 174080;  /* v24, 128 examples */
-    /* v27: batch sum starts at zero */
-    sg_acc v27 = 0;
+    double *const v6 = work + 132096;  /* v6, 256 examples */
+    double *const v8 = work + 136192;  /* v8 (v_c), 256 examples */
+    double *const v9 = work + 140288;  /* v9, 256 examples */
+    double *const v14 = work + 142336;  /* v14, 256 examples */
+    double *const v17 = work + 144384;  /* v17, 256 examples */
+    double *const v18 = work + 158720;  /* v18 (negative_scores), 256 examples */
+    double *const v22 = work + 160768;  /* v22, 256 examples */
+    double *const v23 = work + 158720;  /* v23, 256 examples */
+    /* v26: batch sum starts at zero */
+    sg_acc v26 = 0;
 
-    /* v29 = 1/N */
-    const double v29 = 1.0 / (((double) batch));
+    /* v28 = 1/N */
+    const double v28 = 1.0 / (((double) batch));
 
-    for (int64_t t0 = 0; t0 < n; t0 += 128) {
-        const int64_t nt = n - t0 < 128 ? n - t0 : 128;
+    for (int64_t t0 = 0; t0 < n; t0 += 256) {
+        const int64_t nt = n - t0 < 256 ? n - t0 : 256;
         const double *restrict x_center = in_center + t0 * 40;
         const double *restrict x_context = in_context + t0 * 40;
         const double *restrict x_negatives = in_negatives + t0 * 200;
         double *restrict o_out_positive = out_positive + t0 * 1;
-        /* v7 = context.T*U_out */
-        sg_matmul(nt, 1, 10, 40, x_context, 40, 0, 1, p_U_out, 0, 10, 1, v7, 10, 10, 1, scratch);
+        /* v6 = context.T*U_out */
+        sg_matmul(nt, 1, 10, 40, x_context, 40, 0, 1, p_U_out, 0, 10, 1, v6, 10, 10, 1, scratch);
 
-        /* v8 = v7*V_in.T */
-        sg_matmul(nt, 1, 40, 10, v7, 10, 0, 1, p_V_in, 0, 1, 10, v8, 40, 40, 1, scratch);
+        /* v8 (v_c) = V_in.T*center */
+        sg_matmul(nt, 10, 1, 40, p_V_in, 0, 1, 10, x_center, 40, 1, 0, v8, 10, 1, 1, scratch);
 
-        /* v9 = v8*center */
-        sg_matmul(nt, 1, 1, 40, v8, 40, 0, 1, x_center, 40, 1, 0, v9, 1, 1, 1, scratch);
+        /* v9 = v6*v_c */
+        sg_matmul(nt, 1, 1, 10, v6, 10, 0, 1, v8, 10, 1, 0, v9, 1, 1, 1, scratch);
 
         /* per example: v13 .. v14 */
         #pragma omp simd
@@ -58,39 +57,36 @@ SG_KERNEL int skipgram_forward(int64_t n, int64_t batch, const double *restrict 
         /* v17 = negatives.T*U_out */
         sg_matmul(nt, 5, 10, 40, x_negatives, 200, 1, 5, p_U_out, 0, 10, 1, v17, 50, 10, 1, scratch);
 
-        /* v18 = v17*V_in.T */
-        sg_matmul(nt, 5, 40, 10, v17, 50, 10, 1, p_V_in, 0, 1, 10, v18, 200, 40, 1, scratch);
+        /* v18 (negative_scores) = v17*v_c */
+        sg_matmul(nt, 5, 1, 10, v17, 50, 10, 1, v8, 10, 1, 0, v18, 5, 1, 1, scratch);
 
-        /* v19 (negative_scores) = v18*center */
-        sg_matmul(nt, 5, 1, 40, v18, 200, 40, 1, x_center, 40, 1, 0, v19, 5, 1, 1, scratch);
-
-        /* per element of 5x1: v22 .. v23 */
+        /* per element of 5x1: v21 .. v22 */
         for (int64_t e = 0; e < nt; ++e)
             #pragma omp simd
             for (int64_t i = 0; i < 5; ++i) {
-                const double v22 = sg_softplus(v19[e * 5 + i]);  /* v22 = softplus(negative_scores) */
-                v23[e * 5 + i] = -v22;  /* v23 = -v22 */
+                const double v21 = sg_softplus(v18[e * 5 + i]);  /* v21 = softplus(negative_scores) */
+                v22[e * 5 + i] = -v21;  /* v22 = -v21 */
             }
-        /* v24 = sum(v23) */
-        sg_sum(nt, 5, 1, v23, 5, 1, 0, v24, 1);
+        /* v23 = sum(v22) */
+        sg_sum(nt, 5, 1, v22, 5, 1, 0, v23, 1);
 
-        /* per example: v25 .. v27 */
-        #pragma omp simd reduction(+: v27)
+        /* per example: v24 .. v26 */
+        #pragma omp simd reduction(+: v26)
         for (int64_t e = 0; e < nt; ++e) {
-            const double v25 = -v24[e];  /* v25 = -v24 */
-            const double v26 = v14[e] + v25;  /* v26 (loss) = v14 + v25 */
-            v27 += v26;  /* v27 = batch_sum(loss) */
+            const double v24 = -v23[e];  /* v24 = -v23 */
+            const double v25 = v14[e] + v24;  /* v25 (loss) = v14 + v24 */
+            v26 += v25;  /* v26 = batch_sum(loss) */
         }
         /* result: output positive */
         for (int64_t k = 0; k < nt; ++k)
             o_out_positive[k] = v9[k];
 
     }
-    /* v30 = v27*v29 */
-    const double v30 = v27 * v29;
+    /* v29 = v26*v28 */
+    const double v29 = v26 * v28;
 
     /* result: loss */
-    out_loss[0] = v30;
+    out_loss[0] = v29;
 
     return SG_OK;
 }

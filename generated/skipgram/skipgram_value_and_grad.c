@@ -18,177 +18,165 @@
 SG_KERNEL int skipgram_value_and_grad(int64_t n, int64_t batch, const double *restrict p_V_in, const double *restrict p_U_out, const double *restrict in_center, const double *restrict in_context, const double *restrict in_negatives, double *restrict out_loss, double *restrict grad_V_in, double *restrict grad_U_out, double *restrict work)
 {
     /* scratch memory */
-    double *const scratch = work + 2016;  /* packing space for matrix products */
-    double *const v7 = work + 134112;  /* v7, 128 examples */
-    double *const v8 = work + 136160;  /* v8, 128 examples */
-    double *const v9 = work + 141280;  /* v9, 128 examples */
-    double *const v14 = work + 142304;  /* v14, 128 examples */
-    double *const v17 = work + 144352;  /* v17, 128 examples */
-    double *const v18 = work + 151520;  /* v18, 128 examples */
-    double *const v19 = work + 141280;  /* v19 (negative_scores), 128 examples */
-    double *const v23 = work + 177120;  /* v23, 128 examples */
-    double *const v24 = work + 141280;  /* v24, 128 examples */
-    double *const v32 = work + 0;  /* v32 (v23_bar) */
-    double *const v33 = work + 8;  /* v33 (v22_bar) */
-    double *const v35 = work + 178144;  /* v35 (negative_scores_bar), 128 examples */
-    double *const v37 = work + 151520;  /* v37 (v18_bar), 128 examples */
-    double *const v40 = work + 179168;  /* v40 (v17_bar), 128 examples */
-    double *const v47 = work + 143328;  /* v47 (positive_bar), 128 examples */
-    double *const v49 = work + 141280;  /* v49 (v9_bar), 128 examples */
-    double *const v50 = work + 136160;  /* v50 (v8_bar), 128 examples */
-    double *const v53 = work + 186336;  /* v53 (v7_bar), 128 examples */
-    double *const v58 = work + 16;  /* v58 */
-    double *const v59 = work + 416;  /* v59 */
-    double *const v60 = work + 1616;  /* v60 (v6_bar) */
-    double *const v62 = work + 816;  /* v62 */
-    double *const v63 = work + 1216;  /* v63 */
-    double *const v64 = work + 16;  /* v64 (U_out_bar) */
-    double *const v65 = work + 416;  /* v65 */
-    double *const v66 = work + 816;  /* v66 */
-    /* v27: batch sum starts at zero */
-    sg_acc v27 = 0;
+    double *const scratch = work + 1616;  /* packing space for matrix products */
+    double *const v6 = work + 133712;  /* v6, 256 examples */
+    double *const v8 = work + 137808;  /* v8 (v_c), 256 examples */
+    double *const v9 = work + 141904;  /* v9, 256 examples */
+    double *const v14 = work + 143952;  /* v14, 256 examples */
+    double *const v17 = work + 148048;  /* v17, 256 examples */
+    double *const v18 = work + 141904;  /* v18 (negative_scores), 256 examples */
+    double *const v22 = work + 162384;  /* v22, 256 examples */
+    double *const v23 = work + 141904;  /* v23, 256 examples */
+    double *const v31 = work + 0;  /* v31 (v22_bar) */
+    double *const v32 = work + 8;  /* v32 (v21_bar) */
+    double *const v34 = work + 164432;  /* v34 (negative_scores_bar), 256 examples */
+    double *const v36 = work + 166480;  /* v36 (v17_bar), 256 examples */
+    double *const v38 = work + 180816;  /* v38, 256 examples */
+    double *const v43 = work + 146000;  /* v43 (positive_bar), 256 examples */
+    double *const v45 = work + 141904;  /* v45 (v9_bar), 256 examples */
+    double *const v46 = work + 184912;  /* v46 (v6_bar), 256 examples */
+    double *const v48 = work + 137808;  /* v48, 256 examples */
+    double *const v49 = work + 133712;  /* v49 (v_c_bar), 256 examples */
+    double *const v53 = work + 16;  /* v53 (v7_bar) */
+    double *const v57 = work + 416;  /* v57 */
+    double *const v58 = work + 816;  /* v58 */
+    double *const v59 = work + 1216;  /* v59 (U_out_bar) */
+    double *const v60 = work + 416;  /* v60 */
+    double *const v61 = work + 16;  /* v61 */
+    /* v26: batch sum starts at zero */
+    sg_acc v26 = 0;
 
-    /* v29 = 1/N */
-    const double v29 = 1.0 / (((double) batch));
+    /* v28 = 1/N */
+    const double v28 = 1.0 / (((double) batch));
 
-    /* v32 (v23_bar) = broadcast_to(-1, 5x1) */
+    /* v31 (v22_bar) = broadcast_to(-1, 5x1) */
     for (int64_t k = 0; k < 5; ++k)
-        v32[k] = (-1.0);
+        v31[k] = (-1.0);
 
-    /* v33 (v22_bar) = -v23_bar */
+    /* v32 (v21_bar) = -v22_bar */
     for (int64_t k = 0; k < 5; ++k)
-        v33[k] = -v32[k];
+        v32[k] = -v31[k];
+
+    /* v53 (v7_bar): batch sum starts at zero */
+    for (int64_t i = 0; i < 10; ++i)
+        for (int64_t j = 0; j < 40; ++j)
+            v53[i * 40 + j] = 0.0;
+
+    /* v57: batch sum starts at zero */
+    for (int64_t i = 0; i < 40; ++i)
+        for (int64_t j = 0; j < 10; ++j)
+            v57[i * 10 + j] = 0.0;
 
     /* v58: batch sum starts at zero */
-    for (int64_t i = 0; i < 10; ++i)
-        for (int64_t j = 0; j < 40; ++j)
-            v58[i * 40 + j] = 0.0;
-
-    /* v59: batch sum starts at zero */
-    for (int64_t i = 0; i < 10; ++i)
-        for (int64_t j = 0; j < 40; ++j)
-            v59[i * 40 + j] = 0.0;
-
-    /* v62: batch sum starts at zero */
     for (int64_t i = 0; i < 40; ++i)
         for (int64_t j = 0; j < 10; ++j)
-            v62[i * 10 + j] = 0.0;
+            v58[i * 10 + j] = 0.0;
 
-    /* v63: batch sum starts at zero */
-    for (int64_t i = 0; i < 40; ++i)
-        for (int64_t j = 0; j < 10; ++j)
-            v63[i * 10 + j] = 0.0;
-
-    for (int64_t t0 = 0; t0 < n; t0 += 128) {
-        const int64_t nt = n - t0 < 128 ? n - t0 : 128;
+    for (int64_t t0 = 0; t0 < n; t0 += 256) {
+        const int64_t nt = n - t0 < 256 ? n - t0 : 256;
         const double *restrict x_center = in_center + t0 * 40;
         const double *restrict x_context = in_context + t0 * 40;
         const double *restrict x_negatives = in_negatives + t0 * 200;
-        /* v7 = context.T*U_out */
-        sg_matmul(nt, 1, 10, 40, x_context, 40, 0, 1, p_U_out, 0, 10, 1, v7, 10, 10, 1, scratch);
+        /* v6 = context.T*U_out */
+        sg_matmul(nt, 1, 10, 40, x_context, 40, 0, 1, p_U_out, 0, 10, 1, v6, 10, 10, 1, scratch);
 
-        /* v8 = v7*V_in.T */
-        sg_matmul(nt, 1, 40, 10, v7, 10, 0, 1, p_V_in, 0, 1, 10, v8, 40, 40, 1, scratch);
+        /* v8 (v_c) = V_in.T*center */
+        sg_matmul(nt, 10, 1, 40, p_V_in, 0, 1, 10, x_center, 40, 1, 0, v8, 10, 1, 1, scratch);
 
-        /* v9 = v8*center */
-        sg_matmul(nt, 1, 1, 40, v8, 40, 0, 1, x_center, 40, 1, 0, v9, 1, 1, 1, scratch);
+        /* v9 = v6*v_c */
+        sg_matmul(nt, 1, 1, 10, v6, 10, 0, 1, v8, 10, 1, 0, v9, 1, 1, 1, scratch);
 
-        /* per example: v13 .. v47 */
+        /* per example: v13 .. v43 */
         #pragma omp simd
         for (int64_t e = 0; e < nt; ++e) {
             const double v13 = -v9[e];  /* v13 = -positive */
             v14[e] = sg_softplus(v13);  /* v14 = softplus(v13) */
-            const double v46 = sg_sigmoid(v13);  /* v46 (v13_bar) = sigmoid(v13) */
-            v47[e] = -v46;  /* v47 (positive_bar) = -v13_bar */
+            const double v42 = sg_sigmoid(v13);  /* v42 (v13_bar) = sigmoid(v13) */
+            v43[e] = -v42;  /* v43 (positive_bar) = -v13_bar */
         }
         /* v17 = negatives.T*U_out */
         sg_matmul(nt, 5, 10, 40, x_negatives, 200, 1, 5, p_U_out, 0, 10, 1, v17, 50, 10, 1, scratch);
 
-        /* v18 = v17*V_in.T */
-        sg_matmul(nt, 5, 40, 10, v17, 50, 10, 1, p_V_in, 0, 1, 10, v18, 200, 40, 1, scratch);
+        /* v18 (negative_scores) = v17*v_c */
+        sg_matmul(nt, 5, 1, 10, v17, 50, 10, 1, v8, 10, 1, 0, v18, 5, 1, 1, scratch);
 
-        /* v19 (negative_scores) = v18*center */
-        sg_matmul(nt, 5, 1, 40, v18, 200, 40, 1, x_center, 40, 1, 0, v19, 5, 1, 1, scratch);
-
-        /* per element of 5x1: v22 .. v35 */
+        /* per element of 5x1: v21 .. v34 */
         for (int64_t e = 0; e < nt; ++e)
             #pragma omp simd
             for (int64_t i = 0; i < 5; ++i) {
-                const double v22 = sg_softplus(v19[e * 5 + i]);  /* v22 = softplus(negative_scores) */
-                v23[e * 5 + i] = -v22;  /* v23 = -v22 */
-                const double v34 = sg_sigmoid(v19[e * 5 + i]);  /* v34 = sigmoid(negative_scores) */
-                v35[e * 5 + i] = v33[i] * v34;  /* v35 (negative_scores_bar) = v22_bar.*v34 */
+                const double v21 = sg_softplus(v18[e * 5 + i]);  /* v21 = softplus(negative_scores) */
+                v22[e * 5 + i] = -v21;  /* v22 = -v21 */
+                const double v33 = sg_sigmoid(v18[e * 5 + i]);  /* v33 = sigmoid(negative_scores) */
+                v34[e * 5 + i] = v32[i] * v33;  /* v34 (negative_scores_bar) = v21_bar.*v33 */
             }
-        /* v24 = sum(v23) */
-        sg_sum(nt, 5, 1, v23, 5, 1, 0, v24, 1);
+        /* v23 = sum(v22) */
+        sg_sum(nt, 5, 1, v22, 5, 1, 0, v23, 1);
 
-        /* per example: v25 .. v27 */
-        #pragma omp simd reduction(+: v27)
+        /* per example: v24 .. v26 */
+        #pragma omp simd reduction(+: v26)
         for (int64_t e = 0; e < nt; ++e) {
-            const double v25 = -v24[e];  /* v25 = -v24 */
-            const double v26 = v14[e] + v25;  /* v26 (loss) = v14 + v25 */
-            v27 += v26;  /* v27 = batch_sum(loss) */
+            const double v24 = -v23[e];  /* v24 = -v23 */
+            const double v25 = v14[e] + v24;  /* v25 (loss) = v14 + v24 */
+            v26 += v25;  /* v26 = batch_sum(loss) */
         }
-        /* v37 (v18_bar) = negative_scores_bar*center.T */
-        sg_matmul(nt, 5, 40, 1, v35, 5, 1, 0, x_center, 40, 0, 1, v37, 200, 40, 1, scratch);
+        /* v36 (v17_bar) = negative_scores_bar*v_c.T */
+        sg_matmul(nt, 5, 10, 1, v34, 5, 1, 0, v8, 10, 0, 1, v36, 50, 10, 1, scratch);
 
-        /* v40 (v17_bar) = v18_bar*V_in */
-        sg_matmul(nt, 5, 10, 40, v37, 200, 40, 1, p_V_in, 0, 10, 1, v40, 50, 10, 1, scratch);
+        /* v38 = v17.T*negative_scores_bar */
+        sg_matmul(nt, 10, 1, 5, v17, 50, 1, 10, v34, 5, 1, 0, v38, 10, 1, 1, scratch);
 
-        /* v49 (v9_bar) = [[positive_bar]] */
+        /* v45 (v9_bar) = [[positive_bar]] */
         for (int64_t e = 0; e < nt; ++e)
-            v49[e] = 0.0;
-        for (int64_t e = 0; e < nt; ++e) v49[e] += v47[e];
+            v45[e] = 0.0;
+        for (int64_t e = 0; e < nt; ++e) v45[e] += v43[e];
 
-        /* v50 (v8_bar) = v9_bar*center.T */
-        sg_matmul(nt, 1, 40, 1, v49, 1, 0, 0, x_center, 40, 0, 1, v50, 40, 40, 1, scratch);
+        /* v46 (v6_bar) = v9_bar*v_c.T */
+        sg_matmul(nt, 1, 10, 1, v45, 1, 0, 0, v8, 10, 0, 1, v46, 10, 10, 1, scratch);
 
-        /* v53 (v7_bar) = v8_bar*V_in */
-        sg_matmul(nt, 1, 10, 40, v50, 40, 0, 1, p_V_in, 0, 10, 1, v53, 10, 10, 1, scratch);
+        /* v48 = v6.T*v9_bar */
+        sg_matmul(nt, 10, 1, 1, v6, 10, 1, 0, v45, 1, 0, 0, v48, 10, 1, 1, scratch);
 
-        /* v58 = batch_sum(v17.T*v18_bar) */
-        sg_matmul_batch_sum(nt, 10, 40, 5, v17, 50, 1, 10, v37, 200, 40, 1, v58, 40, 1, scratch);
+        /* per element of 10x1: v49 */
+        #pragma omp simd
+        for (int64_t k = 0; k < nt * 10; ++k) {
+            v49[k] = v38[k] + v48[k];  /* v49 (v_c_bar) = v38 + v48 */
+        }
+        /* v53 (v7_bar) = batch_sum(v_c_bar*center.T) */
+        sg_matmul_batch_sum(nt, 10, 40, 1, v49, 10, 1, 0, x_center, 40, 0, 1, v53, 40, 1, scratch);
 
-        /* v59 = batch_sum(v7.T*v8_bar) */
-        sg_matmul_batch_sum(nt, 10, 40, 1, v7, 10, 1, 0, v50, 40, 0, 1, v59, 40, 1, scratch);
+        /* v57 = batch_sum(negatives*v17_bar) */
+        sg_matmul_batch_sum(nt, 40, 10, 5, x_negatives, 200, 5, 1, v36, 50, 10, 1, v57, 10, 1, scratch);
 
-        /* v62 = batch_sum(negatives*v17_bar) */
-        sg_matmul_batch_sum(nt, 40, 10, 5, x_negatives, 200, 5, 1, v40, 50, 10, 1, v62, 10, 1, scratch);
-
-        /* v63 = batch_sum(context*v7_bar) */
-        sg_matmul_batch_sum(nt, 40, 10, 1, x_context, 40, 1, 0, v53, 10, 0, 1, v63, 10, 1, scratch);
+        /* v58 = batch_sum(context*v6_bar) */
+        sg_matmul_batch_sum(nt, 40, 10, 1, x_context, 40, 1, 0, v46, 10, 0, 1, v58, 10, 1, scratch);
 
     }
-    /* v30 = v27*v29 */
-    const double v30 = v27 * v29;
+    /* v29 = v26*v28 */
+    const double v29 = v26 * v28;
 
-    /* v60 (v6_bar) = v58 + v59 */
+    /* v59 (U_out_bar) = v57 + v58 */
     for (int64_t k = 0; k < 400; ++k)
-        v60[k] = v58[k] + v59[k];
+        v59[k] = v57[k] + v58[k];
 
-    /* v64 (U_out_bar) = v62 + v63 */
-    for (int64_t k = 0; k < 400; ++k)
-        v64[k] = v62[k] + v63[k];
-
-    /* v65 = v29*V_in_bar */
+    /* v60 = v28*V_in_bar */
     for (int64_t i = 0; i < 40; ++i)
         for (int64_t j = 0; j < 10; ++j)
-            v65[i * 10 + j] = v29 * v60[i + j * 40];
+            v60[i * 10 + j] = v28 * v53[i + j * 40];
 
-    /* v66 = v29*U_out_bar */
+    /* v61 = v28*U_out_bar */
     for (int64_t k = 0; k < 400; ++k)
-        v66[k] = v29 * v64[k];
+        v61[k] = v28 * v59[k];
 
     /* result: loss */
-    out_loss[0] = v30;
+    out_loss[0] = v29;
 
     /* result: gradient with respect to V_in */
     for (int64_t k = 0; k < 400; ++k)
-        grad_V_in[k] = v65[k];
+        grad_V_in[k] = v60[k];
 
     /* result: gradient with respect to U_out */
     for (int64_t k = 0; k < 400; ++k)
-        grad_U_out[k] = v66[k];
+        grad_U_out[k] = v61[k];
 
     return SG_OK;
 }

@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 
 from . import errors  # noqa: E402
 from . import loops  # noqa: E402,F401  (registers the ops of sums and products over an index)
+from .scan import scan  # noqa: E402  (and registers the scan ops)
 from .functions import (  # noqa: E402
     broadcast_to,
     cholesky,
@@ -57,6 +58,7 @@ __all__ = [
     "generate",
     "load",
     "errors",
+    "scan",
     "sigmoid",
     "relu",
     "softplus",

@@ -54,12 +54,15 @@ BASE_FLAGS = ("-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-tree-loop-distrib
 #: can vectorize.
 VECTOR_MATH_FLAGS = ("-DSG_VECTOR_MATH", "-fno-builtin-sin", "-fno-builtin-cos",
                      "-fno-builtin-sinf", "-fno-builtin-cosf")
-#: The cffi wrapper only converts arguments; optimizing it costs seconds on wide models.
-WRAPPER_FLAGS = ("-O1", "-DNDEBUG")
+#: The cffi wrapper only converts arguments; optimizing it costs seconds on wide models. It is
+#: compiled against CPython's full API (not the limited one cffi picks by default): the entry
+#: points of ``<model>_python.c`` inside it read float objects and build dicts directly. The
+#: extension is tagged for one Python version (EXT_SUFFIX) either way.
+WRAPPER_FLAGS = ("-O1", "-DNDEBUG", "-D_CFFI_NO_LIMITED_API")
 #: The wrapper of kernels with hundreds of arguments is compiled at -O0: at -O1 GCC
 #: takes 40 s on the wrapper of 1000 scalar arguments (-O0: 4 s); a call costs
 #: about 20 ns more.
-WIDE_WRAPPER_FLAGS = ("-O0", "-DNDEBUG")
+WIDE_WRAPPER_FLAGS = ("-O0", "-DNDEBUG", "-D_CFFI_NO_LIMITED_API")
 WIDE_WRAPPER_CDEF = 20_000  # characters of cffi declarations
 MANIFEST = ".symgrad-build.json"
 #: The runtime object (the helpers of symgrad_runtime.c, see render.split_runtime) is
@@ -443,7 +446,7 @@ def _compile(rendered: RenderedPackage, staging: Path, extension: str, flags) ->
     compiler_version(cc)  # a missing compiler gets its own message
     ffi = cffi.FFI()
     ffi.cdef(rendered.cdef)
-    ffi.set_source(extension, f'#include "{rendered.name}.h"\n')
+    ffi.set_source(extension, f'#include "{rendered.name}.h"\n#include "{rendered.python_source}"\n')
     wrapper = staging / f"{extension}.c"
     with contextlib.redirect_stdout(io.StringIO()):
         ffi.emit_c_code(str(wrapper))

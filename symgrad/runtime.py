@@ -31,7 +31,11 @@ otherwise. Gradients have the shape their symbol was passed in.
 Every call goes one way: its arguments' signature selects a cached
 :class:`callplan.Plan`, which runs the one-example entry point (every
 argument a number), or the kernel, after converting only the arguments C
-cannot read as they are.
+cannot read as they are. Ahead of it, the module functions of an all-scalar
+kernel are CPython entry points compiled into the extension
+(``templates/python.c.j2``): a call of floats and booleans by name runs
+there, without a Python frame; every other call is handed to the Python
+function (:meth:`Kernel.function`) as it came.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import importlib
 import json
 import keyword
 import operator
+import sys
 import threading
 import unicodedata
 from pathlib import Path
@@ -182,10 +187,12 @@ def _getter(names):
 class Kernel:
     """A compiled kernel and its one-example entry point (or None), with the calls around them."""
 
-    def __init__(self, ffi, function, point, *, dtype, arguments, declared, work_size, reduce):
+    def __init__(self, ffi, function, point, *, dtype, arguments, declared, work_size, reduce, entry=None):
         self._ffi = ffi
         self._function = function
         self._point = point
+        # The maker of CPython entry points (``<model>_python.c``), for kernels with a one-example entry.
+        self._entry = entry if sys.implementation.name == "cpython" else None
         self.has_point = point is not None
         self.dtype = np.dtype(dtype)
         arguments = [callplan.Argument(*a) for a in arguments]
@@ -261,9 +268,33 @@ class Kernel:
         def decorate(stub):
             for attribute in ("__name__", "__qualname__", "__doc__", "__module__"):
                 setattr(kernel_function, attribute, getattr(stub, attribute))
-            return kernel_function
+            entry = self._entry_function(form, kernel_function)
+            if entry is None:
+                return kernel_function
+            for attribute in ("__name__", "__qualname__", "__doc__", "__module__"):
+                setattr(entry, attribute, getattr(stub, attribute))
+            entry.__wrapped__ = kernel_function  # inspect.signature reads the parameters there
+            return entry
 
         return decorate
+
+    def _entry_function(self, form: str, general):
+        """The module function as a CPython entry point of the one-example kernel (see
+        ``templates/python.c.j2``), or None without one: a call whose arguments are all floats or
+        booleans, by the symbols' names, is run there in C; any other call is passed on to
+        ``general``, the Python function, unchanged."""
+        if self._entry is None:
+            return None
+        first = 0 if form == "dict" else 1
+        forms = {"dict": 0, "loss_and_dict": 1, "dict_after_loss": 2}
+        request = [forms[form], tuple(a.name for a in self.symbols), tuple(self._results[first:]), general]
+        # CPython: id() of the request is its address; the C function fills in request[0].
+        status = self._entry(self._ffi.cast("void *", id(request)))
+        if status == 2:  # no entry: more numbers than its C stack holds, or not CPython (PyPy)
+            return None
+        if status != 0:
+            raise request[0]
+        return request[0]
 
     def _keyword_function(self, form: str, returned: str):
         """The module function as Python code with one keyword parameter per symbol, or None

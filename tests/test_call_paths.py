@@ -11,6 +11,9 @@ them with NumPy written by hand. CI also runs them under
 once (the one-example entry once read its results from a freed struct).
 """
 
+import inspect
+import pickle
+
 import numpy as np
 import pytest
 import sympy as sp
@@ -280,8 +283,14 @@ def _generic_functions(module, monkeypatch):
     """The module's value_and_grad and forward as the generic function (one keyword dict)
     builds them, for kernels that got a parameter per symbol."""
     monkeypatch.setattr(runtime.Kernel, "_keyword_function", lambda self, form, returned: None)
+    monkeypatch.setattr(runtime.Kernel, "_entry_function", lambda self, form, general: None)
     stub = lambda **arrays: None  # noqa: E731
     return module._value_and_grad.function("loss_and_dict")(stub), module._forward.function("dict")(stub)
+
+
+def _python_function(function):
+    """The Python function of a module function (the general path behind a CPython entry point)."""
+    return getattr(function, "__wrapped__", function)
 
 
 def _outcome(function, arrays):
@@ -295,7 +304,7 @@ def _outcome(function, arrays):
 def test_keyword_parameters_and_the_keyword_dict_agree(width, compile_model, rng, monkeypatch):
     module = compile_model(_wide_model(width))
     keyword = width <= runtime.KEYWORD_LIMIT  # a function with a parameter per symbol
-    assert ("s0" in module.value_and_grad.__code__.co_varnames) == keyword
+    assert ("s0" in _python_function(module.value_and_grad).__code__.co_varnames) == keyword
     generic_vag, generic_forward = _generic_functions(module, monkeypatch)
     point = _point(width, rng)
     batch = {k: (rng.uniform(-1, 1, 5) if int(k[1:]) % 2 == 0 else v) for k, v in point.items()}
@@ -327,7 +336,7 @@ def test_names_that_cannot_be_parameters_keep_the_keyword_dict(compile_model):
     model = sg.Model("paths_odd_names", loss=sum((k + 1) * s**2 for k, s in enumerate(symbols)), inputs=symbols,
                      wrt=symbols)
     module = compile_model(model)
-    assert "arrays" in module.value_and_grad.__code__.co_varnames
+    assert "arrays" in _python_function(module.value_and_grad).__code__.co_varnames
     values = {name: float(k) for k, name in enumerate(names)}
     loss, grads = module.value_and_grad(**values)
     assert loss == sum((k + 1) * k**2 for k in range(4)) and grads == {n: 2.0 * (k + 1) * k for k, n in
@@ -389,3 +398,46 @@ def test_a_param_array_passed_again_is_read_again(matrix, rng):
     with pytest.raises(AssertionError):
         _same(matrix.value_and_grad(W=W, b=0.1, x=x, t=t), first)
     _same(matrix.value_and_grad(W=W, b=0.1, x=x, t=t, threads=2), matrix.value_and_grad(W=W.copy(), b=0.1, x=x, t=t))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_cpython_entry_point_and_the_python_function_agree(dtype, compile_model, rng):
+    """forward, value_and_grad and grad of a kernel with a one-example entry are CPython entry
+    points (templates/python.c.j2): calls of floats and booleans by name run in C; every other
+    call is handed to the Python function behind it. Both give the same bits, and the same
+    error word for word, on every kind of argument."""
+    module = compile_model(_wide_model(8), dtype=dtype)
+    point = _point(8, rng)
+    reordered = dict(reversed(list(point.items())))
+    built = {"".join(["s", str(k)]): v for k, v in enumerate(point.values())}  # names that are not interned
+    assert all(a is not b for a, b in zip(built, point))
+    calls = [point, reordered, built, {**point, "s0": True}, {**point, "s1": False},
+             {k: np.float64(v) for k, v in point.items()}, {k: np.float32(v) for k, v in point.items()},
+             {**point, "s0": 3}, {**point, "s0": 2 ** 60}, {**point, "s0": np.array(0.5)},
+             {**point, "s0": np.array([0.5, 0.25])}, {**point, "s0": [0.5, 0.25]}, {**point, "s0": "text"},
+             {**point, "s0": None}, {**point, "s0": 1 + 2j}, {**point, "threads": 1}, {**point, "mean_over": 2},
+             {k: v for k, v in point.items() if k != "s3"}, {**point, "unknown": 1.0}, {}]
+    for name in ("forward", "value_and_grad", "grad"):
+        entry = getattr(module, name)
+        assert type(entry).__name__ == "compiled_function"
+        python = entry.__wrapped__
+        assert entry.__doc__ == python.__doc__ and entry.__name__ == name and entry.__module__ == module.__name__
+        assert "s0" in str(inspect.signature(entry))  # the parameters of the Python function
+        assert pickle.loads(pickle.dumps(entry)) is entry and name in repr(entry)
+        for arrays in calls:
+            _same_outcome(_outcome(entry, arrays), _outcome(python, arrays))
+        values = list(point.values())
+        _same_outcome(_outcome(lambda: entry(*values), {}), _outcome(lambda: python(*values), {}))  # by position
+        _same(entry(**point), entry(**reordered))
+        _same(entry(**point), entry(**point, out=entry(**point)))  # out= takes the Python path
+    loss, grads = module.value_and_grad(**point)
+    assert type(loss) is float and all(type(g) is float for g in grads.values())
+    assert module.grad(**point) == grads and module.forward(**point)["loss"] == loss
+
+
+def test_kernels_of_many_numbers_keep_the_python_function(wide):
+    """A one-example entry writes its numbers on the C stack (256 at most): a kernel of more
+    symbols and results keeps the Python function (same results, the cffi entry point)."""
+    width, module = wide
+    fits = width + (1 + width) <= 256  # the symbols, then the loss and a gradient per symbol
+    assert (type(module.value_and_grad).__name__ == "compiled_function") == fits

@@ -204,3 +204,11 @@ def test_transformer_layer_norm_is_accurate_as_written(layer_norm_module, case):
     tolerance = 1e-7 if case == "offset 1e6" else 1e-13
     assert np.max(np.abs(out - want_y)) <= tolerance * np.max(np.abs(want_y))
     assert np.max(np.abs(grads["Z"][0] - want_grad)) <= tolerance * np.max(np.abs(want_grad))
+
+
+def test_lstm_language_model_agrees_with_pytorch_and_learns():
+    out = run_example("lstm_lm")
+    loss_diff, grad_diff = (float(v) for v in re.search(r"loss (\S+), worst gradient difference (\S+)", out).groups())
+    assert loss_diff < 1e-12 and grad_diff < 1e-12
+    losses = [float(v) for v in re.findall(r"epoch \d+: loss (\S+) per character", out)]
+    assert losses[0] == pytest.approx(3.332, rel=0.05) and losses[-1] < 0.7 * losses[0]  # log 28 at the start

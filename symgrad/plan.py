@@ -36,6 +36,7 @@ from .printer import REAL_TYPES, Operand
 KINDS = ("forward", "value_and_grad", "jvp", "hvp", "jacobian", "hessian")
 ALIGN = 8  # elements; buffers start on 64-byte boundaries for doubles
 TILE_BUDGET = 65536  # elements of per-tile scratch to aim for (512 KiB of doubles)
+STREAMED_BUDGET = 1 << 22  # elements of per-tile scratch at most, with a scan's stored carries (32 MiB)
 
 # Roles of a live node in a kernel.
 ARG, LITERAL, VIEW, FUSED = "arg", "literal", "view", "fused"
@@ -417,8 +418,14 @@ def _allocate(plan: KernelPlan) -> None:
     scratch = max((ops.get(plan.graph.nodes[n].op).scratch(plan.graph.nodes[n]) for n in plan.live
                    if ops.get(plan.graph.nodes[n].op).scratch is not None), default=0)
     buffers = [Buffer("scratch", arenas["uniform"].take(scratch), False, None)] if scratch else []
+    # A scan's value (its stored carries) is written and read one row per step, so it need not
+    # stay in cache: it counts against the budget by one row, and the tile's whole workspace
+    # stays under STREAMED_BUDGET.
+    streamed = sum(plan.graph.nodes[n].size - plan.graph.nodes[n].size // (plan.graph.nodes[n].attrs[0].steps + 1)
+                   for n in offsets if storage[n] == "tile" and plan.graph.nodes[n].op == "scan")
+    cached = max(arenas["tile"].size - streamed, 0)
     tile = MAX_TILE
-    while tile > 8 and tile * arenas["tile"].size > TILE_BUDGET:
+    while tile > 8 and (tile * cached > TILE_BUDGET or tile * arenas["tile"].size > STREAMED_BUDGET):
         tile //= 2
     for n in sorted(offsets):
         per_tile = storage[n] == "tile"

@@ -19,13 +19,13 @@ SG_KERNEL int lstm_lm_forward(int64_t n, int64_t batch, const double *restrict p
 {
     /* scratch memory */
     double *const scratch = work + 0;  /* packing space for matrix products */
-    double *const v9 = work + 279040;  /* v9, 64 examples */
-    double *const v13 = work + 332288;  /* v13 (loss), 64 examples */
+    double *const v9 = work + 279040;  /* v9, 256 examples */
+    double *const v13 = work + 492032;  /* v13 (loss), 256 examples */
     /* v14: batch sum starts at zero */
     sg_acc v14 = 0;
 
-    for (int64_t t0 = 0; t0 < n; t0 += 64) {
-        const int64_t nt = n - t0 < 64 ? n - t0 : 64;
+    for (int64_t t0 = 0; t0 < n; t0 += 256) {
+        const int64_t nt = n - t0 < 256 ? n - t0 : 256;
         const double *restrict x_X = in_X + t0 * 448;
         const double *restrict x_Y = in_Y + t0 * 448;
         const double *restrict x_n = in_n + t0 * 1;

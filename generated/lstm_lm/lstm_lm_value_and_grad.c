@@ -19,11 +19,11 @@ SG_KERNEL int lstm_lm_value_and_grad(int64_t n, int64_t batch, const double *res
 {
     /* scratch memory */
     double *const scratch = work + 5832;  /* packing space for matrix products */
-    double *const v9 = work + 2084816;  /* v9, 8 examples */
-    double *const v13 = work + 2091472;  /* v13 (loss), 8 examples */
+    double *const v9 = work + 2084816;  /* v9, 128 examples */
+    double *const v13 = work + 2191312;  /* v13 (loss), 128 examples */
     double *const v16 = work + 0;  /* v16 (losses_bar) */
     double *const v21 = work + 16;  /* v21 */
-    double *const v22 = work + 2091536;  /* v22, 8 examples */
+    double *const v22 = work + 2192336;  /* v22, 128 examples */
     double *const v31 = work + 40;  /* v31 (d_bar) */
     double *const v32 = work + 72;  /* v32 (U_bar) */
     double *const v33 = work + 744;  /* v33 (b_bar) */
@@ -57,8 +57,8 @@ SG_KERNEL int lstm_lm_value_and_grad(int64_t n, int64_t batch, const double *res
         for (int64_t j = 0; j < 52; ++j)
             v34[i * 52 + j] = 0.0;
 
-    for (int64_t t0 = 0; t0 < n; t0 += 8) {
-        const int64_t nt = n - t0 < 8 ? n - t0 : 8;
+    for (int64_t t0 = 0; t0 < n; t0 += 128) {
+        const int64_t nt = n - t0 < 128 ? n - t0 : 128;
         const double *restrict x_X = in_X + t0 * 448;
         const double *restrict x_Y = in_Y + t0 * 448;
         const double *restrict x_n = in_n + t0 * 1;

@@ -197,6 +197,10 @@ DERIVED = {"symbol", "const", "batch_size", "call_size", "reduce_batch", "sum_to
            "loop_vjp", "loop_part", "loop_embed", "loop_index", "loop_capture", "loop_element", "loop_seed"}
 #: Ops that only derivatives of second order make (the adjoint of a loop_part).
 SECOND_ORDER_ONLY = {"loop_embed"}
+#: Ops the generator does not make: a scan's symbolic gradient is not written out in SymPy, so the
+#: evaluator of ``model.gradients()`` cannot check it; tests/test_scan.py checks scans against
+#: PyTorch and central differences.
+NOT_GENERATED = {"scan", "scan_part", "scan_carry", "scan_elem"}
 _RELATIONS = (sp.StrictLessThan, sp.LessThan, sp.StrictGreaterThan, sp.GreaterThan, sp.Ne, sp.Eq)
 
 
@@ -1994,11 +1998,11 @@ def test_generator_covers_the_op_registry():
             continue
         rules |= spec.ops_used
         seen |= {op for node in derived(spec.model, spec.model.reduce).nodes for op in _ops_within(node)}
-        if seen >= set(ops.REGISTRY) and rules >= set(ops.REGISTRY) - DERIVED:
+        if seen >= set(ops.REGISTRY) - NOT_GENERATED and rules >= set(ops.REGISTRY) - DERIVED - NOT_GENERATED:
             break
-    never = set(ops.REGISTRY) - seen - SECOND_ORDER_ONLY
+    never = set(ops.REGISTRY) - seen - SECOND_ORDER_ONLY - NOT_GENERATED
     assert never == set(), f"ops never generated: {sorted(never)}"
-    assert set(ops.REGISTRY) - DERIVED - rules == set()
+    assert set(ops.REGISTRY) - DERIVED - NOT_GENERATED - rules == set()
 
 
 def chooser(data):

@@ -345,16 +345,38 @@ SG_RUNTIME_API __attribute__((target("arch=x86-64-v4"))) void sg_gemm_packed_avx
         for (int64_t pc = 0; pc < k; pc += SG_KC) {
             const int64_t kc = k - pc < SG_KC ? k - pc : SG_KC;
             for (int64_t q0 = 0; q0 < nc; q0 += 16) {  /* pack B, zero-padded */
-                sg_real *panel = bp + q0 * kc;
-                for (int64_t l = 0; l < kc; ++l)
+                sg_real *restrict panel = bp + q0 * kc;
+                const sg_real *bb = b + pc * b_rs + (jc + q0) * b_cs;
+                if (q0 + 16 <= nc && b_cs == 1) {  /* a whole panel of contiguous rows */
+                    for (int64_t l = 0; l < kc; ++l)
+                        for (int64_t q = 0; q < 16; ++q)
+                            panel[l * 16 + q] = bb[l * b_rs + q];
+                } else if (q0 + 16 <= nc && b_rs == 1) {  /* of contiguous columns (B transposed) */
                     for (int64_t q = 0; q < 16; ++q)
-                        panel[l * 16 + q] = q0 + q < nc ? b[(pc + l) * b_rs + (jc + q0 + q) * b_cs] : 0;
+                        for (int64_t l = 0; l < kc; ++l)
+                            panel[l * 16 + q] = bb[l + q * b_cs];
+                } else {
+                    for (int64_t l = 0; l < kc; ++l)
+                        for (int64_t q = 0; q < 16; ++q)
+                            panel[l * 16 + q] = q0 + q < nc ? bb[l * b_rs + q * b_cs] : 0;
+                }
             }
             for (int64_t i0 = 0; i0 < m; i0 += SG_MR) {
                 const int64_t mr = m - i0 < SG_MR ? m - i0 : SG_MR;
-                for (int64_t l = 0; l < kc; ++l)  /* pack A, zero-padded */
+                const sg_real *aa = a + i0 * a_rs + pc * a_cs;
+                if (mr == SG_MR && a_rs == 1) {  /* pack A: a whole sliver of contiguous columns */
+                    for (int64_t l = 0; l < kc; ++l)
+                        for (int64_t r = 0; r < SG_MR; ++r)
+                            ap[l * SG_MR + r] = aa[l * a_cs + r];
+                } else if (mr == SG_MR && a_cs == 1) {  /* of contiguous rows */
                     for (int64_t r = 0; r < SG_MR; ++r)
-                        ap[l * SG_MR + r] = r < mr ? a[(i0 + r) * a_rs + (pc + l) * a_cs] : 0;
+                        for (int64_t l = 0; l < kc; ++l)
+                            ap[l * SG_MR + r] = aa[r * a_rs + l];
+                } else {  /* zero-padded */
+                    for (int64_t l = 0; l < kc; ++l)
+                        for (int64_t r = 0; r < SG_MR; ++r)
+                            ap[l * SG_MR + r] = r < mr ? aa[r * a_rs + l * a_cs] : 0;
+                }
                 for (int64_t q0 = 0; q0 < nc; q0 += 16)
                     sg_gemm_block_avx512(kc, ap, bp + q0 * kc, c + i0 * c_rs + (jc + q0) * c_cs, c_rs,
                                                   c_cs, mr, nc - q0 < 16 ? nc - q0 : 16);
@@ -415,16 +437,38 @@ SG_RUNTIME_API __attribute__((target("arch=x86-64-v3"))) void sg_gemm_packed_avx
         for (int64_t pc = 0; pc < k; pc += SG_KC) {
             const int64_t kc = k - pc < SG_KC ? k - pc : SG_KC;
             for (int64_t q0 = 0; q0 < nc; q0 += 8) {  /* pack B, zero-padded */
-                sg_real *panel = bp + q0 * kc;
-                for (int64_t l = 0; l < kc; ++l)
+                sg_real *restrict panel = bp + q0 * kc;
+                const sg_real *bb = b + pc * b_rs + (jc + q0) * b_cs;
+                if (q0 + 8 <= nc && b_cs == 1) {  /* a whole panel of contiguous rows */
+                    for (int64_t l = 0; l < kc; ++l)
+                        for (int64_t q = 0; q < 8; ++q)
+                            panel[l * 8 + q] = bb[l * b_rs + q];
+                } else if (q0 + 8 <= nc && b_rs == 1) {  /* of contiguous columns (B transposed) */
                     for (int64_t q = 0; q < 8; ++q)
-                        panel[l * 8 + q] = q0 + q < nc ? b[(pc + l) * b_rs + (jc + q0 + q) * b_cs] : 0;
+                        for (int64_t l = 0; l < kc; ++l)
+                            panel[l * 8 + q] = bb[l + q * b_cs];
+                } else {
+                    for (int64_t l = 0; l < kc; ++l)
+                        for (int64_t q = 0; q < 8; ++q)
+                            panel[l * 8 + q] = q0 + q < nc ? bb[l * b_rs + q * b_cs] : 0;
+                }
             }
             for (int64_t i0 = 0; i0 < m; i0 += SG_MR) {
                 const int64_t mr = m - i0 < SG_MR ? m - i0 : SG_MR;
-                for (int64_t l = 0; l < kc; ++l)  /* pack A, zero-padded */
+                const sg_real *aa = a + i0 * a_rs + pc * a_cs;
+                if (mr == SG_MR && a_rs == 1) {  /* pack A: a whole sliver of contiguous columns */
+                    for (int64_t l = 0; l < kc; ++l)
+                        for (int64_t r = 0; r < SG_MR; ++r)
+                            ap[l * SG_MR + r] = aa[l * a_cs + r];
+                } else if (mr == SG_MR && a_cs == 1) {  /* of contiguous rows */
                     for (int64_t r = 0; r < SG_MR; ++r)
-                        ap[l * SG_MR + r] = r < mr ? a[(i0 + r) * a_rs + (pc + l) * a_cs] : 0;
+                        for (int64_t l = 0; l < kc; ++l)
+                            ap[l * SG_MR + r] = aa[r * a_rs + l];
+                } else {  /* zero-padded */
+                    for (int64_t l = 0; l < kc; ++l)
+                        for (int64_t r = 0; r < SG_MR; ++r)
+                            ap[l * SG_MR + r] = r < mr ? aa[r * a_rs + l * a_cs] : 0;
+                }
                 for (int64_t q0 = 0; q0 < nc; q0 += 8)
                     sg_gemm_block_avx2(kc, ap, bp + q0 * kc, c + i0 * c_rs + (jc + q0) * c_cs, c_rs,
                                                   c_cs, mr, nc - q0 < 8 ? nc - q0 : 8);
@@ -484,16 +528,38 @@ SG_RUNTIME_API void sg_gemm_packed_baseline(
         for (int64_t pc = 0; pc < k; pc += SG_KC) {
             const int64_t kc = k - pc < SG_KC ? k - pc : SG_KC;
             for (int64_t q0 = 0; q0 < nc; q0 += 4) {  /* pack B, zero-padded */
-                sg_real *panel = bp + q0 * kc;
-                for (int64_t l = 0; l < kc; ++l)
+                sg_real *restrict panel = bp + q0 * kc;
+                const sg_real *bb = b + pc * b_rs + (jc + q0) * b_cs;
+                if (q0 + 4 <= nc && b_cs == 1) {  /* a whole panel of contiguous rows */
+                    for (int64_t l = 0; l < kc; ++l)
+                        for (int64_t q = 0; q < 4; ++q)
+                            panel[l * 4 + q] = bb[l * b_rs + q];
+                } else if (q0 + 4 <= nc && b_rs == 1) {  /* of contiguous columns (B transposed) */
                     for (int64_t q = 0; q < 4; ++q)
-                        panel[l * 4 + q] = q0 + q < nc ? b[(pc + l) * b_rs + (jc + q0 + q) * b_cs] : 0;
+                        for (int64_t l = 0; l < kc; ++l)
+                            panel[l * 4 + q] = bb[l + q * b_cs];
+                } else {
+                    for (int64_t l = 0; l < kc; ++l)
+                        for (int64_t q = 0; q < 4; ++q)
+                            panel[l * 4 + q] = q0 + q < nc ? bb[l * b_rs + q * b_cs] : 0;
+                }
             }
             for (int64_t i0 = 0; i0 < m; i0 += SG_MR) {
                 const int64_t mr = m - i0 < SG_MR ? m - i0 : SG_MR;
-                for (int64_t l = 0; l < kc; ++l)  /* pack A, zero-padded */
+                const sg_real *aa = a + i0 * a_rs + pc * a_cs;
+                if (mr == SG_MR && a_rs == 1) {  /* pack A: a whole sliver of contiguous columns */
+                    for (int64_t l = 0; l < kc; ++l)
+                        for (int64_t r = 0; r < SG_MR; ++r)
+                            ap[l * SG_MR + r] = aa[l * a_cs + r];
+                } else if (mr == SG_MR && a_cs == 1) {  /* of contiguous rows */
                     for (int64_t r = 0; r < SG_MR; ++r)
-                        ap[l * SG_MR + r] = r < mr ? a[(i0 + r) * a_rs + (pc + l) * a_cs] : 0;
+                        for (int64_t l = 0; l < kc; ++l)
+                            ap[l * SG_MR + r] = aa[r * a_rs + l];
+                } else {  /* zero-padded */
+                    for (int64_t l = 0; l < kc; ++l)
+                        for (int64_t r = 0; r < SG_MR; ++r)
+                            ap[l * SG_MR + r] = r < mr ? aa[r * a_rs + l * a_cs] : 0;
+                }
                 for (int64_t q0 = 0; q0 < nc; q0 += 4)
                     sg_gemm_block_baseline(kc, ap, bp + q0 * kc, c + i0 * c_rs + (jc + q0) * c_cs, c_rs,
                                                   c_cs, mr, nc - q0 < 4 ? nc - q0 : 4);
@@ -518,9 +584,15 @@ SG_RUNTIME_API void sg_gemm(int64_t m, int64_t n, int64_t k,
         return;
     }
     if (!accumulate)
-        for (int64_t i = 0; i < m; ++i)
-            for (int64_t j = 0; j < n; ++j)
-                c[i * c_rs + j * c_cs] = 0;
+        for (int64_t i = 0; i < m; ++i) {
+            sg_real *ci = c + i * c_rs;
+            if (c_cs == 1)  /* contiguous rows: a loop the compiler vectorizes */
+                for (int64_t j = 0; j < n; ++j)
+                    ci[j] = 0;
+            else
+                for (int64_t j = 0; j < n; ++j)
+                    ci[j * c_cs] = 0;
+        }
     if (m * n * k < 512 || scratch == NULL) {
         for (int64_t i = 0; i < m; ++i)
             for (int64_t l = 0; l < k; ++l) {
@@ -1461,5 +1533,219 @@ SG_RUNTIME_API void sg_avg_pool2d_grad(int64_t nb, int64_t channels, int64_t h, 
 }
 
 /* ==== end of convolution and pooling ==== */
+
+/* ==== training updates: the optimizer steps and the minibatch gather of <model>_train.c ====
+   The same in every model, so compiled once into the runtime object. The updates round every
+   operation on its own, as NumPy does (no contraction into fused multiply-adds: GCC's optimize
+   pragma here, Clang's fp pragma in each body), so that params after fused training steps equal
+   those of a Python loop over value_and_grad to the bit. Each has a version per CPU level of the
+   matrix products (wider vectors, the same roundings), the widest the CPU supports picked per call. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#endif
+#ifdef SG_GEMM_LEVELS
+
+/* sgd (avx512): p -= lr * g */
+SG_RUNTIME_API __attribute__((target("arch=x86-64-v4"))) void sg_update_sgd_avx512(int64_t size, double *restrict p, const double *restrict g,
+                                 double lr)
+{
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    for (int64_t k = 0; k < size; ++k)
+        p[k] -= lr * g[k];
+}
+
+/* momentum (avx512; PyTorch's SGD with momentum, no dampening): v = momentum * v + g; p -= lr * v */
+SG_RUNTIME_API __attribute__((target("arch=x86-64-v4"))) void sg_update_momentum_avx512(int64_t size, double *restrict p, const double *restrict g,
+                                      double *restrict v, double lr, double momentum)
+{
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    for (int64_t k = 0; k < size; ++k) {
+        v[k] = momentum * v[k] + g[k];
+        p[k] -= lr * v[k];
+    }
+}
+
+/* adam (avx512; PyTorch's order of operations), with step_size = lr / (1 - beta1**t) and
+   root2 = sqrt(1 - beta2**t) computed in double by the caller:
+       m = beta1 * m + (1 - beta1) * g
+       v = beta2 * v + (1 - beta2) * (g * g)
+       p -= step_size * (m / (sqrt(v) / root2 + eps)) */
+SG_RUNTIME_API __attribute__((target("arch=x86-64-v4"))) void sg_update_adam_avx512(int64_t size, double *restrict p, const double *restrict g,
+                                  double *restrict m, double *restrict v, double beta1,
+                                  double one_minus_beta1, double beta2, double one_minus_beta2,
+                                  double step_size, double root2, double eps)
+{
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    for (int64_t k = 0; k < size; ++k) {
+        m[k] = beta1 * m[k] + one_minus_beta1 * g[k];
+        v[k] = beta2 * v[k] + one_minus_beta2 * (g[k] * g[k]);
+        p[k] -= step_size * (m[k] / (sqrt(v[k]) / root2 + eps));
+    }
+}
+#endif
+#ifdef SG_GEMM_LEVELS
+
+/* sgd (avx2): p -= lr * g */
+SG_RUNTIME_API __attribute__((target("arch=x86-64-v3"))) void sg_update_sgd_avx2(int64_t size, double *restrict p, const double *restrict g,
+                                 double lr)
+{
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    for (int64_t k = 0; k < size; ++k)
+        p[k] -= lr * g[k];
+}
+
+/* momentum (avx2; PyTorch's SGD with momentum, no dampening): v = momentum * v + g; p -= lr * v */
+SG_RUNTIME_API __attribute__((target("arch=x86-64-v3"))) void sg_update_momentum_avx2(int64_t size, double *restrict p, const double *restrict g,
+                                      double *restrict v, double lr, double momentum)
+{
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    for (int64_t k = 0; k < size; ++k) {
+        v[k] = momentum * v[k] + g[k];
+        p[k] -= lr * v[k];
+    }
+}
+
+/* adam (avx2; PyTorch's order of operations), with step_size = lr / (1 - beta1**t) and
+   root2 = sqrt(1 - beta2**t) computed in double by the caller:
+       m = beta1 * m + (1 - beta1) * g
+       v = beta2 * v + (1 - beta2) * (g * g)
+       p -= step_size * (m / (sqrt(v) / root2 + eps)) */
+SG_RUNTIME_API __attribute__((target("arch=x86-64-v3"))) void sg_update_adam_avx2(int64_t size, double *restrict p, const double *restrict g,
+                                  double *restrict m, double *restrict v, double beta1,
+                                  double one_minus_beta1, double beta2, double one_minus_beta2,
+                                  double step_size, double root2, double eps)
+{
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    for (int64_t k = 0; k < size; ++k) {
+        m[k] = beta1 * m[k] + one_minus_beta1 * g[k];
+        v[k] = beta2 * v[k] + one_minus_beta2 * (g[k] * g[k]);
+        p[k] -= step_size * (m[k] / (sqrt(v[k]) / root2 + eps));
+    }
+}
+#endif
+
+/* sgd (baseline): p -= lr * g */
+SG_RUNTIME_API void sg_update_sgd_baseline(int64_t size, double *restrict p, const double *restrict g,
+                                 double lr)
+{
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    for (int64_t k = 0; k < size; ++k)
+        p[k] -= lr * g[k];
+}
+
+/* momentum (baseline; PyTorch's SGD with momentum, no dampening): v = momentum * v + g; p -= lr * v */
+SG_RUNTIME_API void sg_update_momentum_baseline(int64_t size, double *restrict p, const double *restrict g,
+                                      double *restrict v, double lr, double momentum)
+{
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    for (int64_t k = 0; k < size; ++k) {
+        v[k] = momentum * v[k] + g[k];
+        p[k] -= lr * v[k];
+    }
+}
+
+/* adam (baseline; PyTorch's order of operations), with step_size = lr / (1 - beta1**t) and
+   root2 = sqrt(1 - beta2**t) computed in double by the caller:
+       m = beta1 * m + (1 - beta1) * g
+       v = beta2 * v + (1 - beta2) * (g * g)
+       p -= step_size * (m / (sqrt(v) / root2 + eps)) */
+SG_RUNTIME_API void sg_update_adam_baseline(int64_t size, double *restrict p, const double *restrict g,
+                                  double *restrict m, double *restrict v, double beta1,
+                                  double one_minus_beta1, double beta2, double one_minus_beta2,
+                                  double step_size, double root2, double eps)
+{
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    for (int64_t k = 0; k < size; ++k) {
+        m[k] = beta1 * m[k] + one_minus_beta1 * g[k];
+        v[k] = beta2 * v[k] + one_minus_beta2 * (g[k] * g[k]);
+        p[k] -= step_size * (m[k] / (sqrt(v[k]) / root2 + eps));
+    }
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
+/* The sgd update in the widest version the CPU supports. */
+SG_RUNTIME_API void sg_update_sgd(int64_t size, double *restrict p, const double *restrict g, double lr)
+{
+#ifdef SG_GEMM_LEVELS
+    if (__builtin_cpu_supports("avx512f")) {
+        sg_update_sgd_avx512(size, p, g, lr);
+        return;
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        sg_update_sgd_avx2(size, p, g, lr);
+        return;
+    }
+#endif
+    sg_update_sgd_baseline(size, p, g, lr);
+}
+
+/* The momentum update in the widest version the CPU supports. */
+SG_RUNTIME_API void sg_update_momentum(int64_t size, double *restrict p, const double *restrict g, double *restrict v, double lr, double momentum)
+{
+#ifdef SG_GEMM_LEVELS
+    if (__builtin_cpu_supports("avx512f")) {
+        sg_update_momentum_avx512(size, p, g, v, lr, momentum);
+        return;
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        sg_update_momentum_avx2(size, p, g, v, lr, momentum);
+        return;
+    }
+#endif
+    sg_update_momentum_baseline(size, p, g, v, lr, momentum);
+}
+
+/* The adam update in the widest version the CPU supports. */
+SG_RUNTIME_API void sg_update_adam(int64_t size, double *restrict p, const double *restrict g, double *restrict m, double *restrict v, double beta1, double one_minus_beta1, double beta2, double one_minus_beta2, double step_size, double root2, double eps)
+{
+#ifdef SG_GEMM_LEVELS
+    if (__builtin_cpu_supports("avx512f")) {
+        sg_update_adam_avx512(size, p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+        return;
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        sg_update_adam_avx2(size, p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+        return;
+    }
+#endif
+    sg_update_adam_baseline(size, p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+}
+
+/* Examples order[0], ..., order[count - 1] of src (size elements each), back to back into dst. */
+SG_RUNTIME_API void sg_gather(int64_t count, int64_t size, double *restrict dst, const double *restrict src,
+                      const int64_t *restrict order)
+{
+    if (size == 1) {
+        for (int64_t e = 0; e < count; ++e)
+            dst[e] = src[order[e]];
+        return;
+    }
+    for (int64_t e = 0; e < count; ++e)
+        memcpy(dst + e * size, src + order[e] * size, (size_t) size * sizeof(double));
+}
+
+/* ==== end of training updates ==== */
 
 #endif /* SYMGRAD_RUNTIME_H */

@@ -609,4 +609,92 @@ SG_RUNTIME_API void sg_avg_pool2d_grad(int64_t nb, int64_t channels, int64_t h, 
 
 /* ==== end of convolution and pooling ==== */
 
+/* ==== training updates: the optimizer steps and the minibatch gather of <model>_train.c ====
+   The same in every model, so compiled once into the runtime object. The updates round every
+   operation on its own, as NumPy does (no contraction into fused multiply-adds: GCC's optimize
+   pragma here, Clang's fp pragma in each body), so that params after fused training steps equal
+   those of a Python loop over value_and_grad to the bit. Each has a version per CPU level of the
+   matrix products (wider vectors, the same roundings), the widest the CPU supports picked per call. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#endif
+#ifdef SG_GEMM_LEVELS
+
+/* sgd (avx512): p -= lr * g */
+SG_RUNTIME_API void sg_update_sgd_avx512(int64_t size, double *restrict p, const double *restrict g,
+                                 double lr);
+
+/* momentum (avx512; PyTorch's SGD with momentum, no dampening): v = momentum * v + g; p -= lr * v */
+SG_RUNTIME_API void sg_update_momentum_avx512(int64_t size, double *restrict p, const double *restrict g,
+                                      double *restrict v, double lr, double momentum);
+
+/* adam (avx512; PyTorch's order of operations), with step_size = lr / (1 - beta1**t) and
+   root2 = sqrt(1 - beta2**t) computed in double by the caller:
+       m = beta1 * m + (1 - beta1) * g
+       v = beta2 * v + (1 - beta2) * (g * g)
+       p -= step_size * (m / (sqrt(v) / root2 + eps)) */
+SG_RUNTIME_API void sg_update_adam_avx512(int64_t size, double *restrict p, const double *restrict g,
+                                  double *restrict m, double *restrict v, double beta1,
+                                  double one_minus_beta1, double beta2, double one_minus_beta2,
+                                  double step_size, double root2, double eps);
+#endif
+#ifdef SG_GEMM_LEVELS
+
+/* sgd (avx2): p -= lr * g */
+SG_RUNTIME_API void sg_update_sgd_avx2(int64_t size, double *restrict p, const double *restrict g,
+                                 double lr);
+
+/* momentum (avx2; PyTorch's SGD with momentum, no dampening): v = momentum * v + g; p -= lr * v */
+SG_RUNTIME_API void sg_update_momentum_avx2(int64_t size, double *restrict p, const double *restrict g,
+                                      double *restrict v, double lr, double momentum);
+
+/* adam (avx2; PyTorch's order of operations), with step_size = lr / (1 - beta1**t) and
+   root2 = sqrt(1 - beta2**t) computed in double by the caller:
+       m = beta1 * m + (1 - beta1) * g
+       v = beta2 * v + (1 - beta2) * (g * g)
+       p -= step_size * (m / (sqrt(v) / root2 + eps)) */
+SG_RUNTIME_API void sg_update_adam_avx2(int64_t size, double *restrict p, const double *restrict g,
+                                  double *restrict m, double *restrict v, double beta1,
+                                  double one_minus_beta1, double beta2, double one_minus_beta2,
+                                  double step_size, double root2, double eps);
+#endif
+
+/* sgd (baseline): p -= lr * g */
+SG_RUNTIME_API void sg_update_sgd_baseline(int64_t size, double *restrict p, const double *restrict g,
+                                 double lr);
+
+/* momentum (baseline; PyTorch's SGD with momentum, no dampening): v = momentum * v + g; p -= lr * v */
+SG_RUNTIME_API void sg_update_momentum_baseline(int64_t size, double *restrict p, const double *restrict g,
+                                      double *restrict v, double lr, double momentum);
+
+/* adam (baseline; PyTorch's order of operations), with step_size = lr / (1 - beta1**t) and
+   root2 = sqrt(1 - beta2**t) computed in double by the caller:
+       m = beta1 * m + (1 - beta1) * g
+       v = beta2 * v + (1 - beta2) * (g * g)
+       p -= step_size * (m / (sqrt(v) / root2 + eps)) */
+SG_RUNTIME_API void sg_update_adam_baseline(int64_t size, double *restrict p, const double *restrict g,
+                                  double *restrict m, double *restrict v, double beta1,
+                                  double one_minus_beta1, double beta2, double one_minus_beta2,
+                                  double step_size, double root2, double eps);
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
+/* The sgd update in the widest version the CPU supports. */
+SG_RUNTIME_API void sg_update_sgd(int64_t size, double *restrict p, const double *restrict g, double lr);
+
+/* The momentum update in the widest version the CPU supports. */
+SG_RUNTIME_API void sg_update_momentum(int64_t size, double *restrict p, const double *restrict g, double *restrict v, double lr, double momentum);
+
+/* The adam update in the widest version the CPU supports. */
+SG_RUNTIME_API void sg_update_adam(int64_t size, double *restrict p, const double *restrict g, double *restrict m, double *restrict v, double beta1, double one_minus_beta1, double beta2, double one_minus_beta2, double step_size, double root2, double eps);
+
+/* Examples order[0], ..., order[count - 1] of src (size elements each), back to back into dst. */
+SG_RUNTIME_API void sg_gather(int64_t count, int64_t size, double *restrict dst, const double *restrict src,
+                      const int64_t *restrict order);
+
+/* ==== end of training updates ==== */
+
 #endif /* SYMGRAD_RUNTIME_H */

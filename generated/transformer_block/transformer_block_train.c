@@ -21,68 +21,15 @@
 #include <string.h>
 
 #include "transformer_block.h"
+#include "symgrad_runtime.h"
 
-/* Round every operation of the updates as NumPy does: no contraction into fused multiply-adds. */
+/* The sums of slices round every operation as NumPy does: no contraction into fused multiply-adds.
+   The updates and the gather (sg_update_*, sg_gather) are helpers of the runtime object. */
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
 #elif defined(__GNUC__)
 #pragma GCC optimize("fp-contract=off")
 #endif
-
-/* The update loops are compiled for several x86-64 levels (AVX-512, AVX2, baseline), the best
-   picked when the module loads: wider vectors, the same roundings. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__ELF__)
-#define UPDATE_LOOP __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define UPDATE_LOOP
-#endif
-
-/* sgd: p -= lr * g */
-UPDATE_LOOP static void update_sgd(int64_t size, double *restrict p, const double *restrict g, double lr)
-{
-    for (int64_t k = 0; k < size; ++k)
-        p[k] -= lr * g[k];
-}
-
-/* momentum (PyTorch's SGD with momentum, no dampening): v = momentum * v + g; p -= lr * v */
-UPDATE_LOOP static void update_momentum(int64_t size, double *restrict p, const double *restrict g,
-                                        double *restrict v, double lr, double momentum)
-{
-    for (int64_t k = 0; k < size; ++k) {
-        v[k] = momentum * v[k] + g[k];
-        p[k] -= lr * v[k];
-    }
-}
-
-/* adam (PyTorch's order of operations), with step_size = lr / (1 - beta1**t) and
-   root2 = sqrt(1 - beta2**t) computed in double:
-       m = beta1 * m + (1 - beta1) * g
-       v = beta2 * v + (1 - beta2) * (g * g)
-       p -= step_size * (m / (sqrt(v) / root2 + eps)) */
-UPDATE_LOOP static void update_adam(int64_t size, double *restrict p, const double *restrict g,
-                                    double *restrict m, double *restrict v, double beta1, double one_minus_beta1,
-                                    double beta2, double one_minus_beta2, double step_size, double root2,
-                                    double eps)
-{
-    for (int64_t k = 0; k < size; ++k) {
-        m[k] = beta1 * m[k] + one_minus_beta1 * g[k];
-        v[k] = beta2 * v[k] + one_minus_beta2 * (g[k] * g[k]);
-        p[k] -= step_size * (m[k] / (sqrt(v[k]) / root2 + eps));
-    }
-}
-
-/* Examples order[0], ..., order[count - 1] of src (size elements each), back to back into dst. */
-static void gather(int64_t count, int64_t size, double *restrict dst, const double *restrict src,
-                   const int64_t *restrict order)
-{
-    if (size == 1) {
-        for (int64_t e = 0; e < count; ++e)
-            dst[e] = src[order[e]];
-        return;
-    }
-    for (int64_t e = 0; e < count; ++e)
-        memcpy(dst + e * size, src + order[e] * size, (size_t) size * sizeof(double));
-}
 
 static int64_t aligned(int64_t elements)
 {
@@ -196,9 +143,9 @@ int transformer_block_train(int64_t n, int64_t batch_size, const int64_t *order,
         const double *x_tokens = in_tokens + start * 24;
         const double *x_target = in_target + start * 2;
         if (order) {
-            gather(nb, 24, gather_tokens, in_tokens, order + start);
+            sg_gather(nb, 24, gather_tokens, in_tokens, order + start);
             x_tokens = gather_tokens;
-            gather(nb, 2, gather_target, in_target, order + start);
+            sg_gather(nb, 2, gather_target, in_target, order + start);
             x_target = gather_target;
         }
         /* its loss and gradients: the kernel on each slice, the slices' sums added in order */
@@ -281,91 +228,91 @@ int transformer_block_train(int64_t n, int64_t batch_size, const int64_t *order,
         losses[s] = loss;
         /* the update */
         if (optimizer == 0) {
-            update_sgd(32, p_E, grad_E, lr);
-            update_sgd(48, p_P, grad_P, lr);
-            update_sgd(32, p_Wq0, grad_Wq0, lr);
-            update_sgd(32, p_Wq1, grad_Wq1, lr);
-            update_sgd(32, p_Wk0, grad_Wk0, lr);
-            update_sgd(32, p_Wk1, grad_Wk1, lr);
-            update_sgd(32, p_Wv0, grad_Wv0, lr);
-            update_sgd(32, p_Wv1, grad_Wv1, lr);
-            update_sgd(64, p_Wo, grad_Wo, lr);
-            update_sgd(8, p_bo, grad_bo, lr);
-            update_sgd(8, p_gain1, grad_gain1, lr);
-            update_sgd(8, p_bias1, grad_bias1, lr);
-            update_sgd(128, p_W1, grad_W1, lr);
-            update_sgd(16, p_b1, grad_b1, lr);
-            update_sgd(128, p_W2, grad_W2, lr);
-            update_sgd(8, p_b2, grad_b2, lr);
-            update_sgd(8, p_gain2, grad_gain2, lr);
-            update_sgd(8, p_bias2, grad_bias2, lr);
-            update_sgd(16, p_Wc, grad_Wc, lr);
-            update_sgd(2, p_bc, grad_bc, lr);
+            sg_update_sgd(32, p_E, grad_E, lr);
+            sg_update_sgd(48, p_P, grad_P, lr);
+            sg_update_sgd(32, p_Wq0, grad_Wq0, lr);
+            sg_update_sgd(32, p_Wq1, grad_Wq1, lr);
+            sg_update_sgd(32, p_Wk0, grad_Wk0, lr);
+            sg_update_sgd(32, p_Wk1, grad_Wk1, lr);
+            sg_update_sgd(32, p_Wv0, grad_Wv0, lr);
+            sg_update_sgd(32, p_Wv1, grad_Wv1, lr);
+            sg_update_sgd(64, p_Wo, grad_Wo, lr);
+            sg_update_sgd(8, p_bo, grad_bo, lr);
+            sg_update_sgd(8, p_gain1, grad_gain1, lr);
+            sg_update_sgd(8, p_bias1, grad_bias1, lr);
+            sg_update_sgd(128, p_W1, grad_W1, lr);
+            sg_update_sgd(16, p_b1, grad_b1, lr);
+            sg_update_sgd(128, p_W2, grad_W2, lr);
+            sg_update_sgd(8, p_b2, grad_b2, lr);
+            sg_update_sgd(8, p_gain2, grad_gain2, lr);
+            sg_update_sgd(8, p_bias2, grad_bias2, lr);
+            sg_update_sgd(16, p_Wc, grad_Wc, lr);
+            sg_update_sgd(2, p_bc, grad_bc, lr);
         } else if (optimizer == 1) {
-            update_momentum(32, p_E, grad_E, state[0], lr, momentum);
-            update_momentum(48, p_P, grad_P, state[1], lr, momentum);
-            update_momentum(32, p_Wq0, grad_Wq0, state[2], lr, momentum);
-            update_momentum(32, p_Wq1, grad_Wq1, state[3], lr, momentum);
-            update_momentum(32, p_Wk0, grad_Wk0, state[4], lr, momentum);
-            update_momentum(32, p_Wk1, grad_Wk1, state[5], lr, momentum);
-            update_momentum(32, p_Wv0, grad_Wv0, state[6], lr, momentum);
-            update_momentum(32, p_Wv1, grad_Wv1, state[7], lr, momentum);
-            update_momentum(64, p_Wo, grad_Wo, state[8], lr, momentum);
-            update_momentum(8, p_bo, grad_bo, state[9], lr, momentum);
-            update_momentum(8, p_gain1, grad_gain1, state[10], lr, momentum);
-            update_momentum(8, p_bias1, grad_bias1, state[11], lr, momentum);
-            update_momentum(128, p_W1, grad_W1, state[12], lr, momentum);
-            update_momentum(16, p_b1, grad_b1, state[13], lr, momentum);
-            update_momentum(128, p_W2, grad_W2, state[14], lr, momentum);
-            update_momentum(8, p_b2, grad_b2, state[15], lr, momentum);
-            update_momentum(8, p_gain2, grad_gain2, state[16], lr, momentum);
-            update_momentum(8, p_bias2, grad_bias2, state[17], lr, momentum);
-            update_momentum(16, p_Wc, grad_Wc, state[18], lr, momentum);
-            update_momentum(2, p_bc, grad_bc, state[19], lr, momentum);
+            sg_update_momentum(32, p_E, grad_E, state[0], lr, momentum);
+            sg_update_momentum(48, p_P, grad_P, state[1], lr, momentum);
+            sg_update_momentum(32, p_Wq0, grad_Wq0, state[2], lr, momentum);
+            sg_update_momentum(32, p_Wq1, grad_Wq1, state[3], lr, momentum);
+            sg_update_momentum(32, p_Wk0, grad_Wk0, state[4], lr, momentum);
+            sg_update_momentum(32, p_Wk1, grad_Wk1, state[5], lr, momentum);
+            sg_update_momentum(32, p_Wv0, grad_Wv0, state[6], lr, momentum);
+            sg_update_momentum(32, p_Wv1, grad_Wv1, state[7], lr, momentum);
+            sg_update_momentum(64, p_Wo, grad_Wo, state[8], lr, momentum);
+            sg_update_momentum(8, p_bo, grad_bo, state[9], lr, momentum);
+            sg_update_momentum(8, p_gain1, grad_gain1, state[10], lr, momentum);
+            sg_update_momentum(8, p_bias1, grad_bias1, state[11], lr, momentum);
+            sg_update_momentum(128, p_W1, grad_W1, state[12], lr, momentum);
+            sg_update_momentum(16, p_b1, grad_b1, state[13], lr, momentum);
+            sg_update_momentum(128, p_W2, grad_W2, state[14], lr, momentum);
+            sg_update_momentum(8, p_b2, grad_b2, state[15], lr, momentum);
+            sg_update_momentum(8, p_gain2, grad_gain2, state[16], lr, momentum);
+            sg_update_momentum(8, p_bias2, grad_bias2, state[17], lr, momentum);
+            sg_update_momentum(16, p_Wc, grad_Wc, state[18], lr, momentum);
+            sg_update_momentum(2, p_bc, grad_bc, state[19], lr, momentum);
         } else {
             const double t = (double) (step + s + 1);
             const double step_size = (hyper[0] / (1 - pow(hyper[2], t)));
             const double root2 = sqrt(1 - pow(hyper[3], t));
-            update_adam(32, p_E, grad_E, state[0], state[20],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(48, p_P, grad_P, state[1], state[21],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(32, p_Wq0, grad_Wq0, state[2], state[22],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(32, p_Wq1, grad_Wq1, state[3], state[23],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(32, p_Wk0, grad_Wk0, state[4], state[24],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(32, p_Wk1, grad_Wk1, state[5], state[25],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(32, p_Wv0, grad_Wv0, state[6], state[26],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(32, p_Wv1, grad_Wv1, state[7], state[27],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(64, p_Wo, grad_Wo, state[8], state[28],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(8, p_bo, grad_bo, state[9], state[29],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(8, p_gain1, grad_gain1, state[10], state[30],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(8, p_bias1, grad_bias1, state[11], state[31],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(128, p_W1, grad_W1, state[12], state[32],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(16, p_b1, grad_b1, state[13], state[33],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(128, p_W2, grad_W2, state[14], state[34],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(8, p_b2, grad_b2, state[15], state[35],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(8, p_gain2, grad_gain2, state[16], state[36],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(8, p_bias2, grad_bias2, state[17], state[37],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(16, p_Wc, grad_Wc, state[18], state[38],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(2, p_bc, grad_bc, state[19], state[39],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(32, p_E, grad_E, state[0], state[20],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(48, p_P, grad_P, state[1], state[21],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(32, p_Wq0, grad_Wq0, state[2], state[22],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(32, p_Wq1, grad_Wq1, state[3], state[23],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(32, p_Wk0, grad_Wk0, state[4], state[24],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(32, p_Wk1, grad_Wk1, state[5], state[25],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(32, p_Wv0, grad_Wv0, state[6], state[26],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(32, p_Wv1, grad_Wv1, state[7], state[27],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(64, p_Wo, grad_Wo, state[8], state[28],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(8, p_bo, grad_bo, state[9], state[29],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(8, p_gain1, grad_gain1, state[10], state[30],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(8, p_bias1, grad_bias1, state[11], state[31],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(128, p_W1, grad_W1, state[12], state[32],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(16, p_b1, grad_b1, state[13], state[33],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(128, p_W2, grad_W2, state[14], state[34],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(8, p_b2, grad_b2, state[15], state[35],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(8, p_gain2, grad_gain2, state[16], state[36],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(8, p_bias2, grad_bias2, state[17], state[37],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(16, p_Wc, grad_Wc, state[18], state[38],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(2, p_bc, grad_bc, state[19], state[39],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
         }
         *done = s + 1;
     }

@@ -21,68 +21,15 @@
 #include <string.h>
 
 #include "lstm_lm.h"
+#include "symgrad_runtime.h"
 
-/* Round every operation of the updates as NumPy does: no contraction into fused multiply-adds. */
+/* The sums of slices round every operation as NumPy does: no contraction into fused multiply-adds.
+   The updates and the gather (sg_update_*, sg_gather) are helpers of the runtime object. */
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
 #elif defined(__GNUC__)
 #pragma GCC optimize("fp-contract=off")
 #endif
-
-/* The update loops are compiled for several x86-64 levels (AVX-512, AVX2, baseline), the best
-   picked when the module loads: wider vectors, the same roundings. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__ELF__)
-#define UPDATE_LOOP __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define UPDATE_LOOP
-#endif
-
-/* sgd: p -= lr * g */
-UPDATE_LOOP static void update_sgd(int64_t size, double *restrict p, const double *restrict g, double lr)
-{
-    for (int64_t k = 0; k < size; ++k)
-        p[k] -= lr * g[k];
-}
-
-/* momentum (PyTorch's SGD with momentum, no dampening): v = momentum * v + g; p -= lr * v */
-UPDATE_LOOP static void update_momentum(int64_t size, double *restrict p, const double *restrict g,
-                                        double *restrict v, double lr, double momentum)
-{
-    for (int64_t k = 0; k < size; ++k) {
-        v[k] = momentum * v[k] + g[k];
-        p[k] -= lr * v[k];
-    }
-}
-
-/* adam (PyTorch's order of operations), with step_size = lr / (1 - beta1**t) and
-   root2 = sqrt(1 - beta2**t) computed in double:
-       m = beta1 * m + (1 - beta1) * g
-       v = beta2 * v + (1 - beta2) * (g * g)
-       p -= step_size * (m / (sqrt(v) / root2 + eps)) */
-UPDATE_LOOP static void update_adam(int64_t size, double *restrict p, const double *restrict g,
-                                    double *restrict m, double *restrict v, double beta1, double one_minus_beta1,
-                                    double beta2, double one_minus_beta2, double step_size, double root2,
-                                    double eps)
-{
-    for (int64_t k = 0; k < size; ++k) {
-        m[k] = beta1 * m[k] + one_minus_beta1 * g[k];
-        v[k] = beta2 * v[k] + one_minus_beta2 * (g[k] * g[k]);
-        p[k] -= step_size * (m[k] / (sqrt(v[k]) / root2 + eps));
-    }
-}
-
-/* Examples order[0], ..., order[count - 1] of src (size elements each), back to back into dst. */
-static void gather(int64_t count, int64_t size, double *restrict dst, const double *restrict src,
-                   const int64_t *restrict order)
-{
-    if (size == 1) {
-        for (int64_t e = 0; e < count; ++e)
-            dst[e] = src[order[e]];
-        return;
-    }
-    for (int64_t e = 0; e < count; ++e)
-        memcpy(dst + e * size, src + order[e] * size, (size_t) size * sizeof(double));
-}
 
 static int64_t aligned(int64_t elements)
 {
@@ -163,15 +110,15 @@ int lstm_lm_train(int64_t n, int64_t batch_size, const int64_t *order, int optim
         const double *x_h0 = in_h0 + start * 24;
         const double *x_c0 = in_c0 + start * 24;
         if (order) {
-            gather(nb, 448, gather_X, in_X, order + start);
+            sg_gather(nb, 448, gather_X, in_X, order + start);
             x_X = gather_X;
-            gather(nb, 448, gather_Y, in_Y, order + start);
+            sg_gather(nb, 448, gather_Y, in_Y, order + start);
             x_Y = gather_Y;
-            gather(nb, 1, gather_n, in_n, order + start);
+            sg_gather(nb, 1, gather_n, in_n, order + start);
             x_n = gather_n;
-            gather(nb, 24, gather_h0, in_h0, order + start);
+            sg_gather(nb, 24, gather_h0, in_h0, order + start);
             x_h0 = gather_h0;
-            gather(nb, 24, gather_c0, in_c0, order + start);
+            sg_gather(nb, 24, gather_c0, in_c0, order + start);
             x_c0 = gather_c0;
         }
         /* its loss and gradients: the kernel on each slice, the slices' sums added in order */
@@ -206,27 +153,27 @@ int lstm_lm_train(int64_t n, int64_t batch_size, const int64_t *order, int optim
         losses[s] = loss;
         /* the update */
         if (optimizer == 0) {
-            update_sgd(4992, p_W, grad_W, lr);
-            update_sgd(96, p_b, grad_b, lr);
-            update_sgd(672, p_U, grad_U, lr);
-            update_sgd(28, p_d, grad_d, lr);
+            sg_update_sgd(4992, p_W, grad_W, lr);
+            sg_update_sgd(96, p_b, grad_b, lr);
+            sg_update_sgd(672, p_U, grad_U, lr);
+            sg_update_sgd(28, p_d, grad_d, lr);
         } else if (optimizer == 1) {
-            update_momentum(4992, p_W, grad_W, state[0], lr, momentum);
-            update_momentum(96, p_b, grad_b, state[1], lr, momentum);
-            update_momentum(672, p_U, grad_U, state[2], lr, momentum);
-            update_momentum(28, p_d, grad_d, state[3], lr, momentum);
+            sg_update_momentum(4992, p_W, grad_W, state[0], lr, momentum);
+            sg_update_momentum(96, p_b, grad_b, state[1], lr, momentum);
+            sg_update_momentum(672, p_U, grad_U, state[2], lr, momentum);
+            sg_update_momentum(28, p_d, grad_d, state[3], lr, momentum);
         } else {
             const double t = (double) (step + s + 1);
             const double step_size = (hyper[0] / (1 - pow(hyper[2], t)));
             const double root2 = sqrt(1 - pow(hyper[3], t));
-            update_adam(4992, p_W, grad_W, state[0], state[4],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(96, p_b, grad_b, state[1], state[5],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(672, p_U, grad_U, state[2], state[6],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
-            update_adam(28, p_d, grad_d, state[3], state[7],
-                        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(4992, p_W, grad_W, state[0], state[4],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(96, p_b, grad_b, state[1], state[5],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(672, p_U, grad_U, state[2], state[6],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
+            sg_update_adam(28, p_d, grad_d, state[3], state[7],
+                           beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root2, eps);
         }
         *done = s + 1;
     }

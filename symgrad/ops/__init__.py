@@ -174,7 +174,7 @@ def reading_for(expr) -> Optional[Reading]:
 #: How a model writes the heads whose class names it never sees.
 _SPELLED = {"ImmutableDenseMatrix": "Matrix", "ElementwiseApplyFunction": "applyfunc",
             "Equality": "Eq", "Unequality": "Ne", "StrictLessThan": "Lt", "LessThan": "Le",
-            "StrictGreaterThan": "Gt", "GreaterThan": "Ge"}
+            "StrictGreaterThan": "Gt", "GreaterThan": "Ge", "Scan": "scan", "ScanPart": "scan"}
 
 
 def supported_heads() -> list:

@@ -35,7 +35,8 @@ class M1(Workload):
 
     def description(self):
         return (f"Gradient with respect to x1 and x2 (reduce=None: one value and gradient per point). "
-                f"One point per call from Python (Python floats in, the library's own results out), and "
+                f"One point per call from Python (Python floats in, symgrad's by keyword, the others' by position; "
+                f"the library's own results out), and "
                 f"a batch of {self.n:,} points (x1 in [0.5, 2], x2 in [-2, 2]) given as each library's "
                 f"array type, prepared once.")
 
@@ -72,7 +73,7 @@ class M1(Workload):
 
     def build_symgrad(self):
         mod = self.symgrad_module(symgrad_model("m1"))
-        point = dict(zip(NAMES, POINT))
+        x1, x2 = POINT  # by keyword, as lambdify's function gets them by position
         batch = {"x1": self.X1, "x2": self.X2}
 
         def vg_result(out):
@@ -82,7 +83,8 @@ class M1(Workload):
             return out["loss"]
 
         return {
-            "point": Case(lambda: mod.value_and_grad(**point), vg_result, lambda: mod.forward(**point), fwd_result),
+            "point": Case(lambda: mod.value_and_grad(x1=x1, x2=x2), vg_result, lambda: mod.forward(x1=x1, x2=x2),
+                          fwd_result),
             "batch": Case(lambda: mod.value_and_grad(**batch), vg_result, lambda: mod.forward(**batch), fwd_result),
         }
 

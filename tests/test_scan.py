@@ -99,7 +99,7 @@ def test_ys_stack_the_outputs_and_match_the_numpy_reference(elman):
         np.testing.assert_allclose(out["ys"][:, step, 0], (p["w_out"] @ h)[:, 0, 0], rtol=1e-12)
 
 
-def test_forward_mode_and_hessian_vector_products_through_a_scan(elman):
+def test_forward_mode_hessian_vector_products_and_hessians_through_a_scan(elman):
     rng = np.random.default_rng(7)
     p = _elman_params(rng)
     X, y = rng.normal(size=(5, 6, K)), rng.normal(size=5)
@@ -114,6 +114,10 @@ def test_forward_mode_and_hessian_vector_products_through_a_scan(elman):
     minus = elman.value_and_grad(X=X, y=y, **{k: p[k] - eps * v[k] for k in p})[1]
     for k in p:
         np.testing.assert_allclose(hvp[k], (plus[k] - minus[k]) / (2 * eps), rtol=1e-5, atol=1e-7, err_msg=k)
+    _, _, hessian = elman.hessian(X=X, y=y, **p)  # from hvp sweeps
+    for a in p:
+        product = sum(np.tensordot(hessian[a][b], v[b], axes=v[b].ndim) for b in p)
+        np.testing.assert_allclose(product, hvp[a], rtol=1e-10, atol=1e-12, err_msg=a)
 
 
 # --- an LSTM over sequences of different lengths ---------------------------------------------------

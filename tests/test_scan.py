@@ -346,3 +346,14 @@ def test_a_scan_without_sequences_runs_its_length():
     values = evaluate(model.graph, {"a": 1.5})
     (loss,) = model.graph.results["example_loss"]
     assert float(values[loss.node]) == pytest.approx(1.5 ** 5 + sum(1.5 ** k for k in range(5)))
+
+
+def test_the_training_kernel_steps_through_a_scan(elman):
+    rng = np.random.default_rng(2)
+    p = _elman_params(rng)
+    X, y = rng.normal(size=(40, 6, K)), rng.normal(size=40)
+    loss, grads = elman.value_and_grad(X=X, y=y, **p)
+    trained = {k: v.copy() for k, v in p.items()}
+    assert elman.sgd_step(trained, 0.1, X=X, y=y) == pytest.approx(loss, rel=1e-14)
+    for k in p:
+        np.testing.assert_allclose(trained[k], p[k] - 0.1 * grads[k], rtol=1e-13, atol=1e-15)

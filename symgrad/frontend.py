@@ -81,6 +81,10 @@ class SympyReader:
         b = self.b
         if isinstance(e, (sp.Symbol, sp.MatrixSymbol)):
             raise self._undeclared(e)
+        if e in (sp.oo, -sp.oo):  # SymPy calls them extended reals, not reals: not complex numbers
+            raise UnsupportedFunctionError(f"the infinite constant {e} cannot appear in a model: constants must be "
+                                           f"finite real numbers (write a large finite number, or a Piecewise "
+                                           f"that does not need it)")
         if e.is_Atom and e.is_number and e.is_real is False:
             raise UnsupportedFunctionError(f"the complex number {e} cannot appear in a model: symgrad works in real numbers")
         if e.is_Number or e.is_NumberSymbol:

@@ -31,3 +31,16 @@ def test_constant_zero_output_with_a_jvp_kernel(compile_model):
     J = m.jacobian(a=2.0, x=X)
     np.testing.assert_array_equal(J["zero"]["a"], [0.0, 0.0])
     np.testing.assert_allclose(J["y"]["a"], X)
+
+
+def test_infinite_constants_are_named_as_infinities_not_complex_numbers():
+    """SymPy's oo has is_real False (it is an extended real), so the reader called it "the complex
+    number oo"; it is refused as an infinite constant, and zoo stays a complex number."""
+    from symgrad.errors import UnsupportedFunctionError
+
+    x = sp.Symbol("x", real=True)
+    for loss, said in ((x + sp.oo, "the infinite constant oo"),
+                       (sp.Piecewise((x, x > 0), (-sp.oo, True)), "the infinite constant -oo"),
+                       (x * sp.zoo, "the complex number zoo")):
+        with pytest.raises(UnsupportedFunctionError, match=said):
+            sg.Model("adv_infinity", loss=loss, params=[x]).graph

@@ -357,3 +357,18 @@ def test_the_training_kernel_steps_through_a_scan(elman):
     assert elman.sgd_step(trained, 0.1, X=X, y=y) == pytest.approx(loss, rel=1e-14)
     for k in p:
         np.testing.assert_allclose(trained[k], p[k] - 0.1 * grads[k], rtol=1e-13, atol=1e-15)
+
+
+def test_float32_kernels_of_a_scan_agree_with_float64(lstm, build_dir):
+    single = sg.compile(_lstm(), out_dir=build_dir / "float32", dtype="float32")
+    rng = np.random.default_rng(4)
+    N = 20
+    p = dict(W=rng.normal(size=(4 * H, H + V)) * 0.5, b=rng.normal(size=(4 * H, 1)) * 0.3,
+             U=rng.normal(size=(V, H)), u=rng.normal(size=(1, H)))
+    tokens = rng.integers(0, V, size=(N, T_LSTM + 1))
+    arrays = dict(X=np.eye(V)[tokens[:, :-1]], Y=np.eye(V)[tokens[:, 1:]], n=rng.integers(0, T_LSTM + 1, N) * 1.0)
+    loss, grads = lstm.value_and_grad(**arrays, **p)
+    loss32, grads32 = single.value_and_grad(**{k: v.astype(np.float32) for k, v in (arrays | p).items()})
+    assert loss32 == pytest.approx(loss, rel=1e-5)
+    for k in p:
+        assert np.max(np.abs(grads32[k] - grads[k])) < 1e-5 * np.max(np.abs(grads[k])), k

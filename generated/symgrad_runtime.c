@@ -288,7 +288,7 @@ static inline sg_real sg_polygamma(sg_real order, sg_real xr)
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
 #define SG_GEMM_LEVELS 1
 #endif
-#define SG_MR 4
+#define SG_MR 6
 #define SG_KC 256
 #define SG_NC 512
 /* Scratch elements one product needs for packing (reserved in each kernel's workspace). */
@@ -299,13 +299,14 @@ static inline sg_real sg_polygamma(sg_real order, sg_real xr)
 typedef sg_real sg_vec_avx512 __attribute__((vector_size(8 * sizeof(sg_real)), aligned(sizeof(sg_real))));
 
 /* avx512: C[0:mr, 0:nc] += a packed SG_MR x kc sliver of A times a packed
-   kc x 16 panel of B. Eight vector accumulators (4 rows x 2 vectors) stay in registers. */
+   kc x 16 panel of B. 12 vector accumulators (6 rows x 2 vectors) and the two
+   vectors of B stay in registers (14 of the 16 of AVX2 and SSE2). */
 SG_RUNTIME_API __attribute__((target("arch=x86-64-v4"))) void sg_gemm_block_avx512(
     int64_t kc, const sg_real *restrict ap, const sg_real *restrict bp,
     sg_real *c, int64_t c_rs, int64_t c_cs, int64_t mr, int64_t nc)
 {
     typedef sg_vec_avx512 vec;
-    vec c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
+    vec c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
     for (int64_t l = 0; l < kc; ++l) {
         const vec b0 = *(const vec *) (bp + l * 16);
         const vec b1 = *(const vec *) (bp + l * 16 + 8);
@@ -314,12 +315,16 @@ SG_RUNTIME_API __attribute__((target("arch=x86-64-v4"))) void sg_gemm_block_avx5
         c10 += al[1] * b0; c11 += al[1] * b1;
         c20 += al[2] * b0; c21 += al[2] * b1;
         c30 += al[3] * b0; c31 += al[3] * b1;
+        c40 += al[4] * b0; c41 += al[4] * b1;
+        c50 += al[5] * b0; c51 += al[5] * b1;
     }
     if (c_cs == 1 && mr == SG_MR && nc == 16) {
-        *(vec *) (c) += c00; *(vec *) (c + 8) += c01;
-        *(vec *) (c + c_rs) += c10; *(vec *) (c + c_rs + 8) += c11;
+        *(vec *) (c + 0 * c_rs) += c00; *(vec *) (c + 0 * c_rs + 8) += c01;
+        *(vec *) (c + 1 * c_rs) += c10; *(vec *) (c + 1 * c_rs + 8) += c11;
         *(vec *) (c + 2 * c_rs) += c20; *(vec *) (c + 2 * c_rs + 8) += c21;
         *(vec *) (c + 3 * c_rs) += c30; *(vec *) (c + 3 * c_rs + 8) += c31;
+        *(vec *) (c + 4 * c_rs) += c40; *(vec *) (c + 4 * c_rs + 8) += c41;
+        *(vec *) (c + 5 * c_rs) += c50; *(vec *) (c + 5 * c_rs + 8) += c51;
         return;
     }
     sg_real block[SG_MR][16];  /* an edge block, or a strided C: store through a local tile */
@@ -327,6 +332,8 @@ SG_RUNTIME_API __attribute__((target("arch=x86-64-v4"))) void sg_gemm_block_avx5
     *(vec *) &block[1][0] = c10; *(vec *) &block[1][8] = c11;
     *(vec *) &block[2][0] = c20; *(vec *) &block[2][8] = c21;
     *(vec *) &block[3][0] = c30; *(vec *) &block[3][8] = c31;
+    *(vec *) &block[4][0] = c40; *(vec *) &block[4][8] = c41;
+    *(vec *) &block[5][0] = c50; *(vec *) &block[5][8] = c51;
     for (int64_t r = 0; r < mr; ++r)
         for (int64_t q = 0; q < nc; ++q)
             c[r * c_rs + q * c_cs] += block[r][q];
@@ -391,13 +398,14 @@ SG_RUNTIME_API __attribute__((target("arch=x86-64-v4"))) void sg_gemm_packed_avx
 typedef sg_real sg_vec_avx2 __attribute__((vector_size(4 * sizeof(sg_real)), aligned(sizeof(sg_real))));
 
 /* avx2: C[0:mr, 0:nc] += a packed SG_MR x kc sliver of A times a packed
-   kc x 8 panel of B. Eight vector accumulators (4 rows x 2 vectors) stay in registers. */
+   kc x 8 panel of B. 12 vector accumulators (6 rows x 2 vectors) and the two
+   vectors of B stay in registers (14 of the 16 of AVX2 and SSE2). */
 SG_RUNTIME_API __attribute__((target("arch=x86-64-v3"))) void sg_gemm_block_avx2(
     int64_t kc, const sg_real *restrict ap, const sg_real *restrict bp,
     sg_real *c, int64_t c_rs, int64_t c_cs, int64_t mr, int64_t nc)
 {
     typedef sg_vec_avx2 vec;
-    vec c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
+    vec c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
     for (int64_t l = 0; l < kc; ++l) {
         const vec b0 = *(const vec *) (bp + l * 8);
         const vec b1 = *(const vec *) (bp + l * 8 + 4);
@@ -406,12 +414,16 @@ SG_RUNTIME_API __attribute__((target("arch=x86-64-v3"))) void sg_gemm_block_avx2
         c10 += al[1] * b0; c11 += al[1] * b1;
         c20 += al[2] * b0; c21 += al[2] * b1;
         c30 += al[3] * b0; c31 += al[3] * b1;
+        c40 += al[4] * b0; c41 += al[4] * b1;
+        c50 += al[5] * b0; c51 += al[5] * b1;
     }
     if (c_cs == 1 && mr == SG_MR && nc == 8) {
-        *(vec *) (c) += c00; *(vec *) (c + 4) += c01;
-        *(vec *) (c + c_rs) += c10; *(vec *) (c + c_rs + 4) += c11;
+        *(vec *) (c + 0 * c_rs) += c00; *(vec *) (c + 0 * c_rs + 4) += c01;
+        *(vec *) (c + 1 * c_rs) += c10; *(vec *) (c + 1 * c_rs + 4) += c11;
         *(vec *) (c + 2 * c_rs) += c20; *(vec *) (c + 2 * c_rs + 4) += c21;
         *(vec *) (c + 3 * c_rs) += c30; *(vec *) (c + 3 * c_rs + 4) += c31;
+        *(vec *) (c + 4 * c_rs) += c40; *(vec *) (c + 4 * c_rs + 4) += c41;
+        *(vec *) (c + 5 * c_rs) += c50; *(vec *) (c + 5 * c_rs + 4) += c51;
         return;
     }
     sg_real block[SG_MR][8];  /* an edge block, or a strided C: store through a local tile */
@@ -419,6 +431,8 @@ SG_RUNTIME_API __attribute__((target("arch=x86-64-v3"))) void sg_gemm_block_avx2
     *(vec *) &block[1][0] = c10; *(vec *) &block[1][4] = c11;
     *(vec *) &block[2][0] = c20; *(vec *) &block[2][4] = c21;
     *(vec *) &block[3][0] = c30; *(vec *) &block[3][4] = c31;
+    *(vec *) &block[4][0] = c40; *(vec *) &block[4][4] = c41;
+    *(vec *) &block[5][0] = c50; *(vec *) &block[5][4] = c51;
     for (int64_t r = 0; r < mr; ++r)
         for (int64_t q = 0; q < nc; ++q)
             c[r * c_rs + q * c_cs] += block[r][q];
@@ -482,13 +496,14 @@ SG_RUNTIME_API __attribute__((target("arch=x86-64-v3"))) void sg_gemm_packed_avx
 typedef sg_real sg_vec_baseline __attribute__((vector_size(2 * sizeof(sg_real)), aligned(sizeof(sg_real))));
 
 /* baseline: C[0:mr, 0:nc] += a packed SG_MR x kc sliver of A times a packed
-   kc x 4 panel of B. Eight vector accumulators (4 rows x 2 vectors) stay in registers. */
+   kc x 4 panel of B. 12 vector accumulators (6 rows x 2 vectors) and the two
+   vectors of B stay in registers (14 of the 16 of AVX2 and SSE2). */
 SG_RUNTIME_API void sg_gemm_block_baseline(
     int64_t kc, const sg_real *restrict ap, const sg_real *restrict bp,
     sg_real *c, int64_t c_rs, int64_t c_cs, int64_t mr, int64_t nc)
 {
     typedef sg_vec_baseline vec;
-    vec c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
+    vec c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
     for (int64_t l = 0; l < kc; ++l) {
         const vec b0 = *(const vec *) (bp + l * 4);
         const vec b1 = *(const vec *) (bp + l * 4 + 2);
@@ -497,12 +512,16 @@ SG_RUNTIME_API void sg_gemm_block_baseline(
         c10 += al[1] * b0; c11 += al[1] * b1;
         c20 += al[2] * b0; c21 += al[2] * b1;
         c30 += al[3] * b0; c31 += al[3] * b1;
+        c40 += al[4] * b0; c41 += al[4] * b1;
+        c50 += al[5] * b0; c51 += al[5] * b1;
     }
     if (c_cs == 1 && mr == SG_MR && nc == 4) {
-        *(vec *) (c) += c00; *(vec *) (c + 2) += c01;
-        *(vec *) (c + c_rs) += c10; *(vec *) (c + c_rs + 2) += c11;
+        *(vec *) (c + 0 * c_rs) += c00; *(vec *) (c + 0 * c_rs + 2) += c01;
+        *(vec *) (c + 1 * c_rs) += c10; *(vec *) (c + 1 * c_rs + 2) += c11;
         *(vec *) (c + 2 * c_rs) += c20; *(vec *) (c + 2 * c_rs + 2) += c21;
         *(vec *) (c + 3 * c_rs) += c30; *(vec *) (c + 3 * c_rs + 2) += c31;
+        *(vec *) (c + 4 * c_rs) += c40; *(vec *) (c + 4 * c_rs + 2) += c41;
+        *(vec *) (c + 5 * c_rs) += c50; *(vec *) (c + 5 * c_rs + 2) += c51;
         return;
     }
     sg_real block[SG_MR][4];  /* an edge block, or a strided C: store through a local tile */
@@ -510,6 +529,8 @@ SG_RUNTIME_API void sg_gemm_block_baseline(
     *(vec *) &block[1][0] = c10; *(vec *) &block[1][2] = c11;
     *(vec *) &block[2][0] = c20; *(vec *) &block[2][2] = c21;
     *(vec *) &block[3][0] = c30; *(vec *) &block[3][2] = c31;
+    *(vec *) &block[4][0] = c40; *(vec *) &block[4][2] = c41;
+    *(vec *) &block[5][0] = c50; *(vec *) &block[5][2] = c51;
     for (int64_t r = 0; r < mr; ++r)
         for (int64_t q = 0; q < nc; ++q)
             c[r * c_rs + q * c_cs] += block[r][q];

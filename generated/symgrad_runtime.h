@@ -288,7 +288,7 @@ static inline sg_real sg_polygamma(sg_real order, sg_real xr)
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
 #define SG_GEMM_LEVELS 1
 #endif
-#define SG_MR 4
+#define SG_MR 6
 #define SG_KC 256
 #define SG_NC 512
 /* Scratch elements one product needs for packing (reserved in each kernel's workspace). */
@@ -299,7 +299,8 @@ static inline sg_real sg_polygamma(sg_real order, sg_real xr)
 typedef sg_real sg_vec_avx512 __attribute__((vector_size(8 * sizeof(sg_real)), aligned(sizeof(sg_real))));
 
 /* avx512: C[0:mr, 0:nc] += a packed SG_MR x kc sliver of A times a packed
-   kc x 16 panel of B. Eight vector accumulators (4 rows x 2 vectors) stay in registers. */
+   kc x 16 panel of B. 12 vector accumulators (6 rows x 2 vectors) and the two
+   vectors of B stay in registers (14 of the 16 of AVX2 and SSE2). */
 SG_RUNTIME_API void sg_gemm_block_avx512(
     int64_t kc, const sg_real *restrict ap, const sg_real *restrict bp,
     sg_real *c, int64_t c_rs, int64_t c_cs, int64_t mr, int64_t nc);
@@ -316,7 +317,8 @@ SG_RUNTIME_API void sg_gemm_packed_avx512(
 typedef sg_real sg_vec_avx2 __attribute__((vector_size(4 * sizeof(sg_real)), aligned(sizeof(sg_real))));
 
 /* avx2: C[0:mr, 0:nc] += a packed SG_MR x kc sliver of A times a packed
-   kc x 8 panel of B. Eight vector accumulators (4 rows x 2 vectors) stay in registers. */
+   kc x 8 panel of B. 12 vector accumulators (6 rows x 2 vectors) and the two
+   vectors of B stay in registers (14 of the 16 of AVX2 and SSE2). */
 SG_RUNTIME_API void sg_gemm_block_avx2(
     int64_t kc, const sg_real *restrict ap, const sg_real *restrict bp,
     sg_real *c, int64_t c_rs, int64_t c_cs, int64_t mr, int64_t nc);
@@ -332,7 +334,8 @@ SG_RUNTIME_API void sg_gemm_packed_avx2(
 typedef sg_real sg_vec_baseline __attribute__((vector_size(2 * sizeof(sg_real)), aligned(sizeof(sg_real))));
 
 /* baseline: C[0:mr, 0:nc] += a packed SG_MR x kc sliver of A times a packed
-   kc x 4 panel of B. Eight vector accumulators (4 rows x 2 vectors) stay in registers. */
+   kc x 4 panel of B. 12 vector accumulators (6 rows x 2 vectors) and the two
+   vectors of B stay in registers (14 of the 16 of AVX2 and SSE2). */
 SG_RUNTIME_API void sg_gemm_block_baseline(
     int64_t kc, const sg_real *restrict ap, const sg_real *restrict bp,
     sg_real *c, int64_t c_rs, int64_t c_cs, int64_t mr, int64_t nc);

@@ -56,7 +56,7 @@ _forward = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'Wq', (4, 4), False, False, '', 'const double *'), ('param', 'Wk', (4, 4), False, False, '', 'const double *'), ('param', 'Wv', (4, 4), False, False, '', 'const double *'), ('input', 'X', (6, 4), True, False, '', 'const double *'), ('input', 'target', (6, 4), True, False, '', 'const double *'), ('output', 'weights', (6, 6), True, False, 'output', 'double *'), ('output', 'attended', (6, 4), True, False, 'output', 'double *'), ('output', 'loss', (), False, False, 'loss', 'double *')],
     declared=_DECLARED,
-    work_size=173056,
+    work_size=173568,
     reduce=REDUCE,
 )
 _value_and_grad = _runtime.Kernel(
@@ -66,7 +66,7 @@ _value_and_grad = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'Wq', (4, 4), False, False, '', 'const double *'), ('param', 'Wk', (4, 4), False, False, '', 'const double *'), ('param', 'Wv', (4, 4), False, False, '', 'const double *'), ('input', 'X', (6, 4), True, False, '', 'const double *'), ('input', 'target', (6, 4), True, False, '', 'const double *'), ('output', 'loss', (), False, False, 'loss', 'double *'), ('output', 'Wq', (4, 4), False, False, 'gradient', 'double *'), ('output', 'Wk', (4, 4), False, False, 'gradient', 'double *'), ('output', 'Wv', (4, 4), False, False, 'gradient', 'double *')],
     declared=_DECLARED,
-    work_size=166976,
+    work_size=167488,
     reduce=REDUCE,
 )
 

@@ -9,12 +9,12 @@
 
 /* forward: the outputs and the loss of every example of the batch. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 173056 elements of scratch memory. */
+   work: 173568 elements of scratch memory. */
 int attention_forward(int64_t n, int64_t batch, const double *restrict p_Wq, const double *restrict p_Wk, const double *restrict p_Wv, const double *restrict in_X, const double *restrict in_target, double *restrict out_weights, double *restrict out_attended, double *restrict out_loss, double *restrict work);
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 166976 elements of scratch memory. */
+   work: 167488 elements of scratch memory. */
 int attention_value_and_grad(int64_t n, int64_t batch, const double *restrict p_Wq, const double *restrict p_Wk, const double *restrict p_Wv, const double *restrict in_X, const double *restrict in_target, double *restrict out_loss, double *restrict grad_Wq, double *restrict grad_Wk, double *restrict grad_Wv, double *restrict work);
 
 /* attention_train: one epoch of minibatch training in C, params updated in place.
@@ -44,7 +44,7 @@ struct attention_flat_data {
     double *partial;  /* batch sums of a slice after the first: 49 elements */
     double *unit;     /* unit vectors for the sweeps: 48 elements */
     double *spare;    /* what the dense Jacobian's sweeps keep (see attention_jacobian_dense) */
-    double *work;     /* the kernels' scratch memory: 173057 elements */
+    double *work;     /* the kernels' scratch memory: 173569 elements */
     double *results;  /* the outputs attention_loss_flat computes beside the loss */
     int status;           /* the error code of attention_loss_flat's last call */
     int64_t skip;         /* bit r set: attention_jacobian_dense leaves row r (of the first 63) out */

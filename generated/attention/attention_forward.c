@@ -19,16 +19,16 @@ SG_KERNEL int attention_forward(int64_t n, int64_t batch, const double *restrict
 {
     /* scratch memory */
     double *const scratch = work + 0;  /* packing space for matrix products */
-    double *const v8 = work + 138240;  /* v8, 256 examples */
-    double *const v9 = work + 144384;  /* v9, 256 examples */
-    double *const v10 = work + 150528;  /* v10, 256 examples */
-    double *const v11 = work + 160768;  /* v11, 256 examples */
-    double *const v12 = work + 150528;  /* v12 (weights), 256 examples */
-    double *const v13 = work + 138240;  /* v13, 256 examples */
-    double *const v14 = work + 144384;  /* v14 (attended), 256 examples */
-    double *const v16 = work + 132096;  /* v16, 256 examples */
-    double *const v18 = work + 138240;  /* v18, 256 examples */
-    double *const v20 = work + 171008;  /* v20, 256 examples */
+    double *const v8 = work + 138752;  /* v8, 256 examples */
+    double *const v9 = work + 144896;  /* v9, 256 examples */
+    double *const v10 = work + 151040;  /* v10, 256 examples */
+    double *const v11 = work + 161280;  /* v11, 256 examples */
+    double *const v12 = work + 151040;  /* v12 (weights), 256 examples */
+    double *const v13 = work + 138752;  /* v13, 256 examples */
+    double *const v14 = work + 144896;  /* v14 (attended), 256 examples */
+    double *const v16 = work + 132608;  /* v16, 256 examples */
+    double *const v18 = work + 138752;  /* v18, 256 examples */
+    double *const v20 = work + 171520;  /* v20, 256 examples */
     /* v22: batch sum starts at zero */
     sg_acc v22 = 0;
 

@@ -55,7 +55,7 @@ _forward = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'W1', (128, 64), False, False, '', 'const double *'), ('param', 'b1', (128, 1), False, False, '', 'const double *'), ('param', 'W2', (10, 128), False, False, '', 'const double *'), ('param', 'b2', (10, 1), False, False, '', 'const double *'), ('input', 'x', (64, 1), True, False, '', 'const double *'), ('input', 'target', (10, 1), True, False, '', 'const double *'), ('output', 'logits', (10, 1), True, False, 'output', 'double *'), ('output', 'loss', (), False, False, 'loss', 'double *')],
     declared=_DECLARED,
-    work_size=169984,
+    work_size=170496,
     reduce=REDUCE,
 )
 _value_and_grad = _runtime.Kernel(
@@ -65,7 +65,7 @@ _value_and_grad = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'W1', (128, 64), False, False, '', 'const double *'), ('param', 'b1', (128, 1), False, False, '', 'const double *'), ('param', 'W2', (10, 128), False, False, '', 'const double *'), ('param', 'b2', (10, 1), False, False, '', 'const double *'), ('input', 'x', (64, 1), True, False, '', 'const double *'), ('input', 'target', (10, 1), True, False, '', 'const double *'), ('output', 'loss', (), False, False, 'loss', 'double *'), ('output', 'W1', (128, 64), False, False, 'gradient', 'double *'), ('output', 'b1', (128, 1), False, False, 'gradient', 'double *'), ('output', 'W2', (10, 128), False, False, 'gradient', 'double *'), ('output', 'b2', (10, 1), False, False, 'gradient', 'double *')],
     declared=_DECLARED,
-    work_size=188704,
+    work_size=189216,
     reduce=REDUCE,
 )
 

@@ -9,12 +9,12 @@
 
 /* forward: the outputs and the loss of every example of the batch. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 169984 elements of scratch memory. */
+   work: 170496 elements of scratch memory. */
 int digits_mlp_forward(int64_t n, int64_t batch, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, const double *restrict p_b2, const double *restrict in_x, const double *restrict in_target, double *restrict out_logits, double *restrict out_loss, double *restrict work);
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 188704 elements of scratch memory. */
+   work: 189216 elements of scratch memory. */
 int digits_mlp_value_and_grad(int64_t n, int64_t batch, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, const double *restrict p_b2, const double *restrict in_x, const double *restrict in_target, double *restrict out_loss, double *restrict grad_W1, double *restrict grad_b1, double *restrict grad_W2, double *restrict grad_b2, double *restrict work);
 
 /* digits_mlp_train: one epoch of minibatch training in C, params updated in place.
@@ -46,7 +46,7 @@ struct digits_mlp_flat_data {
     double *partial;  /* batch sums of a slice after the first: 9611 elements */
     double *unit;     /* unit vectors for the sweeps: 9610 elements */
     double *spare;    /* what the dense Jacobian's sweeps keep (see digits_mlp_jacobian_dense) */
-    double *work;     /* the kernels' scratch memory: 188705 elements */
+    double *work;     /* the kernels' scratch memory: 189217 elements */
     double *results;  /* the outputs digits_mlp_loss_flat computes beside the loss */
     int status;           /* the error code of digits_mlp_loss_flat's last call */
     int64_t skip;         /* bit r set: digits_mlp_jacobian_dense leaves row r (of the first 63) out */

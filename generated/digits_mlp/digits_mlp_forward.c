@@ -19,13 +19,13 @@ SG_KERNEL int digits_mlp_forward(int64_t n, int64_t batch, const double *restric
 {
     /* scratch memory */
     double *const scratch = work + 0;  /* packing space for matrix products */
-    double *const v6 = work + 132096;  /* v6, 128 examples */
-    double *const v8 = work + 148480;  /* v8 (h), 128 examples */
-    double *const v9 = work + 164864;  /* v9, 128 examples */
-    double *const v10 = work + 166912;  /* v10 (logits), 128 examples */
-    double *const v11 = work + 164864;  /* v11, 128 examples */
-    double *const v12 = work + 166912;  /* v12, 128 examples */
-    double *const v13 = work + 168960;  /* v13, 128 examples */
+    double *const v6 = work + 132608;  /* v6, 128 examples */
+    double *const v8 = work + 148992;  /* v8 (h), 128 examples */
+    double *const v9 = work + 165376;  /* v9, 128 examples */
+    double *const v10 = work + 167424;  /* v10 (logits), 128 examples */
+    double *const v11 = work + 165376;  /* v11, 128 examples */
+    double *const v12 = work + 167424;  /* v12, 128 examples */
+    double *const v13 = work + 169472;  /* v13, 128 examples */
     /* v16: batch sum starts at zero */
     sg_acc v16 = 0;
 

@@ -19,20 +19,20 @@ SG_KERNEL int digits_mlp_value_and_grad(int64_t n, int64_t batch, const double *
 {
     /* scratch memory */
     double *const scratch = work + 19232;  /* packing space for matrix products */
-    double *const v6 = work + 152352;  /* v6, 64 examples */
-    double *const v8 = work + 160544;  /* v8 (h), 64 examples */
-    double *const v9 = work + 176928;  /* v9, 64 examples */
-    double *const v10 = work + 177952;  /* v10 (logits), 64 examples */
-    double *const v11 = work + 176928;  /* v11, 64 examples */
-    double *const v12 = work + 177952;  /* v12, 64 examples */
-    double *const v13 = work + 180000;  /* v13, 64 examples */
-    double *const v23 = work + 151328;  /* v23 (v11_bar), 64 examples */
-    double *const v24 = work + 178976;  /* v24, 64 examples */
-    double *const v25 = work + 180000;  /* v25, 64 examples */
-    double *const v28 = work + 176928;  /* v28 (logits_bar), 64 examples */
-    double *const v32 = work + 152352;  /* v32 (h_bar), 64 examples */
-    double *const v35 = work + 168736;  /* v35, 64 examples */
-    double *const v36 = work + 180512;  /* v36 (v7_bar), 64 examples */
+    double *const v6 = work + 152864;  /* v6, 64 examples */
+    double *const v8 = work + 161056;  /* v8 (h), 64 examples */
+    double *const v9 = work + 177440;  /* v9, 64 examples */
+    double *const v10 = work + 178464;  /* v10 (logits), 64 examples */
+    double *const v11 = work + 177440;  /* v11, 64 examples */
+    double *const v12 = work + 178464;  /* v12, 64 examples */
+    double *const v13 = work + 180512;  /* v13, 64 examples */
+    double *const v23 = work + 151840;  /* v23 (v11_bar), 64 examples */
+    double *const v24 = work + 179488;  /* v24, 64 examples */
+    double *const v25 = work + 180512;  /* v25, 64 examples */
+    double *const v28 = work + 177440;  /* v28 (logits_bar), 64 examples */
+    double *const v32 = work + 152864;  /* v32 (h_bar), 64 examples */
+    double *const v35 = work + 169248;  /* v35, 64 examples */
+    double *const v36 = work + 181024;  /* v36 (v7_bar), 64 examples */
     double *const v41 = work + 0;  /* v41 (b2_bar) */
     double *const v42 = work + 16;  /* v42 (W2_bar) */
     double *const v43 = work + 1296;  /* v43 (b1_bar) */

@@ -55,7 +55,7 @@ _forward = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'W', (10, 64), False, False, '', 'const double *'), ('param', 'b', (10, 1), False, False, '', 'const double *'), ('input', 'x', (64, 1), True, False, '', 'const double *'), ('input', 'c', (), True, False, '', 'const double *'), ('output', 'probabilities', (10, 1), True, False, 'output', 'double *'), ('output', 'loss', (), False, False, 'loss', 'double *')],
     declared=_DECLARED,
-    work_size=146432,
+    work_size=146944,
     reduce=REDUCE,
 )
 _value_and_grad = _runtime.Kernel(
@@ -65,7 +65,7 @@ _value_and_grad = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'W', (10, 64), False, False, '', 'const double *'), ('param', 'b', (10, 1), False, False, '', 'const double *'), ('input', 'x', (64, 1), True, False, '', 'const double *'), ('input', 'c', (), True, False, '', 'const double *'), ('output', 'loss', (), False, False, 'loss', 'double *'), ('output', 'W', (10, 64), False, False, 'gradient', 'double *'), ('output', 'b', (10, 1), False, False, 'gradient', 'double *')],
     declared=_DECLARED,
-    work_size=147744,
+    work_size=148256,
     reduce=REDUCE,
 )
 

@@ -9,12 +9,12 @@
 
 /* forward: the outputs and the loss of every example of the batch. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 146432 elements of scratch memory. */
+   work: 146944 elements of scratch memory. */
 int digits_softmax_forward(int64_t n, int64_t batch, const double *restrict p_W, const double *restrict p_b, const double *restrict in_x, const double *restrict in_c, double *restrict out_probabilities, double *restrict out_loss, double *restrict work);
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 147744 elements of scratch memory. */
+   work: 148256 elements of scratch memory. */
 int digits_softmax_value_and_grad(int64_t n, int64_t batch, const double *restrict p_W, const double *restrict p_b, const double *restrict in_x, const double *restrict in_c, double *restrict out_loss, double *restrict grad_W, double *restrict grad_b, double *restrict work);
 
 /* digits_softmax_train: one epoch of minibatch training in C, params updated in place.
@@ -42,7 +42,7 @@ struct digits_softmax_flat_data {
     double *partial;  /* batch sums of a slice after the first: 651 elements */
     double *unit;     /* unit vectors for the sweeps: 650 elements */
     double *spare;    /* what the dense Jacobian's sweeps keep (see digits_softmax_jacobian_dense) */
-    double *work;     /* the kernels' scratch memory: 147745 elements */
+    double *work;     /* the kernels' scratch memory: 148257 elements */
     double *results;  /* the outputs digits_softmax_loss_flat computes beside the loss */
     int status;           /* the error code of digits_softmax_loss_flat's last call */
     int64_t skip;         /* bit r set: digits_softmax_jacobian_dense leaves row r (of the first 63) out */

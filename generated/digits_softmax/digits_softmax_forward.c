@@ -19,11 +19,11 @@ SG_KERNEL int digits_softmax_forward(int64_t n, int64_t batch, const double *res
 {
     /* scratch memory */
     double *const scratch = work + 0;  /* packing space for matrix products */
-    double *const v4 = work + 132096;  /* v4, 256 examples */
-    double *const v5 = work + 136192;  /* v5 (logits), 256 examples */
-    double *const v6 = work + 132096;  /* v6, 256 examples */
-    double *const v7 = work + 140288;  /* v7, 256 examples */
-    double *const v8 = work + 144384;  /* v8, 256 examples */
+    double *const v4 = work + 132608;  /* v4, 256 examples */
+    double *const v5 = work + 136704;  /* v5 (logits), 256 examples */
+    double *const v6 = work + 132608;  /* v6, 256 examples */
+    double *const v7 = work + 140800;  /* v7, 256 examples */
+    double *const v8 = work + 144896;  /* v8, 256 examples */
     /* v11: batch sum starts at zero */
     sg_acc v11 = 0;
 

@@ -19,15 +19,15 @@ SG_KERNEL int digits_softmax_value_and_grad(int64_t n, int64_t batch, const doub
 {
     /* scratch memory */
     double *const scratch = work + 1312;  /* packing space for matrix products */
-    double *const v4 = work + 133408;  /* v4, 256 examples */
-    double *const v5 = work + 137504;  /* v5 (logits), 256 examples */
-    double *const v7 = work + 133408;  /* v7, 256 examples */
-    double *const v8 = work + 141600;  /* v8, 256 examples */
-    double *const v16 = work + 133408;  /* v16, 256 examples */
-    double *const v17 = work + 143648;  /* v17 (v7_bar), 256 examples */
-    double *const v18 = work + 137504;  /* v18, 256 examples */
-    double *const v19 = work + 141600;  /* v19, 256 examples */
-    double *const v22 = work + 133408;  /* v22 (logits_bar), 256 examples */
+    double *const v4 = work + 133920;  /* v4, 256 examples */
+    double *const v5 = work + 138016;  /* v5 (logits), 256 examples */
+    double *const v7 = work + 133920;  /* v7, 256 examples */
+    double *const v8 = work + 142112;  /* v8, 256 examples */
+    double *const v16 = work + 133920;  /* v16, 256 examples */
+    double *const v17 = work + 144160;  /* v17 (v7_bar), 256 examples */
+    double *const v18 = work + 138016;  /* v18, 256 examples */
+    double *const v19 = work + 142112;  /* v19, 256 examples */
+    double *const v22 = work + 133920;  /* v22 (logits_bar), 256 examples */
     double *const v27 = work + 0;  /* v27 (b_bar) */
     double *const v28 = work + 16;  /* v28 (W_bar) */
     double *const v29 = work + 656;  /* v29 */

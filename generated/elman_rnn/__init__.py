@@ -55,7 +55,7 @@ _forward = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'W', (6, 8), False, False, '', 'const double *'), ('param', 'b', (6, 1), False, False, '', 'const double *'), ('param', 'w_out', (1, 6), False, False, '', 'const double *'), ('param', 'c', (), False, True, '', 'double'), ('input', 'X', (2, 20), True, False, '', 'const double *'), ('input', 'y', (), True, False, '', 'const double *'), ('output', 'prediction', (), True, False, 'output', 'double *'), ('output', 'loss', (), False, False, 'loss', 'double *')],
     declared=_DECLARED,
-    work_size=138248,
+    work_size=138760,
     reduce=REDUCE,
 )
 _value_and_grad = _runtime.Kernel(
@@ -65,7 +65,7 @@ _value_and_grad = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'W', (6, 8), False, False, '', 'const double *'), ('param', 'b', (6, 1), False, False, '', 'const double *'), ('param', 'w_out', (1, 6), False, False, '', 'const double *'), ('param', 'c', (), False, True, '', 'double'), ('input', 'X', (2, 20), True, False, '', 'const double *'), ('input', 'y', (), True, False, '', 'const double *'), ('output', 'loss', (), False, False, 'loss', 'double *'), ('output', 'W', (6, 8), False, False, 'gradient', 'double *'), ('output', 'b', (6, 1), False, False, 'gradient', 'double *'), ('output', 'w_out', (1, 6), False, False, 'gradient', 'double *'), ('output', 'c', (), False, False, 'gradient', 'double *')],
     declared=_DECLARED,
-    work_size=178336,
+    work_size=178848,
     reduce=REDUCE,
 )
 

@@ -9,12 +9,12 @@
 
 /* forward: the outputs and the loss of every example of the batch. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 138248 elements of scratch memory. */
+   work: 138760 elements of scratch memory. */
 int elman_rnn_forward(int64_t n, int64_t batch, const double *restrict p_W, const double *restrict p_b, const double *restrict p_w_out, double p_c, const double *restrict in_X, const double *restrict in_y, double *restrict out_prediction, double *restrict out_loss, double *restrict work);
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 178336 elements of scratch memory. */
+   work: 178848 elements of scratch memory. */
 int elman_rnn_value_and_grad(int64_t n, int64_t batch, const double *restrict p_W, const double *restrict p_b, const double *restrict p_w_out, double p_c, const double *restrict in_X, const double *restrict in_y, double *restrict out_loss, double *restrict grad_W, double *restrict grad_b, double *restrict grad_w_out, double *restrict grad_c, double *restrict work);
 
 /* elman_rnn_train: one epoch of minibatch training in C, params updated in place.
@@ -46,7 +46,7 @@ struct elman_rnn_flat_data {
     double *partial;  /* batch sums of a slice after the first: 62 elements */
     double *unit;     /* unit vectors for the sweeps: 61 elements */
     double *spare;    /* what the dense Jacobian's sweeps keep (see elman_rnn_jacobian_dense) */
-    double *work;     /* the kernels' scratch memory: 178337 elements */
+    double *work;     /* the kernels' scratch memory: 178849 elements */
     double *results;  /* the outputs elman_rnn_loss_flat computes beside the loss */
     int status;           /* the error code of elman_rnn_loss_flat's last call */
     int64_t skip;         /* bit r set: elman_rnn_jacobian_dense leaves row r (of the first 63) out */

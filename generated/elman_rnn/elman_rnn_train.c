@@ -43,7 +43,7 @@ int64_t elman_rnn_train_work_size(int64_t batch_size, int shuffled)
     int64_t size = 144;  /* the gradients of one minibatch, and of one slice of it */
     size += shuffled ? aligned(batch_size * 40) : 0;  /* the gathered examples of X */
     size += shuffled ? aligned(batch_size * 1) : 0;  /* the gathered examples of y */
-    return size + 178336;  /* the kernel's own */
+    return size + 178848;  /* the kernel's own */
 }
 
 /* One epoch over n examples in minibatches of batch_size, in the order order[0..n-1]

@@ -54,7 +54,7 @@ _forward = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'mu', (3, 1), False, False, '', 'const double *'), ('param', 'L', (3, 3), False, False, '', 'const double *'), ('input', 'x', (3, 1), True, False, '', 'const double *'), ('output', 'loss', (), False, False, 'loss', 'double *')],
     declared=_DECLARED,
-    work_size=136232,
+    work_size=136744,
     reduce=REDUCE,
 )
 _value_and_grad = _runtime.Kernel(
@@ -64,7 +64,7 @@ _value_and_grad = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'mu', (3, 1), False, False, '', 'const double *'), ('param', 'L', (3, 3), False, False, '', 'const double *'), ('input', 'x', (3, 1), True, False, '', 'const double *'), ('output', 'loss', (), False, False, 'loss', 'double *'), ('output', 'mu', (3, 1), False, False, 'gradient', 'double *'), ('output', 'L', (3, 3), False, False, 'gradient', 'double *')],
     declared=_DECLARED,
-    work_size=140392,
+    work_size=140904,
     reduce=REDUCE,
 )
 

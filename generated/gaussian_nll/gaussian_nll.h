@@ -9,12 +9,12 @@
 
 /* forward: the outputs and the loss of every example of the batch. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 136232 elements of scratch memory. */
+   work: 136744 elements of scratch memory. */
 int gaussian_nll_forward(int64_t n, int64_t batch, const double *restrict p_mu, const double *restrict p_L, const double *restrict in_x, double *restrict out_loss, double *restrict work);
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 140392 elements of scratch memory. */
+   work: 140904 elements of scratch memory. */
 int gaussian_nll_value_and_grad(int64_t n, int64_t batch, const double *restrict p_mu, const double *restrict p_L, const double *restrict in_x, double *restrict out_loss, double *restrict grad_mu, double *restrict grad_L, double *restrict work);
 
 /* gaussian_nll_train: one epoch of minibatch training in C, params updated in place.
@@ -41,7 +41,7 @@ struct gaussian_nll_flat_data {
     double *partial;  /* batch sums of a slice after the first: 13 elements */
     double *unit;     /* unit vectors for the sweeps: 12 elements */
     double *spare;    /* what the dense Jacobian's sweeps keep (see gaussian_nll_jacobian_dense) */
-    double *work;     /* the kernels' scratch memory: 140393 elements */
+    double *work;     /* the kernels' scratch memory: 140905 elements */
     double *results;  /* the outputs gaussian_nll_loss_flat computes beside the loss */
     int status;           /* the error code of gaussian_nll_loss_flat's last call */
     int64_t skip;         /* bit r set: gaussian_nll_jacobian_dense leaves row r (of the first 63) out */

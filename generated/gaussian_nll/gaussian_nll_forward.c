@@ -24,9 +24,9 @@ SG_KERNEL int gaussian_nll_forward(int64_t n, int64_t batch, const double *restr
     double *const v7 = work + 0;  /* v7 */
     double *const v8 = work + 32;  /* v8 */
     double *const v12 = work + 32;  /* v12 */
-    double *const v14 = work + 132136;  /* v14, 256 examples */
-    double *const v22 = work + 134184;  /* v22, 256 examples */
-    double *const v24 = work + 132136;  /* v24, 256 examples */
+    double *const v14 = work + 132648;  /* v14, 256 examples */
+    double *const v22 = work + 134696;  /* v22, 256 examples */
+    double *const v24 = work + 132648;  /* v24, 256 examples */
     /* v4 = tril(L) */
     for (int64_t i = 0; i < 3; ++i)
         for (int64_t j = 0; j < 3; ++j)

@@ -61,7 +61,7 @@ _forward = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'x', (4, 1), False, False, '', 'const double *'), ('input', 'v', (2, 1), True, False, '', 'const double *'), ('output', 'c', (2, 1), True, False, 'output', 'double *'), ('output', 'loss', (), False, False, 'loss', 'double *')],
     declared=_DECLARED,
-    work_size=134152,
+    work_size=134664,
     reduce=REDUCE,
 )
 _value_and_grad = _runtime.Kernel(
@@ -71,7 +71,7 @@ _value_and_grad = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'x', (4, 1), False, False, '', 'const double *'), ('input', 'v', (2, 1), True, False, '', 'const double *'), ('output', 'loss', (), False, False, 'loss', 'double *'), ('output', 'x', (4, 1), False, False, 'gradient', 'double *')],
     declared=_DECLARED,
-    work_size=134168,
+    work_size=134680,
     reduce=REDUCE,
 )
 _jacobian = _runtime.Kernel(
@@ -81,7 +81,7 @@ _jacobian = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'x', (4, 1), False, False, '', 'const double *'), ('input', 'v', (2, 1), True, False, '', 'const double *'), ('input', 'cotangents[c]', (2, 1), True, False, '', 'const double *'), ('input', 'cotangents[loss]', (), True, False, '', 'const double *'), ('output', 'x', (4, 1), True, False, 'gradient', 'double *')],
     declared=_DECLARED,
-    work_size=142336,
+    work_size=142848,
     reduce=REDUCE,
 )
 _hvp = _runtime.Kernel(
@@ -91,7 +91,7 @@ _hvp = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'x', (4, 1), False, False, '', 'const double *'), ('input', 'v', (2, 1), True, False, '', 'const double *'), ('param', 'v[x]', (4, 1), False, False, '', 'const double *'), ('output', 'x', (4, 1), False, False, 'gradient', 'double *')],
     declared=_DECLARED,
-    work_size=132112,
+    work_size=132624,
     reduce=REDUCE,
 )
 

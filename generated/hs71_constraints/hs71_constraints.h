@@ -9,22 +9,22 @@
 
 /* forward: the outputs and the loss of every example of the batch. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 134152 elements of scratch memory. */
+   work: 134664 elements of scratch memory. */
 int hs71_constraints_forward(int64_t n, int64_t batch, const double *restrict p_x, const double *restrict in_v, double *restrict out_c, double *restrict out_loss, double *restrict work);
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 134168 elements of scratch memory. */
+   work: 134680 elements of scratch memory. */
 int hs71_constraints_value_and_grad(int64_t n, int64_t batch, const double *restrict p_x, const double *restrict in_v, double *restrict out_loss, double *restrict grad_x, double *restrict work);
 
 /* jacobian: per example, one sweep of the Jacobian of the outputs and the loss (a column or a row). Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 142336 elements of scratch memory. */
+   work: 142848 elements of scratch memory. */
 int hs71_constraints_jacobian(int64_t n, int64_t batch, const double *restrict p_x, const double *restrict in_v, const double *restrict in_cotangents_c_, const double *restrict in_cotangents_loss_, double *restrict d_x, double *restrict work);
 
 /* hvp: the Hessian of the reduced loss times v (forward over reverse), reduced like the gradients. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 132112 elements of scratch memory. */
+   work: 132624 elements of scratch memory. */
 int hs71_constraints_hvp(int64_t n, int64_t batch, const double *restrict p_x, const double *restrict in_v, const double *restrict p_v_x_, double *restrict d_x, double *restrict work);
 
 /* hs71_constraints_train: one epoch of minibatch training in C, params updated in place.
@@ -49,7 +49,7 @@ struct hs71_constraints_flat_data {
     double *partial;  /* batch sums of a slice after the first: 5 elements */
     double *unit;     /* unit vectors for the sweeps: 4 elements */
     double *spare;    /* what the dense Jacobian's sweeps keep (see hs71_constraints_jacobian_dense) */
-    double *work;     /* the kernels' scratch memory: 142337 elements */
+    double *work;     /* the kernels' scratch memory: 142849 elements */
     double *results;  /* the outputs hs71_constraints_loss_flat computes beside the loss */
     int status;           /* the error code of hs71_constraints_loss_flat's last call */
     int64_t skip;         /* bit r set: hs71_constraints_jacobian_dense leaves row r (of the first 63) out */

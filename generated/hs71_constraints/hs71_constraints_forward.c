@@ -20,7 +20,7 @@ SG_KERNEL int hs71_constraints_forward(int64_t n, int64_t batch, const double *r
     /* scratch memory */
     double *const scratch = work + 8;  /* packing space for matrix products */
     double *const v13 = work + 0;  /* v13 */
-    double *const v15 = work + 132104;  /* v15, 256 examples */
+    double *const v15 = work + 132616;  /* v15, 256 examples */
     /* v6 = x[0, 0]*x[1, 0]*x[2, 0]*x[3, 0] */
     const double v6 = p_x[0] * p_x[1] * p_x[2] * p_x[3];
 

@@ -19,14 +19,14 @@ SG_KERNEL int hs71_constraints_jacobian(int64_t n, int64_t batch, const double *
 {
     /* scratch memory */
     double *const scratch = work + 0;  /* packing space for matrix products */
-    double *const v20 = work + 132096;  /* v20, 256 examples */
-    double *const v23 = work + 134144;  /* v23, 256 examples */
-    double *const v24 = work + 132096;  /* v24, 256 examples */
-    double *const v46 = work + 134144;  /* v46, 256 examples */
-    double *const v48 = work + 136192;  /* v48, 256 examples */
-    double *const v50 = work + 138240;  /* v50, 256 examples */
-    double *const v52 = work + 140288;  /* v52, 256 examples */
-    double *const v54 = work + 132096;  /* v54, 256 examples */
+    double *const v20 = work + 132608;  /* v20, 256 examples */
+    double *const v23 = work + 134656;  /* v23, 256 examples */
+    double *const v24 = work + 132608;  /* v24, 256 examples */
+    double *const v46 = work + 134656;  /* v46, 256 examples */
+    double *const v48 = work + 136704;  /* v48, 256 examples */
+    double *const v50 = work + 138752;  /* v50, 256 examples */
+    double *const v52 = work + 140800;  /* v52, 256 examples */
+    double *const v54 = work + 132608;  /* v54, 256 examples */
     /* v28 = 2*x[3, 0] */
     const double v28 = p_x[3] * 2.0;
 

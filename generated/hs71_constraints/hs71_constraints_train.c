@@ -42,7 +42,7 @@ int64_t hs71_constraints_train_work_size(int64_t batch_size, int shuffled)
 {
     int64_t size = 16;  /* the gradients of one minibatch, and of one slice of it */
     size += shuffled ? aligned(batch_size * 2) : 0;  /* the gathered examples of v */
-    return size + 134168;  /* the kernel's own */
+    return size + 134680;  /* the kernel's own */
 }
 
 /* One epoch over n examples in minibatches of batch_size, in the order order[0..n-1]

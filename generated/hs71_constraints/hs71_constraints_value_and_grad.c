@@ -20,7 +20,7 @@ SG_KERNEL int hs71_constraints_value_and_grad(int64_t n, int64_t batch, const do
     /* scratch memory */
     double *const scratch = work + 24;  /* packing space for matrix products */
     double *const v13 = work + 0;  /* v13 */
-    double *const v15 = work + 132120;  /* v15, 256 examples */
+    double *const v15 = work + 132632;  /* v15, 256 examples */
     double *const v19 = work + 8;  /* v19 (v15_bar) */
     double *const v23 = work + 16;  /* v23 (v13_bar) */
     double *const v52 = work + 0;  /* v52 (x_bar) */

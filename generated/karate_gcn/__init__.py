@@ -55,7 +55,7 @@ _forward = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'W1', (34, 4), False, False, '', 'const double *'), ('param', 'W2', (4, 2), False, False, '', 'const double *'), ('param', 'labels', (34, 2), False, False, '', 'const double *'), ('output', 'logits', (34, 2), True, False, 'output', 'double *'), ('output', 'loss', (), False, False, 'loss', 'double *')],
     declared=_DECLARED,
-    work_size=133832,
+    work_size=134344,
     reduce=REDUCE,
 )
 _value_and_grad = _runtime.Kernel(
@@ -65,7 +65,7 @@ _value_and_grad = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'W1', (34, 4), False, False, '', 'const double *'), ('param', 'W2', (4, 2), False, False, '', 'const double *'), ('param', 'labels', (34, 2), False, False, '', 'const double *'), ('output', 'loss', (), False, False, 'loss', 'double *'), ('output', 'W1', (34, 4), False, False, 'gradient', 'double *'), ('output', 'W2', (4, 2), False, False, 'gradient', 'double *')],
     declared=_DECLARED,
-    work_size=133976,
+    work_size=134488,
     reduce=REDUCE,
 )
 

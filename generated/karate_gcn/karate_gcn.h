@@ -9,12 +9,12 @@
 
 /* forward: the outputs and the loss of every example of the batch. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 133832 elements of scratch memory. */
+   work: 134344 elements of scratch memory. */
 int karate_gcn_forward(int64_t n, int64_t batch, const double *restrict p_W1, const double *restrict p_W2, const double *restrict p_labels, double *restrict out_logits, double *restrict out_loss, double *restrict work);
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 133976 elements of scratch memory. */
+   work: 134488 elements of scratch memory. */
 int karate_gcn_value_and_grad(int64_t n, int64_t batch, const double *restrict p_W1, const double *restrict p_W2, const double *restrict p_labels, double *restrict out_loss, double *restrict grad_W1, double *restrict grad_W2, double *restrict work);
 
 /* karate_gcn_train: one epoch of minibatch training in C, params updated in place.
@@ -41,7 +41,7 @@ struct karate_gcn_flat_data {
     double *partial;  /* batch sums of a slice after the first: 145 elements */
     double *unit;     /* unit vectors for the sweeps: 144 elements */
     double *spare;    /* what the dense Jacobian's sweeps keep (see karate_gcn_jacobian_dense) */
-    double *work;     /* the kernels' scratch memory: 133977 elements */
+    double *work;     /* the kernels' scratch memory: 134489 elements */
     double *results;  /* the outputs karate_gcn_loss_flat computes beside the loss */
     int status;           /* the error code of karate_gcn_loss_flat's last call */
     int64_t skip;         /* bit r set: karate_gcn_jacobian_dense leaves row r (of the first 63) out */

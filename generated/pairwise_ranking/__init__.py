@@ -55,7 +55,7 @@ _forward = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'w', (6, 1), False, False, '', 'const double *'), ('input', 'X', (25, 6), True, False, '', 'const double *'), ('output', 'scores', (25, 1), True, False, 'output', 'double *'), ('output', 'loss', (), False, False, 'loss', 'double *')],
     declared=_DECLARED,
-    work_size=142336,
+    work_size=142848,
     reduce=REDUCE,
 )
 _value_and_grad = _runtime.Kernel(
@@ -65,7 +65,7 @@ _value_and_grad = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'w', (6, 1), False, False, '', 'const double *'), ('input', 'X', (25, 6), True, False, '', 'const double *'), ('output', 'loss', (), False, False, 'loss', 'double *'), ('output', 'w', (6, 1), False, False, 'gradient', 'double *')],
     declared=_DECLARED,
-    work_size=150544,
+    work_size=151056,
     reduce=REDUCE,
 )
 

@@ -9,12 +9,12 @@
 
 /* forward: the outputs and the loss of every example of the batch. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 142336 elements of scratch memory. */
+   work: 142848 elements of scratch memory. */
 int pairwise_ranking_forward(int64_t n, int64_t batch, const double *restrict p_w, const double *restrict in_X, double *restrict out_scores, double *restrict out_loss, double *restrict work);
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 150544 elements of scratch memory. */
+   work: 151056 elements of scratch memory. */
 int pairwise_ranking_value_and_grad(int64_t n, int64_t batch, const double *restrict p_w, const double *restrict in_X, double *restrict out_loss, double *restrict grad_w, double *restrict work);
 
 /* pairwise_ranking_train: one epoch of minibatch training in C, params updated in place.
@@ -39,7 +39,7 @@ struct pairwise_ranking_flat_data {
     double *partial;  /* batch sums of a slice after the first: 7 elements */
     double *unit;     /* unit vectors for the sweeps: 6 elements */
     double *spare;    /* what the dense Jacobian's sweeps keep (see pairwise_ranking_jacobian_dense) */
-    double *work;     /* the kernels' scratch memory: 150545 elements */
+    double *work;     /* the kernels' scratch memory: 151057 elements */
     double *results;  /* the outputs pairwise_ranking_loss_flat computes beside the loss */
     int status;           /* the error code of pairwise_ranking_loss_flat's last call */
     int64_t skip;         /* bit r set: pairwise_ranking_jacobian_dense leaves row r (of the first 63) out */

@@ -19,8 +19,8 @@ SG_KERNEL int pairwise_ranking_forward(int64_t n, int64_t batch, const double *r
 {
     /* scratch memory */
     double *const scratch = work + 0;  /* packing space for matrix products */
-    double *const v2 = work + 132096;  /* v2 (scores), 256 examples */
-    double *const v4 = work + 140288;  /* v4, 256 examples */
+    double *const v2 = work + 132608;  /* v2 (scores), 256 examples */
+    double *const v4 = work + 140800;  /* v4, 256 examples */
     /* v6: batch sum starts at zero */
     sg_acc v6 = 0;
 

@@ -42,7 +42,7 @@ int64_t pairwise_ranking_train_work_size(int64_t batch_size, int shuffled)
 {
     int64_t size = 16;  /* the gradients of one minibatch, and of one slice of it */
     size += shuffled ? aligned(batch_size * 150) : 0;  /* the gathered examples of X */
-    return size + 150544;  /* the kernel's own */
+    return size + 151056;  /* the kernel's own */
 }
 
 /* One epoch over n examples in minibatches of batch_size, in the order order[0..n-1]

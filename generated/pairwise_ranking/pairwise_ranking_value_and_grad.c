@@ -19,9 +19,9 @@ SG_KERNEL int pairwise_ranking_value_and_grad(int64_t n, int64_t batch, const do
 {
     /* scratch memory */
     double *const scratch = work + 16;  /* packing space for matrix products */
-    double *const v2 = work + 132112;  /* v2 (scores), 256 examples */
-    double *const v4 = work + 140304;  /* v4, 256 examples */
-    double *const v12 = work + 142352;  /* v12, 256 examples */
+    double *const v2 = work + 132624;  /* v2 (scores), 256 examples */
+    double *const v4 = work + 140816;  /* v4, 256 examples */
+    double *const v12 = work + 142864;  /* v12, 256 examples */
     double *const v18 = work + 0;  /* v18 (w_bar) */
     double *const v19 = work + 8;  /* v19 */
     /* v6: batch sum starts at zero */

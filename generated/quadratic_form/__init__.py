@@ -47,7 +47,7 @@ _forward = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'A', (4, 4), False, False, '', 'const double *'), ('input', 'x', (4, 1), True, False, '', 'const double *'), ('output', 'loss', (), True, False, 'loss', 'double *')],
     declared=_DECLARED,
-    work_size=136192,
+    work_size=136704,
     reduce=REDUCE,
 )
 _value_and_grad = _runtime.Kernel(
@@ -57,7 +57,7 @@ _value_and_grad = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'A', (4, 4), False, False, '', 'const double *'), ('input', 'x', (4, 1), True, False, '', 'const double *'), ('output', 'loss', (), True, False, 'loss', 'double *'), ('output', 'x', (4, 1), True, False, 'gradient', 'double *'), ('output', 'A', (4, 4), True, False, 'gradient', 'double *')],
     declared=_DECLARED,
-    work_size=144392,
+    work_size=144904,
     reduce=REDUCE,
 )
 

@@ -9,12 +9,12 @@
 
 /* forward: the outputs and the loss of every example of the batch. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 136192 elements of scratch memory. */
+   work: 136704 elements of scratch memory. */
 int quadratic_form_forward(int64_t n, int64_t batch, const double *restrict p_A, const double *restrict in_x, double *restrict out_loss, double *restrict work);
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 144392 elements of scratch memory. */
+   work: 144904 elements of scratch memory. */
 int quadratic_form_value_and_grad(int64_t n, int64_t batch, const double *restrict p_A, const double *restrict in_x, double *restrict out_loss, double *restrict grad_x, double *restrict grad_A, double *restrict work);
 
 /* Flat-vector calls (symgrad.scipy, symgrad.flatcall): theta holds the
@@ -33,7 +33,7 @@ struct quadratic_form_flat_data {
     double *partial;  /* batch sums of a slice after the first: 1 elements */
     double *unit;     /* unit vectors for the sweeps: 20 elements */
     double *spare;    /* what the dense Jacobian's sweeps keep (see quadratic_form_jacobian_dense) */
-    double *work;     /* the kernels' scratch memory: 144393 elements */
+    double *work;     /* the kernels' scratch memory: 144905 elements */
     double *results;  /* the outputs quadratic_form_loss_flat computes beside the loss */
     int status;           /* the error code of quadratic_form_loss_flat's last call */
     int64_t skip;         /* bit r set: quadratic_form_jacobian_dense leaves row r (of the first 63) out */

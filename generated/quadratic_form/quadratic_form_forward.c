@@ -19,8 +19,8 @@ SG_KERNEL int quadratic_form_forward(int64_t n, int64_t batch, const double *res
 {
     /* scratch memory */
     double *const scratch = work + 0;  /* packing space for matrix products */
-    double *const v3 = work + 132096;  /* v3, 256 examples */
-    double *const v4 = work + 134144;  /* v4, 256 examples */
+    double *const v3 = work + 132608;  /* v3, 256 examples */
+    double *const v4 = work + 134656;  /* v4, 256 examples */
     for (int64_t t0 = 0; t0 < n; t0 += 256) {
         const int64_t nt = n - t0 < 256 ? n - t0 : 256;
         const double *restrict x_x = in_x + t0 * 4;

@@ -19,13 +19,13 @@ SG_KERNEL int quadratic_form_value_and_grad(int64_t n, int64_t batch, const doub
 {
     /* scratch memory */
     double *const scratch = work + 8;  /* packing space for matrix products */
-    double *const v3 = work + 132104;  /* v3, 256 examples */
-    double *const v4 = work + 134152;  /* v4, 256 examples */
+    double *const v3 = work + 132616;  /* v3, 256 examples */
+    double *const v4 = work + 134664;  /* v4, 256 examples */
     double *const v7 = work + 0;  /* v7 (v4_bar) */
-    double *const v8 = work + 136200;  /* v8 (v3_bar), 256 examples */
-    double *const v10 = work + 138248;  /* v10, 256 examples */
-    double *const v12 = work + 132104;  /* v12 (v2_bar), 256 examples */
-    double *const v13 = work + 140296;  /* v13 (A_bar), 256 examples */
+    double *const v8 = work + 136712;  /* v8 (v3_bar), 256 examples */
+    double *const v10 = work + 138760;  /* v10, 256 examples */
+    double *const v12 = work + 132616;  /* v12 (v2_bar), 256 examples */
+    double *const v13 = work + 140808;  /* v13 (A_bar), 256 examples */
     /* v7 (v4_bar) = [[1]] */
     v7[0] = 0.0;
     v7[0] += 1.0;

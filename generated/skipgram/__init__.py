@@ -55,7 +55,7 @@ _forward = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'V_in', (40, 10), False, False, '', 'const double *'), ('param', 'U_out', (40, 10), False, False, '', 'const double *'), ('input', 'center', (40, 1), True, False, '', 'const double *'), ('input', 'context', (40, 1), True, False, '', 'const double *'), ('input', 'negatives', (40, 5), True, False, '', 'const double *'), ('output', 'positive', (), True, False, 'output', 'double *'), ('output', 'loss', (), False, False, 'loss', 'double *')],
     declared=_DECLARED,
-    work_size=162816,
+    work_size=163328,
     reduce=REDUCE,
 )
 _value_and_grad = _runtime.Kernel(
@@ -65,7 +65,7 @@ _value_and_grad = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'V_in', (40, 10), False, False, '', 'const double *'), ('param', 'U_out', (40, 10), False, False, '', 'const double *'), ('input', 'center', (40, 1), True, False, '', 'const double *'), ('input', 'context', (40, 1), True, False, '', 'const double *'), ('input', 'negatives', (40, 5), True, False, '', 'const double *'), ('output', 'loss', (), False, False, 'loss', 'double *'), ('output', 'V_in', (40, 10), False, False, 'gradient', 'double *'), ('output', 'U_out', (40, 10), False, False, 'gradient', 'double *')],
     declared=_DECLARED,
-    work_size=189008,
+    work_size=189520,
     reduce=REDUCE,
 )
 

@@ -9,12 +9,12 @@
 
 /* forward: the outputs and the loss of every example of the batch. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 162816 elements of scratch memory. */
+   work: 163328 elements of scratch memory. */
 int skipgram_forward(int64_t n, int64_t batch, const double *restrict p_V_in, const double *restrict p_U_out, const double *restrict in_center, const double *restrict in_context, const double *restrict in_negatives, double *restrict out_positive, double *restrict out_loss, double *restrict work);
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 189008 elements of scratch memory. */
+   work: 189520 elements of scratch memory. */
 int skipgram_value_and_grad(int64_t n, int64_t batch, const double *restrict p_V_in, const double *restrict p_U_out, const double *restrict in_center, const double *restrict in_context, const double *restrict in_negatives, double *restrict out_loss, double *restrict grad_V_in, double *restrict grad_U_out, double *restrict work);
 
 /* skipgram_train: one epoch of minibatch training in C, params updated in place.
@@ -43,7 +43,7 @@ struct skipgram_flat_data {
     double *partial;  /* batch sums of a slice after the first: 801 elements */
     double *unit;     /* unit vectors for the sweeps: 800 elements */
     double *spare;    /* what the dense Jacobian's sweeps keep (see skipgram_jacobian_dense) */
-    double *work;     /* the kernels' scratch memory: 189009 elements */
+    double *work;     /* the kernels' scratch memory: 189521 elements */
     double *results;  /* the outputs skipgram_loss_flat computes beside the loss */
     int status;           /* the error code of skipgram_loss_flat's last call */
     int64_t skip;         /* bit r set: skipgram_jacobian_dense leaves row r (of the first 63) out */

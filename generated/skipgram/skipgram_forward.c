@@ -19,14 +19,14 @@ SG_KERNEL int skipgram_forward(int64_t n, int64_t batch, const double *restrict 
 {
     /* scratch memory */
     double *const scratch = work + 0;  /* packing space for matrix products */
-    double *const v6 = work + 132096;  /* v6, 256 examples */
-    double *const v8 = work + 136192;  /* v8 (v_c), 256 examples */
-    double *const v9 = work + 140288;  /* v9, 256 examples */
-    double *const v14 = work + 142336;  /* v14, 256 examples */
-    double *const v17 = work + 144384;  /* v17, 256 examples */
-    double *const v18 = work + 158720;  /* v18 (negative_scores), 256 examples */
-    double *const v22 = work + 160768;  /* v22, 256 examples */
-    double *const v23 = work + 158720;  /* v23, 256 examples */
+    double *const v6 = work + 132608;  /* v6, 256 examples */
+    double *const v8 = work + 136704;  /* v8 (v_c), 256 examples */
+    double *const v9 = work + 140800;  /* v9, 256 examples */
+    double *const v14 = work + 142848;  /* v14, 256 examples */
+    double *const v17 = work + 144896;  /* v17, 256 examples */
+    double *const v18 = work + 159232;  /* v18 (negative_scores), 256 examples */
+    double *const v22 = work + 161280;  /* v22, 256 examples */
+    double *const v23 = work + 159232;  /* v23, 256 examples */
     /* v26: batch sum starts at zero */
     sg_acc v26 = 0;
 

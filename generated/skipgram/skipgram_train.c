@@ -44,7 +44,7 @@ int64_t skipgram_train_work_size(int64_t batch_size, int shuffled)
     size += shuffled ? aligned(batch_size * 40) : 0;  /* the gathered examples of center */
     size += shuffled ? aligned(batch_size * 40) : 0;  /* the gathered examples of context */
     size += shuffled ? aligned(batch_size * 200) : 0;  /* the gathered examples of negatives */
-    return size + 189008;  /* the kernel's own */
+    return size + 189520;  /* the kernel's own */
 }
 
 /* One epoch over n examples in minibatches of batch_size, in the order order[0..n-1]

@@ -9,12 +9,12 @@
 
 /* forward: the outputs and the loss of every example of the batch. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 165896 elements of scratch memory. */
+   work: 166408 elements of scratch memory. */
 int transformer_block_forward(int64_t n, int64_t batch, const double *restrict p_E, const double *restrict p_P, const double *restrict p_Wq0, const double *restrict p_Wq1, const double *restrict p_Wk0, const double *restrict p_Wk1, const double *restrict p_Wv0, const double *restrict p_Wv1, const double *restrict p_Wo, const double *restrict p_bo, const double *restrict p_gain1, const double *restrict p_bias1, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, const double *restrict p_b2, const double *restrict p_gain2, const double *restrict p_bias2, const double *restrict p_Wc, const double *restrict p_bc, const double *restrict in_tokens, const double *restrict in_target, double *restrict out_logits, double *restrict out_loss, double *restrict work);
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 188312 elements of scratch memory. */
+   work: 188824 elements of scratch memory. */
 int transformer_block_value_and_grad(int64_t n, int64_t batch, const double *restrict p_E, const double *restrict p_P, const double *restrict p_Wq0, const double *restrict p_Wq1, const double *restrict p_Wk0, const double *restrict p_Wk1, const double *restrict p_Wv0, const double *restrict p_Wv1, const double *restrict p_Wo, const double *restrict p_bo, const double *restrict p_gain1, const double *restrict p_bias1, const double *restrict p_W1, const double *restrict p_b1, const double *restrict p_W2, const double *restrict p_b2, const double *restrict p_gain2, const double *restrict p_bias2, const double *restrict p_Wc, const double *restrict p_bc, const double *restrict in_tokens, const double *restrict in_target, double *restrict out_loss, double *restrict grad_E, double *restrict grad_P, double *restrict grad_Wq0, double *restrict grad_Wq1, double *restrict grad_Wk0, double *restrict grad_Wk1, double *restrict grad_Wv0, double *restrict grad_Wv1, double *restrict grad_Wo, double *restrict grad_bo, double *restrict grad_gain1, double *restrict grad_bias1, double *restrict grad_W1, double *restrict grad_b1, double *restrict grad_W2, double *restrict grad_b2, double *restrict grad_gain2, double *restrict grad_bias2, double *restrict grad_Wc, double *restrict grad_bc, double *restrict work);
 
 /* transformer_block_train: one epoch of minibatch training in C, params updated in place.
@@ -78,7 +78,7 @@ struct transformer_block_flat_data {
     double *partial;  /* batch sums of a slice after the first: 675 elements */
     double *unit;     /* unit vectors for the sweeps: 674 elements */
     double *spare;    /* what the dense Jacobian's sweeps keep (see transformer_block_jacobian_dense) */
-    double *work;     /* the kernels' scratch memory: 188313 elements */
+    double *work;     /* the kernels' scratch memory: 188825 elements */
     double *results;  /* the outputs transformer_block_loss_flat computes beside the loss */
     int status;           /* the error code of transformer_block_loss_flat's last call */
     int64_t skip;         /* bit r set: transformer_block_jacobian_dense leaves row r (of the first 63) out */

@@ -55,7 +55,7 @@ _forward = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'W1', (2, 2), False, False, '', 'const double *'), ('param', 'b1', (1, 2), False, False, '', 'const double *'), ('param', 'W2', (2, 1), False, False, '', 'const double *'), ('param', 'b2', (), False, True, '', 'double'), ('input', 'x', (1, 2), True, False, '', 'const double *'), ('input', 't', (), True, False, '', 'const double *'), ('output', 'y', (), True, False, 'output', 'double *'), ('output', 'loss', (), False, False, 'loss', 'double *')],
     declared=_DECLARED,
-    work_size=136192,
+    work_size=136704,
     reduce=REDUCE,
 )
 _value_and_grad = _runtime.Kernel(
@@ -65,7 +65,7 @@ _value_and_grad = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'W1', (2, 2), False, False, '', 'const double *'), ('param', 'b1', (1, 2), False, False, '', 'const double *'), ('param', 'W2', (2, 1), False, False, '', 'const double *'), ('param', 'b2', (), False, True, '', 'double'), ('input', 'x', (1, 2), True, False, '', 'const double *'), ('input', 't', (), True, False, '', 'const double *'), ('output', 'loss', (), False, False, 'loss', 'double *'), ('output', 'W1', (2, 2), False, False, 'gradient', 'double *'), ('output', 'b1', (1, 2), False, False, 'gradient', 'double *'), ('output', 'W2', (2, 1), False, False, 'gradient', 'double *'), ('output', 'b2', (), False, False, 'gradient', 'double *')],
     declared=_DECLARED,
-    work_size=142368,
+    work_size=142880,
     reduce=REDUCE,
 )
 

@@ -19,9 +19,9 @@ SG_KERNEL int xor_forward(int64_t n, int64_t batch, const double *restrict p_W1,
 {
     /* scratch memory */
     double *const scratch = work + 0;  /* packing space for matrix products */
-    double *const v6 = work + 132096;  /* v6, 256 examples */
-    double *const v8 = work + 134144;  /* v8 (h), 256 examples */
-    double *const v9 = work + 132096;  /* v9, 256 examples */
+    double *const v6 = work + 132608;  /* v6, 256 examples */
+    double *const v8 = work + 134656;  /* v8 (h), 256 examples */
+    double *const v9 = work + 132608;  /* v9, 256 examples */
     /* v18: batch sum starts at zero */
     sg_acc v18 = 0;
 

@@ -43,7 +43,7 @@ int64_t xor_train_work_size(int64_t batch_size, int shuffled)
     int64_t size = 64;  /* the gradients of one minibatch, and of one slice of it */
     size += shuffled ? aligned(batch_size * 2) : 0;  /* the gathered examples of x */
     size += shuffled ? aligned(batch_size * 1) : 0;  /* the gathered examples of t */
-    return size + 142368;  /* the kernel's own */
+    return size + 142880;  /* the kernel's own */
 }
 
 /* One epoch over n examples in minibatches of batch_size, in the order order[0..n-1]

@@ -19,14 +19,14 @@ SG_KERNEL int xor_value_and_grad(int64_t n, int64_t batch, const double *restric
 {
     /* scratch memory */
     double *const scratch = work + 32;  /* packing space for matrix products */
-    double *const v6 = work + 132128;  /* v6, 256 examples */
-    double *const v8 = work + 134176;  /* v8 (h), 256 examples */
-    double *const v9 = work + 132128;  /* v9, 256 examples */
-    double *const v30 = work + 138272;  /* v30 (v11_bar), 256 examples */
-    double *const v31 = work + 132128;  /* v31 (v9_bar), 256 examples */
-    double *const v33 = work + 138272;  /* v33 (h_bar), 256 examples */
-    double *const v38 = work + 136224;  /* v38, 256 examples */
-    double *const v39 = work + 140320;  /* v39 (v7_bar), 256 examples */
+    double *const v6 = work + 132640;  /* v6, 256 examples */
+    double *const v8 = work + 134688;  /* v8 (h), 256 examples */
+    double *const v9 = work + 132640;  /* v9, 256 examples */
+    double *const v30 = work + 138784;  /* v30 (v11_bar), 256 examples */
+    double *const v31 = work + 132640;  /* v31 (v9_bar), 256 examples */
+    double *const v33 = work + 138784;  /* v33 (h_bar), 256 examples */
+    double *const v38 = work + 136736;  /* v38, 256 examples */
+    double *const v39 = work + 140832;  /* v39 (v7_bar), 256 examples */
     double *const v45 = work + 0;  /* v45 (W2_bar) */
     double *const v46 = work + 8;  /* v46 (b1_bar) */
     double *const v47 = work + 16;  /* v47 (W1_bar) */

@@ -113,7 +113,7 @@ def _read_matpow(r, e):
 
 
 #: Block sizes of the packed matrix product in the runtime header, and the scratch it needs.
-GEMM_BLOCKS = {"mr": 4, "kc": 256, "nc": 512}
+GEMM_BLOCKS = {"mr": 6, "kc": 256, "nc": 512}
 GEMM_SCRATCH = GEMM_BLOCKS["kc"] * GEMM_BLOCKS["nc"] + GEMM_BLOCKS["mr"] * GEMM_BLOCKS["kc"]
 
 

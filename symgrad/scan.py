@@ -603,10 +603,30 @@ def scan_vjp(b: Builder, n: int, adjoint: int) -> list:
             terms.append(_leaf(g, "scan_elem", nc + ns + len(ys_adj) + hist_adj.index(k), step.carries[k], True))
         new_bars.append(rb.add(*terms) if terms else rb.broadcast(rb.const(0), step.carries[k]))
     x_bars = [k for k in range(ns) if row_leaves[k] in adj]
-    c_bars = [k for k in range(nk) if cap_leaves[k] in adj]
+    # A capture's adjoint is summed over the steps. Its outer-product terms u v (u a column, v a
+    # row: W_bar += g h.T) are stacked as two outputs U, V instead, and summed after the loop as
+    # one product U.T V, which a batch sum then runs as one matrix product over every example
+    # and step; the other terms are added up inside the loop.
+    ys_out = [adj[row_leaves[k]] for k in x_bars]
+    sums_out, cap_parts = [], {}
+    for k in range(nk):
+        if cap_leaves[k] not in adj:
+            continue
+        total = adj[cap_leaves[k]]
+        terms = list(rb.node(total).args) if rb.node(total).op == "add" else [total]
+        outer = [t for t in terms if rb.node(t).op == "matmul" and len(step.captures[k]) == 2
+                 and rb.shape(rb.node(t).args[0])[1] == 1]
+        rest = [t for t in terms if t not in outer]
+        entry = cap_parts[k] = {"outer": [], "sum": None}
+        for t in outer:
+            entry["outer"].append((len(ys_out), len(ys_out) + 1))
+            ys_out += list(rb.node(t).args)
+        if rest:
+            entry["sum"] = len(sums_out)
+            sums_out.append(rb.add(*rest))
     reverse = Step(tuple(g.nodes), step.carries, tuple(r_seq_shapes), tuple(r_cap_shapes), tuple(new_bars),
-                   tuple(adj[row_leaves[k]] for k in x_bars), tuple(adj[cap_leaves[k]] for k in c_bars),
-                   step.steps, reverse=not step.reverse, order=_default_order(nc, len(x_bars), len(c_bars)),
+                   tuple(ys_out), tuple(sums_out),
+                   step.steps, reverse=not step.reverse, order=_default_order(nc, len(ys_out), len(sums_out)),
                    carry_names=tuple(f"{name}_bar" for name in step.carry_names),
                    sequence_names=tuple(step.carry_names) + tuple(step.sequence_names)
                    + tuple(f"y{j}_bar" for j in ys_adj) + tuple(f"{step.carry_names[k]}_hist_bar" for k in hist_adj))
@@ -618,8 +638,11 @@ def scan_vjp(b: Builder, n: int, adjoint: int) -> list:
     for j, k in enumerate(x_bars):
         seq_bars[k] = stacked(b, r, j)
     cap_bars = [None] * nk
-    for j, k in enumerate(c_bars):
-        cap_bars[k] = summed(b, r, j)
+    for k, entry in cap_parts.items():
+        terms = [b.matmul(b.transpose(stacked(b, r, u)), stacked(b, r, v)) for u, v in entry["outer"]]
+        if entry["sum"] is not None:
+            terms.append(summed(b, r, entry["sum"]))
+        cap_bars[k] = b.add(*terms)
     return contributions + seq_bars + cap_bars + ([None] if length is not None else [])
 
 
@@ -660,10 +683,11 @@ def scan_jvp(b: Builder, n: int, tangents: list):
     n_ys, n_sums = len(step.ys), len(step.sums)
     order = tuple(step.order) + tuple((kind, k + {"carry": nc, "y": n_ys, "sum": n_sums}[kind])
                                       for kind, k in step.order)
+    new_carries = step.new_carries + tuple(tangent_of(c) for c in step.new_carries)
+    ys = step.ys + tuple(tangent_of(y) for y in step.ys)
+    sums = step.sums + tuple(tangent_of(s) for s in step.sums)
     forward = Step(tuple(g.nodes), step.carries * 2, step.sequences + tuple(step.sequences[k] for k in seq_with),
-                   step.captures + tuple(step.captures[k] for k in cap_with),
-                   step.new_carries + tuple(tangent_of(c) for c in step.new_carries),
-                   step.ys + tuple(tangent_of(y) for y in step.ys), step.sums + tuple(tangent_of(s) for s in step.sums),
+                   step.captures + tuple(step.captures[k] for k in cap_with), new_carries, ys, sums,
                    step.steps, reverse=step.reverse, order=order,
                    carry_names=step.carry_names + tuple(f"{c}_dot" for c in step.carry_names),
                    sequence_names=step.sequence_names + tuple(f"{step.sequence_names[k]}_dot" for k in seq_with)

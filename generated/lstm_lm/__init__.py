@@ -55,7 +55,7 @@ _forward = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'W', (96, 52), False, False, '', 'const double *'), ('param', 'b', (96, 1), False, False, '', 'const double *'), ('param', 'U', (28, 24), False, False, '', 'const double *'), ('param', 'd', (28, 1), False, False, '', 'const double *'), ('input', 'X', (16, 28), True, False, '', 'const double *'), ('input', 'Y', (16, 28), True, False, '', 'const double *'), ('input', 'n', (), True, False, '', 'const double *'), ('input', 'h0', (24, 1), True, False, '', 'const double *'), ('input', 'c0', (24, 1), True, False, '', 'const double *'), ('output', 'h', (24, 1), True, False, 'output', 'double *'), ('output', 'c', (24, 1), True, False, 'output', 'double *'), ('output', 'losses', (16, 1), True, False, 'output', 'double *'), ('output', 'loss', (), False, False, 'loss', 'double *')],
     declared=_DECLARED,
-    work_size=494080,
+    work_size=494592,
     reduce=REDUCE,
 )
 _value_and_grad = _runtime.Kernel(
@@ -65,7 +65,7 @@ _value_and_grad = _runtime.Kernel(
     dtype=DTYPE,
     arguments=[('param', 'W', (96, 52), False, False, '', 'const double *'), ('param', 'b', (96, 1), False, False, '', 'const double *'), ('param', 'U', (28, 24), False, False, '', 'const double *'), ('param', 'd', (28, 1), False, False, '', 'const double *'), ('input', 'X', (16, 28), True, False, '', 'const double *'), ('input', 'Y', (16, 28), True, False, '', 'const double *'), ('input', 'n', (), True, False, '', 'const double *'), ('input', 'h0', (24, 1), True, False, '', 'const double *'), ('input', 'c0', (24, 1), True, False, '', 'const double *'), ('output', 'loss', (), False, False, 'loss', 'double *'), ('output', 'W', (96, 52), False, False, 'gradient', 'double *'), ('output', 'b', (96, 1), False, False, 'gradient', 'double *'), ('output', 'U', (28, 24), False, False, 'gradient', 'double *'), ('output', 'd', (28, 1), False, False, 'gradient', 'double *')],
     declared=_DECLARED,
-    work_size=3152848,
+    work_size=1387984,
     reduce=REDUCE,
 )
 

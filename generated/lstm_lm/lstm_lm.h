@@ -9,12 +9,12 @@
 
 /* forward: the outputs and the loss of every example of the batch. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 494080 elements of scratch memory. */
+   work: 494592 elements of scratch memory. */
 int lstm_lm_forward(int64_t n, int64_t batch, const double *restrict p_W, const double *restrict p_b, const double *restrict p_U, const double *restrict p_d, const double *restrict in_X, const double *restrict in_Y, const double *restrict in_n, const double *restrict in_h0, const double *restrict in_c0, double *restrict out_h, double *restrict out_c, double *restrict out_losses, double *restrict out_loss, double *restrict work);
 
 /* value_and_grad: the loss and its gradients, reduced over the batch as the model says. Returns 0, or an error code from symgrad_runtime.h.
    n: examples in this call; batch: examples in the whole batch (the N of means).
-   work: 3152848 elements of scratch memory. */
+   work: 1387984 elements of scratch memory. */
 int lstm_lm_value_and_grad(int64_t n, int64_t batch, const double *restrict p_W, const double *restrict p_b, const double *restrict p_U, const double *restrict p_d, const double *restrict in_X, const double *restrict in_Y, const double *restrict in_n, const double *restrict in_h0, const double *restrict in_c0, double *restrict out_loss, double *restrict grad_W, double *restrict grad_b, double *restrict grad_U, double *restrict grad_d, double *restrict work);
 
 /* lstm_lm_train: one epoch of minibatch training in C, params updated in place.
@@ -49,7 +49,7 @@ struct lstm_lm_flat_data {
     double *partial;  /* batch sums of a slice after the first: 5789 elements */
     double *unit;     /* unit vectors for the sweeps: 5788 elements */
     double *spare;    /* what the dense Jacobian's sweeps keep (see lstm_lm_jacobian_dense) */
-    double *work;     /* the kernels' scratch memory: 3152849 elements */
+    double *work;     /* the kernels' scratch memory: 1387985 elements */
     double *results;  /* the outputs lstm_lm_loss_flat computes beside the loss */
     int status;           /* the error code of lstm_lm_loss_flat's last call */
     int64_t skip;         /* bit r set: lstm_lm_jacobian_dense leaves row r (of the first 63) out */

@@ -19,8 +19,8 @@ SG_KERNEL int lstm_lm_forward(int64_t n, int64_t batch, const double *restrict p
 {
     /* scratch memory */
     double *const scratch = work + 0;  /* packing space for matrix products */
-    double *const v9 = work + 279040;  /* v9, 256 examples */
-    double *const v13 = work + 492032;  /* v13 (loss), 256 examples */
+    double *const v9 = work + 279552;  /* v9, 256 examples */
+    double *const v13 = work + 492544;  /* v13 (loss), 256 examples */
     /* v14: batch sum starts at zero */
     sg_acc v14 = 0;
 
@@ -36,7 +36,7 @@ SG_KERNEL int lstm_lm_forward(int64_t n, int64_t batch, const double *restrict p
         double *restrict o_out_losses = out_losses + t0 * 16;
         /* v9 = scan(t = 0..15 while t < n; state[0] = h0; state[1] = c0; rows[0] = X[t]; rows[1] = Y[t]: s0 = W*vstac... */
         {
-            double *const sw = scratch + 132096;  /* the step's values, one tile each */
+            double *const sw = scratch + 132608;  /* the step's values, one tile each */
             double *const st5 = sw + 0;
             double *const st6 = sw + 13312;
             double *const st8 = sw + 37888;

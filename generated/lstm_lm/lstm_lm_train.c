@@ -46,7 +46,7 @@ int64_t lstm_lm_train_work_size(int64_t batch_size, int shuffled)
     size += shuffled ? aligned(batch_size * 1) : 0;  /* the gathered examples of n */
     size += shuffled ? aligned(batch_size * 24) : 0;  /* the gathered examples of h0 */
     size += shuffled ? aligned(batch_size * 24) : 0;  /* the gathered examples of c0 */
-    return size + 3152848;  /* the kernel's own */
+    return size + 1387984;  /* the kernel's own */
 }
 
 /* One epoch over n examples in minibatches of batch_size, in the order order[0..n-1]

@@ -19,15 +19,15 @@ SG_KERNEL int lstm_lm_value_and_grad(int64_t n, int64_t batch, const double *res
 {
     /* scratch memory */
     double *const scratch = work + 5832;  /* packing space for matrix products */
-    double *const v9 = work + 2084816;  /* v9, 128 examples */
-    double *const v13 = work + 2191312;  /* v13 (loss), 128 examples */
+    double *const v9 = work + 635344;  /* v9, 128 examples */
+    double *const v13 = work + 741840;  /* v13 (loss), 128 examples */
     double *const v16 = work + 0;  /* v16 (losses_bar) */
     double *const v21 = work + 16;  /* v21 */
-    double *const v22 = work + 2192336;  /* v22, 128 examples */
-    double *const v31 = work + 40;  /* v31 (d_bar) */
-    double *const v32 = work + 72;  /* v32 (U_bar) */
-    double *const v33 = work + 744;  /* v33 (b_bar) */
-    double *const v34 = work + 840;  /* v34 (W_bar) */
+    double *const v22 = work + 742864;  /* v22, 128 examples */
+    double *const v37 = work + 40;  /* v37 (d_bar) */
+    double *const v38 = work + 72;  /* v38 (U_bar) */
+    double *const v39 = work + 744;  /* v39 (b_bar) */
+    double *const v40 = work + 840;  /* v40 (W_bar) */
     /* v14: batch sum starts at zero */
     sg_acc v14 = 0;
 
@@ -39,23 +39,23 @@ SG_KERNEL int lstm_lm_value_and_grad(int64_t n, int64_t batch, const double *res
     for (int64_t k = 0; k < 24; ++k)
         v21[k] = 0.0;
 
-    /* v31 (d_bar): batch sum starts at zero */
+    /* v37 (d_bar): batch sum starts at zero */
     for (int64_t i = 0; i < 28; ++i)
-        v31[i] = 0.0;
+        v37[i] = 0.0;
 
-    /* v32 (U_bar): batch sum starts at zero */
+    /* v38 (U_bar): batch sum starts at zero */
     for (int64_t i = 0; i < 28; ++i)
         for (int64_t j = 0; j < 24; ++j)
-            v32[i * 24 + j] = 0.0;
+            v38[i * 24 + j] = 0.0;
 
-    /* v33 (b_bar): batch sum starts at zero */
+    /* v39 (b_bar): batch sum starts at zero */
     for (int64_t i = 0; i < 96; ++i)
-        v33[i] = 0.0;
+        v39[i] = 0.0;
 
-    /* v34 (W_bar): batch sum starts at zero */
+    /* v40 (W_bar): batch sum starts at zero */
     for (int64_t i = 0; i < 96; ++i)
         for (int64_t j = 0; j < 52; ++j)
-            v34[i * 52 + j] = 0.0;
+            v40[i * 52 + j] = 0.0;
 
     for (int64_t t0 = 0; t0 < n; t0 += 128) {
         const int64_t nt = n - t0 < 128 ? n - t0 : 128;
@@ -66,7 +66,7 @@ SG_KERNEL int lstm_lm_value_and_grad(int64_t n, int64_t batch, const double *res
         const double *restrict x_c0 = in_c0 + t0 * 24;
         /* v9 = scan(t = 0..15 while t < n; state[0] = h0; state[1] = c0; rows[0] = X[t]; rows[1] = Y[t]: s0 = W*vstac... */
         {
-            double *const sw = scratch + 132096;  /* the step's values, one tile each */
+            double *const sw = scratch + 132608;  /* the step's values, one tile each */
             double *const st5 = sw + 0;
             double *const st6 = sw + 13312;
             double *const st8 = sw + 37888;
@@ -211,7 +211,7 @@ SG_KERNEL int lstm_lm_value_and_grad(int64_t n, int64_t batch, const double *res
         }
         /* v22 = scan(t = 15..0 while t < n; state[0]_bar = v21; state[1]_bar = v21; state[0] = history(v9)[t]; state[... */
         {
-            double *const sw = scratch + 132096;  /* the step's values, one tile each */
+            double *const sw = scratch + 132608;  /* the step's values, one tile each */
             double *const st5 = sw + 0;
             double *const st6 = sw + 13312;
             double *const st8 = sw + 37888;
@@ -235,69 +235,59 @@ SG_KERNEL int lstm_lm_value_and_grad(int64_t n, int64_t batch, const double *res
             double *const st37 = sw + 161032;
             double *const st38 = sw + 168200;
             double *const st39 = sw + 175368;
-            double *const st41 = sw + 182536;
-            double *const st43 = sw + 354568;
-            double *const st44 = sw + 360712;
-            double *const st45 = sw + 366856;
-            double *const st46 = sw + 373000;
-            double *const st48 = sw + 379144;
-            double *const st49 = sw + 385288;
-            double *const st50 = sw + 391432;
-            double *const st51 = sw + 397576;
-            double *const st52 = sw + 403720;
-            double *const st53 = sw + 409864;
-            double *const st54 = sw + 416008;
-            double *const st55 = sw + 422152;
-            double *const st56 = sw + 428296;
-            double *const st57 = sw + 434440;
-            double *const st58 = sw + 440584;
-            double *const st59 = sw + 446728;
-            double *const st60 = sw + 471304;
-            double *const st61 = sw + 477448;
-            double *const st62 = sw + 483592;
-            double *const st63 = sw + 489736;
-            double *const st64 = sw + 495880;
-            double *const st65 = sw + 502024;
-            double *const st66 = sw + 508168;
-            double *const st67 = sw + 532744;
-            double *const st68 = sw + 538888;
-            double *const st69 = sw + 545032;
-            double *const st70 = sw + 551176;
-            double *const st71 = sw + 557320;
-            double *const st72 = sw + 581896;
-            double *const st73 = sw + 588040;
-            double *const st74 = sw + 594184;
-            double *const st75 = sw + 600328;
-            double *const st76 = sw + 606472;
-            double *const st77 = sw + 631048;
-            double *const st79 = sw + 655624;
-            double *const st81 = sw + 1933576;
+            double *const st42 = sw + 182536;
+            double *const st43 = sw + 188680;
+            double *const st44 = sw + 194824;
+            double *const st45 = sw + 200968;
+            double *const st47 = sw + 207112;
+            double *const st48 = sw + 213256;
+            double *const st49 = sw + 219400;
+            double *const st50 = sw + 225544;
+            double *const st51 = sw + 231688;
+            double *const st52 = sw + 237832;
+            double *const st53 = sw + 243976;
+            double *const st54 = sw + 250120;
+            double *const st55 = sw + 256264;
+            double *const st56 = sw + 262408;
+            double *const st57 = sw + 268552;
+            double *const st58 = sw + 274696;
+            double *const st59 = sw + 299272;
+            double *const st60 = sw + 305416;
+            double *const st61 = sw + 311560;
+            double *const st62 = sw + 317704;
+            double *const st63 = sw + 323848;
+            double *const st64 = sw + 329992;
+            double *const st65 = sw + 336136;
+            double *const st66 = sw + 360712;
+            double *const st67 = sw + 366856;
+            double *const st68 = sw + 373000;
+            double *const st69 = sw + 379144;
+            double *const st70 = sw + 385288;
+            double *const st71 = sw + 409864;
+            double *const st72 = sw + 416008;
+            double *const st73 = sw + 422152;
+            double *const st74 = sw + 428296;
+            double *const st75 = sw + 434440;
+            double *const st76 = sw + 459016;
+            double *const st79 = sw + 483592;
             {
                 double *const sc0 = v22 + 0 + 16 * 24;
                 for (int64_t e = 0; e < nt; ++e)
                     for (int64_t i = 0; i < 24; ++i)
-                        sc0[e * 7500 + i] = v21[i];
+                        sc0[e * 5036 + i] = v21[i];
             }
             {
                 double *const sc1 = v22 + 408 + 16 * 24;
                 for (int64_t e = 0; e < nt; ++e)
                     for (int64_t i = 0; i < 24; ++i)
-                        sc1[e * 7500 + i] = v21[i];
+                        sc1[e * 5036 + i] = v21[i];
             }
             for (int64_t e = 0; e < nt; ++e)
                 for (int64_t i = 0; i < 96; ++i)
-                    for (int64_t j = 0; j < 52; ++j)
-                        (v22 + 1712)[e * 7500 + i * 52 + j] = 0.0;
-            for (int64_t e = 0; e < nt; ++e)
-                for (int64_t i = 0; i < 96; ++i)
-                    (v22 + 6704)[e * 7500 + i] = 0.0;
+                    (v22 + 4912)[e * 5036 + i] = 0.0;
             for (int64_t e = 0; e < nt; ++e)
                 for (int64_t i = 0; i < 28; ++i)
-                    for (int64_t j = 0; j < 24; ++j)
-                        (v22 + 6800)[e * 7500 + i * 24 + j] = 0.0;
-            for (int64_t e = 0; e < nt; ++e)
-                for (int64_t i = 0; i < 28; ++i)
-                    (v22 + 7472)[e * 7500 + i] = 0.0;
+                    (v22 + 5008)[e * 5036 + i] = 0.0;
             int64_t steps = 0;  /* the longest length in the tile */
             for (int64_t e = 0; e < nt; ++e) {
                 const int64_t n_e = (int64_t) x_n[e];
@@ -389,203 +379,227 @@ SG_KERNEL int lstm_lm_value_and_grad(int64_t n, int64_t batch, const double *res
                 /* st39 = st34 + st38 */
                 for (int64_t k = 0; k < nt * 28; ++k)
                     st39[k] = st34[k] + st38[k];
-                /* st41 = st39*st21.T */
-                sg_matmul(nt, 28, 24, 1, st39, 28, 1, 0, st21, 24, 0, 1, st41, 672, 24, 1, scratch);
-                /* st43 = p_U.T*st39 */
-                sg_matmul(nt, 24, 1, 28, p_U, 0, 1, 24, st39, 28, 1, 0, st43, 24, 1, 1, scratch);
-                /* st44 = state[0]_bar + st43 */
+                /* st42 = p_U.T*st39 */
+                sg_matmul(nt, 24, 1, 28, p_U, 0, 1, 24, st39, 28, 1, 0, st42, 24, 1, 1, scratch);
+                /* st43 = state[0]_bar + st42 */
                 for (int64_t e = 0; e < nt; ++e)
                     for (int64_t i = 0; i < 24; ++i)
-                        st44[e * 24 + i] = sc0[e * 7500 + i] + st43[e * 24 + i];
-                /* st45 = st20.*st44 */
+                        st43[e * 24 + i] = sc0[e * 5036 + i] + st42[e * 24 + i];
+                /* st44 = st20.*st43 */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st45[k] = st20[k] * st44[k];
-                /* st46 = st10.*st44 */
+                    st44[k] = st20[k] * st43[k];
+                /* st45 = st10.*st43 */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st46[k] = st10[k] * st44[k];
-                /* st48 = st20.*st20 */
+                    st45[k] = st10[k] * st43[k];
+                /* st47 = st20.*st20 */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st48[k] = st20[k] * st20[k];
-                /* st49 = -st48 */
+                    st47[k] = st20[k] * st20[k];
+                /* st48 = -st47 */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st49[k] = -st48[k];
-                /* st50 = 1 + st49 */
+                    st48[k] = -st47[k];
+                /* st49 = 1 + st48 */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st50[k] = 1.0 + st49[k];
-                /* st51 = st46.*st50 */
+                    st49[k] = 1.0 + st48[k];
+                /* st50 = st45.*st49 */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st51[k] = st46[k] * st50[k];
-                /* st52 = state[1]_bar + st51 */
+                    st50[k] = st45[k] * st49[k];
+                /* st51 = state[1]_bar + st50 */
                 for (int64_t e = 0; e < nt; ++e)
                     for (int64_t i = 0; i < 24; ++i)
-                        st52[e * 24 + i] = sc1[e * 7500 + i] + st51[e * 24 + i];
-                /* st53 = st17.*st52 */
+                        st51[e * 24 + i] = sc1[e * 5036 + i] + st50[e * 24 + i];
+                /* st52 = st17.*st51 */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st53[k] = st17[k] * st52[k];
-                /* st54 = state[1][t].*st52 */
+                    st52[k] = st17[k] * st51[k];
+                /* st53 = state[1][t].*st51 */
                 for (int64_t e = 0; e < nt; ++e)
                     for (int64_t i = 0; i < 24; ++i)
-                        st54[e * 24 + i] = sx1[e * 832 + i] * st52[e * 24 + i];
-                /* st55 = -st8[24:48, :] */
+                        st53[e * 24 + i] = sx1[e * 832 + i] * st51[e * 24 + i];
+                /* st54 = -st8[24:48, :] */
                 for (int64_t e = 0; e < nt; ++e)
                     for (int64_t i = 0; i < 24; ++i)
-                        st55[e * 24 + i] = -st8[e * 96 + i + 24];
-                /* st56 = sigmoid(st55) */
+                        st54[e * 24 + i] = -st8[e * 96 + i + 24];
+                /* st55 = sigmoid(st54) */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st56[k] = sg_sigmoid(st55[k]);
-                /* st57 = st17.*st56 */
+                    st55[k] = sg_sigmoid(st54[k]);
+                /* st56 = st17.*st55 */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st57[k] = st17[k] * st56[k];
-                /* st58 = st54.*st57 */
+                    st56[k] = st17[k] * st55[k];
+                /* st57 = st53.*st56 */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st58[k] = st54[k] * st57[k];
-                /* st59 = embed(st58, 96x1, [24:48, :]) */
+                    st57[k] = st53[k] * st56[k];
+                /* st58 = embed(st57, 96x1, [24:48, :]) */
                 for (int64_t e = 0; e < nt; ++e)
                     for (int64_t i = 0; i < 96; ++i)
-                        st59[e * 96 + i] = 0.0;
+                        st58[e * 96 + i] = 0.0;
                 for (int64_t e = 0; e < nt; ++e)
                     for (int64_t i = 0; i < 24; ++i)
-                        st59[e * 96 + (24 + i)] = st58[e * 24 + i];
-                /* st60 = st14.*st52 */
+                        st58[e * 96 + (24 + i)] = st57[e * 24 + i];
+                /* st59 = st14.*st51 */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st60[k] = st14[k] * st52[k];
-                /* st61 = st12.*st52 */
+                    st59[k] = st14[k] * st51[k];
+                /* st60 = st12.*st51 */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st61[k] = st12[k] * st52[k];
-                /* st62 = st14.*st14 */
+                    st60[k] = st12[k] * st51[k];
+                /* st61 = st14.*st14 */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st62[k] = st14[k] * st14[k];
-                /* st63 = -st62 */
+                    st61[k] = st14[k] * st14[k];
+                /* st62 = -st61 */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st63[k] = -st62[k];
-                /* st64 = 1 + st63 */
+                    st62[k] = -st61[k];
+                /* st63 = 1 + st62 */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st64[k] = 1.0 + st63[k];
-                /* st65 = st61.*st64 */
+                    st63[k] = 1.0 + st62[k];
+                /* st64 = st60.*st63 */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st65[k] = st61[k] * st64[k];
-                /* st66 = embed(st65, 96x1, [48:72, :]) */
+                    st64[k] = st60[k] * st63[k];
+                /* st65 = embed(st64, 96x1, [48:72, :]) */
                 for (int64_t e = 0; e < nt; ++e)
                     for (int64_t i = 0; i < 96; ++i)
-                        st66[e * 96 + i] = 0.0;
+                        st65[e * 96 + i] = 0.0;
                 for (int64_t e = 0; e < nt; ++e)
                     for (int64_t i = 0; i < 24; ++i)
-                        st66[e * 96 + (48 + i)] = st65[e * 24 + i];
-                /* st67 = -st8[:24, :] */
+                        st65[e * 96 + (48 + i)] = st64[e * 24 + i];
+                /* st66 = -st8[:24, :] */
                 for (int64_t e = 0; e < nt; ++e)
                     for (int64_t i = 0; i < 24; ++i)
-                        st67[e * 24 + i] = -st8[e * 96 + i];
-                /* st68 = sigmoid(st67) */
+                        st66[e * 24 + i] = -st8[e * 96 + i];
+                /* st67 = sigmoid(st66) */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st68[k] = sg_sigmoid(st67[k]);
-                /* st69 = st12.*st68 */
+                    st67[k] = sg_sigmoid(st66[k]);
+                /* st68 = st12.*st67 */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st69[k] = st12[k] * st68[k];
-                /* st70 = st60.*st69 */
+                    st68[k] = st12[k] * st67[k];
+                /* st69 = st59.*st68 */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st70[k] = st60[k] * st69[k];
-                /* st71 = embed(st70, 96x1, [:24, :]) */
+                    st69[k] = st59[k] * st68[k];
+                /* st70 = embed(st69, 96x1, [:24, :]) */
                 for (int64_t e = 0; e < nt; ++e)
                     for (int64_t i = 0; i < 96; ++i)
-                        st71[e * 96 + i] = 0.0;
+                        st70[e * 96 + i] = 0.0;
                 for (int64_t e = 0; e < nt; ++e)
                     for (int64_t i = 0; i < 24; ++i)
-                        st71[e * 96 + (0 + i)] = st70[e * 24 + i];
-                /* st72 = -st8[72:, :] */
+                        st70[e * 96 + (0 + i)] = st69[e * 24 + i];
+                /* st71 = -st8[72:, :] */
                 for (int64_t e = 0; e < nt; ++e)
                     for (int64_t i = 0; i < 24; ++i)
-                        st72[e * 24 + i] = -st8[e * 96 + i + 72];
-                /* st73 = sigmoid(st72) */
+                        st71[e * 24 + i] = -st8[e * 96 + i + 72];
+                /* st72 = sigmoid(st71) */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st73[k] = sg_sigmoid(st72[k]);
-                /* st74 = st10.*st73 */
+                    st72[k] = sg_sigmoid(st71[k]);
+                /* st73 = st10.*st72 */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st74[k] = st10[k] * st73[k];
-                /* st75 = st45.*st74 */
+                    st73[k] = st10[k] * st72[k];
+                /* st74 = st44.*st73 */
                 for (int64_t k = 0; k < nt * 24; ++k)
-                    st75[k] = st45[k] * st74[k];
-                /* st76 = embed(st75, 96x1, [72:, :]) */
+                    st74[k] = st44[k] * st73[k];
+                /* st75 = embed(st74, 96x1, [72:, :]) */
                 for (int64_t e = 0; e < nt; ++e)
                     for (int64_t i = 0; i < 96; ++i)
-                        st76[e * 96 + i] = 0.0;
+                        st75[e * 96 + i] = 0.0;
                 for (int64_t e = 0; e < nt; ++e)
                     for (int64_t i = 0; i < 24; ++i)
-                        st76[e * 96 + (72 + i)] = st75[e * 24 + i];
-                /* st77 = st59 + st66 + st71 + st76 */
+                        st75[e * 96 + (72 + i)] = st74[e * 24 + i];
+                /* st76 = st58 + st65 + st70 + st75 */
                 for (int64_t k = 0; k < nt * 96; ++k)
-                    st77[k] = st59[k] + st66[k] + st71[k] + st76[k];
-                /* st79 = st77*st5.T */
-                sg_matmul(nt, 96, 52, 1, st77, 96, 1, 0, st5, 52, 0, 1, st79, 4992, 52, 1, scratch);
-                /* st81 = p_W.T*st77 */
-                sg_matmul(nt, 52, 1, 96, p_W, 0, 1, 52, st77, 96, 1, 0, st81, 52, 1, 1, scratch);
+                    st76[k] = st58[k] + st65[k] + st70[k] + st75[k];
+                /* st79 = p_W.T*st76 */
+                sg_matmul(nt, 52, 1, 96, p_W, 0, 1, 52, st76, 96, 1, 0, st79, 52, 1, 1, scratch);
                 {
                     double *const sn0 = v22 + 0 + (t) * 24;
                     for (int64_t e = 0; e < nt; ++e)
                         for (int64_t i = 0; i < 24; ++i)
-                            sn0[e * 7500 + i] = t < (int64_t) x_n[e] ? st81[e * 52 + i] : sc0[e * 7500 + i];
+                            sn0[e * 5036 + i] = t < (int64_t) x_n[e] ? st79[e * 52 + i] : sc0[e * 5036 + i];
                 }
                 {
                     double *const sn1 = v22 + 408 + (t) * 24;
                     for (int64_t e = 0; e < nt; ++e)
                         for (int64_t i = 0; i < 24; ++i)
-                            sn1[e * 7500 + i] = t < (int64_t) x_n[e] ? st53[e * 24 + i] : sc1[e * 7500 + i];
+                            sn1[e * 5036 + i] = t < (int64_t) x_n[e] ? st52[e * 24 + i] : sc1[e * 5036 + i];
                 }
                 {
                     double *const sy0 = v22 + 816 + t * 28;
                     for (int64_t e = 0; e < nt; ++e)
                         for (int64_t i = 0; i < 28; ++i)
-                            sy0[e * 7500 + i] = t < (int64_t) x_n[e] ? st81[e * 52 + i + 24] : 0.0;
+                            sy0[e * 5036 + i] = t < (int64_t) x_n[e] ? st79[e * 52 + i + 24] : 0.0;
                 }
                 {
                     double *const sy1 = v22 + 1264 + t * 28;
                     for (int64_t e = 0; e < nt; ++e)
                         for (int64_t i = 0; i < 28; ++i)
-                            sy1[e * 7500 + i] = t < (int64_t) x_n[e] ? st33[e * 28 + i] : 0.0;
+                            sy1[e * 5036 + i] = t < (int64_t) x_n[e] ? st33[e * 28 + i] : 0.0;
+                }
+                {
+                    double *const sy2 = v22 + 1712 + t * 96;
+                    for (int64_t e = 0; e < nt; ++e)
+                        for (int64_t i = 0; i < 96; ++i)
+                            sy2[e * 5036 + i] = t < (int64_t) x_n[e] ? st76[e * 96 + i] : 0.0;
+                }
+                {
+                    double *const sy3 = v22 + 3248 + t * 52;
+                    for (int64_t e = 0; e < nt; ++e)
+                        for (int64_t j = 0; j < 52; ++j)
+                            sy3[e * 5036 + j] = t < (int64_t) x_n[e] ? st5[e * 52 + j] : 0.0;
+                }
+                {
+                    double *const sy4 = v22 + 4080 + t * 28;
+                    for (int64_t e = 0; e < nt; ++e)
+                        for (int64_t i = 0; i < 28; ++i)
+                            sy4[e * 5036 + i] = t < (int64_t) x_n[e] ? st39[e * 28 + i] : 0.0;
+                }
+                {
+                    double *const sy5 = v22 + 4528 + t * 24;
+                    for (int64_t e = 0; e < nt; ++e)
+                        for (int64_t j = 0; j < 24; ++j)
+                            sy5[e * 5036 + j] = t < (int64_t) x_n[e] ? st21[e * 24 + j] : 0.0;
                 }
                 for (int64_t e = 0; e < nt; ++e)
                     for (int64_t i = 0; i < 96; ++i)
-                        for (int64_t j = 0; j < 52; ++j)
-                            (v22 + 1712)[e * 7500 + i * 52 + j] += t < (int64_t) x_n[e] ? st79[e * 4992 + i * 52 + j] : 0.0;
+                        (v22 + 4912)[e * 5036 + i] += t < (int64_t) x_n[e] ? st76[e * 96 + i] : 0.0;
+                for (int64_t e = 0; e < nt; ++e)
+                    for (int64_t i = 0; i < 28; ++i)
+                        (v22 + 5008)[e * 5036 + i] += t < (int64_t) x_n[e] ? st39[e * 28 + i] : 0.0;
+            }
+            for (int64_t r = steps; r < 16; ++r) {
+                for (int64_t e = 0; e < nt; ++e)
+                    for (int64_t i = 0; i < 24; ++i)
+                        (v22 + 0 + r * 24)[e * 5036 + i] = (v22 + 0 + 16 * 24)[e * 5036 + i];
+                for (int64_t e = 0; e < nt; ++e)
+                    for (int64_t i = 0; i < 24; ++i)
+                        (v22 + 408 + r * 24)[e * 5036 + i] = (v22 + 408 + 16 * 24)[e * 5036 + i];
+            }
+            for (int64_t r = steps; r < 16; ++r) {
+                for (int64_t e = 0; e < nt; ++e)
+                    for (int64_t i = 0; i < 28; ++i)
+                        (v22 + 816 + r * 28)[e * 5036 + i] = 0.0;
+                for (int64_t e = 0; e < nt; ++e)
+                    for (int64_t i = 0; i < 28; ++i)
+                        (v22 + 1264 + r * 28)[e * 5036 + i] = 0.0;
                 for (int64_t e = 0; e < nt; ++e)
                     for (int64_t i = 0; i < 96; ++i)
-                        (v22 + 6704)[e * 7500 + i] += t < (int64_t) x_n[e] ? st77[e * 96 + i] : 0.0;
+                        (v22 + 1712 + r * 96)[e * 5036 + i] = 0.0;
+                for (int64_t e = 0; e < nt; ++e)
+                    for (int64_t j = 0; j < 52; ++j)
+                        (v22 + 3248 + r * 52)[e * 5036 + j] = 0.0;
                 for (int64_t e = 0; e < nt; ++e)
                     for (int64_t i = 0; i < 28; ++i)
-                        for (int64_t j = 0; j < 24; ++j)
-                            (v22 + 6800)[e * 7500 + i * 24 + j] += t < (int64_t) x_n[e] ? st41[e * 672 + i * 24 + j] : 0.0;
+                        (v22 + 4080 + r * 28)[e * 5036 + i] = 0.0;
                 for (int64_t e = 0; e < nt; ++e)
-                    for (int64_t i = 0; i < 28; ++i)
-                        (v22 + 7472)[e * 7500 + i] += t < (int64_t) x_n[e] ? st39[e * 28 + i] : 0.0;
-            }
-            for (int64_t r = steps; r < 16; ++r) {
-                for (int64_t e = 0; e < nt; ++e)
-                    for (int64_t i = 0; i < 24; ++i)
-                        (v22 + 0 + r * 24)[e * 7500 + i] = (v22 + 0 + 16 * 24)[e * 7500 + i];
-                for (int64_t e = 0; e < nt; ++e)
-                    for (int64_t i = 0; i < 24; ++i)
-                        (v22 + 408 + r * 24)[e * 7500 + i] = (v22 + 408 + 16 * 24)[e * 7500 + i];
-            }
-            for (int64_t r = steps; r < 16; ++r) {
-                for (int64_t e = 0; e < nt; ++e)
-                    for (int64_t i = 0; i < 28; ++i)
-                        (v22 + 816 + r * 28)[e * 7500 + i] = 0.0;
-                for (int64_t e = 0; e < nt; ++e)
-                    for (int64_t i = 0; i < 28; ++i)
-                        (v22 + 1264 + r * 28)[e * 7500 + i] = 0.0;
+                    for (int64_t j = 0; j < 24; ++j)
+                        (v22 + 4528 + r * 24)[e * 5036 + j] = 0.0;
             }
         }
 
-        /* v31 (d_bar) = batch_sum(sums(v22)) */
-        sg_reduce_batch(nt, 28, 1, v22 + 7472, 7500, 1, 0, v31);
+        /* v37 (d_bar) = batch_sum(sums(v22)) */
+        sg_reduce_batch(nt, 28, 1, v22 + 5008, 5036, 1, 0, v37);
 
-        /* v32 (U_bar) = batch_sum(sums(v22)) */
-        sg_reduce_batch(nt, 28, 24, v22 + 6800, 7500, 24, 1, v32);
+        /* v38 (U_bar) = batch_sum(ys(v22).T*ys(v22)) */
+        sg_matmul_batch_sum(nt, 28, 24, 16, v22 + 4080, 5036, 1, 28, v22 + 4528, 5036, 24, 1, v38, 24, 1, scratch);
 
-        /* v33 (b_bar) = batch_sum(sums(v22)) */
-        sg_reduce_batch(nt, 96, 1, v22 + 6704, 7500, 1, 0, v33);
+        /* v39 (b_bar) = batch_sum(sums(v22)) */
+        sg_reduce_batch(nt, 96, 1, v22 + 4912, 5036, 1, 0, v39);
 
-        /* v34 (W_bar) = batch_sum(sums(v22)) */
-        sg_reduce_batch(nt, 96, 52, v22 + 1712, 7500, 52, 1, v34);
+        /* v40 (W_bar) = batch_sum(ys(v22).T*ys(v22)) */
+        sg_matmul_batch_sum(nt, 96, 52, 16, v22 + 1712, 5036, 1, 96, v22 + 3248, 5036, 52, 1, v40, 52, 1, scratch);
 
     }
     /* result: loss */
@@ -593,19 +607,19 @@ SG_KERNEL int lstm_lm_value_and_grad(int64_t n, int64_t batch, const double *res
 
     /* result: gradient with respect to W */
     for (int64_t k = 0; k < 4992; ++k)
-        grad_W[k] = v34[k];
+        grad_W[k] = v40[k];
 
     /* result: gradient with respect to b */
     for (int64_t k = 0; k < 96; ++k)
-        grad_b[k] = v33[k];
+        grad_b[k] = v39[k];
 
     /* result: gradient with respect to U */
     for (int64_t k = 0; k < 672; ++k)
-        grad_U[k] = v32[k];
+        grad_U[k] = v38[k];
 
     /* result: gradient with respect to d */
     for (int64_t k = 0; k < 28; ++k)
-        grad_d[k] = v31[k];
+        grad_d[k] = v37[k];
 
     return SG_OK;
 }

@@ -725,8 +725,9 @@ SG_RUNTIME_API void sg_reduce_batch(int64_t nb, int64_t rows, int64_t cols,
                                    const sg_real *a, int64_t a_es, int64_t a_rs, int64_t a_cs,
                                    sg_real *restrict acc)
 {
-    if (sizeof(sg_real) == sizeof(sg_acc) && a_cs == 1 && (rows == 1 || a_rs == cols)) {
-        /* each example's elements are contiguous: add them example after example */
+    if (sizeof(sg_real) == sizeof(sg_acc) && (cols == 1 ? rows == 1 || a_rs == 1 : a_cs == 1 && (rows == 1 || a_rs == cols))) {
+        /* each example's elements are contiguous (a column's too, whatever its column stride):
+           add them example after example */
         for (int64_t e = 0; e < nb; ++e) {
             const sg_real *ae = a + e * a_es;
             for (int64_t q = 0; q < rows * cols; ++q)
@@ -1076,7 +1077,10 @@ SG_RUNTIME_API void sg_cholesky(int64_t nb, int64_t n, const sg_real *a, int64_t
    included; the other triangle is not read. X may be B itself (dense): each row of X
    is written after the row of B it replaces is read. A triangle shared by the nb > 1
    examples solves for all their columns at once, in scratch (n * nb elements): the
-   same operations in the same order, in loops over the examples that vectorize. */
+   same operations in the same order, in loops over the examples that vectorize. In
+   double precision, an example with several columns (m > 1) is solved row by row, all
+   its columns at once: again the same operations in the same order, in loops over the
+   contiguous columns of X that vectorize (a column at a time reads X with a stride of m). */
 SG_RUNTIME_API void sg_tri_solve(int64_t nb, int64_t n, int64_t m,
                                 const sg_real *t, int64_t t_es, int64_t t_rs, int64_t t_cs,
                                 const sg_real *b, int64_t b_es, int64_t b_rs, int64_t b_cs,
@@ -1109,6 +1113,29 @@ SG_RUNTIME_API void sg_tri_solve(int64_t nb, int64_t n, int64_t m,
             for (int64_t i = 0; i < n; ++i)
                 for (int64_t e = 0; e < nb; ++e)
                     out[e * out_es + i * m + c] = scratch[i * nb + e];
+        }
+        return;
+    }
+    if (sizeof(sg_real) == sizeof(sg_acc) && m > 1) {
+        for (int64_t e = 0; e < nb; ++e) {
+            const sg_real *te = t + e * t_es;
+            const sg_real *be = b + e * b_es;
+            sg_real *x = out + e * out_es;
+            for (int64_t q = 0; q < n; ++q) {
+                const int64_t i = lower ? q : n - 1 - q;
+                sg_real *xi = x + i * m;
+                for (int64_t c = 0; c < m; ++c)  /* B's row i is read before X's row i is written */
+                    xi[c] = be[i * b_rs + c * b_cs];
+                for (int64_t k = lower ? 0 : i + 1; k < (lower ? i : n); ++k) {
+                    const sg_real tik = te[i * t_rs + k * t_cs];
+                    const sg_real *xk = x + k * m;
+                    for (int64_t c = 0; c < m; ++c)
+                        xi[c] -= tik * xk[c];
+                }
+                const sg_real tii = te[i * t_rs + i * t_cs];
+                for (int64_t c = 0; c < m; ++c)
+                    xi[c] /= tii;
+            }
         }
         return;
     }

@@ -470,7 +470,10 @@ SG_RUNTIME_API void sg_cholesky(int64_t nb, int64_t n, const sg_real *a, int64_t
    included; the other triangle is not read. X may be B itself (dense): each row of X
    is written after the row of B it replaces is read. A triangle shared by the nb > 1
    examples solves for all their columns at once, in scratch (n * nb elements): the
-   same operations in the same order, in loops over the examples that vectorize. */
+   same operations in the same order, in loops over the examples that vectorize. In
+   double precision, an example with several columns (m > 1) is solved row by row, all
+   its columns at once: again the same operations in the same order, in loops over the
+   contiguous columns of X that vectorize (a column at a time reads X with a stride of m). */
 SG_RUNTIME_API void sg_tri_solve(int64_t nb, int64_t n, int64_t m,
                                 const sg_real *t, int64_t t_es, int64_t t_rs, int64_t t_cs,
                                 const sg_real *b, int64_t b_es, int64_t b_rs, int64_t b_cs,

@@ -1,4 +1,5 @@
-"""The fast paths of the runtime's matrix product, side by side with its general path.
+"""The fast paths of the runtime's matrix product and triangular solve, side by side with
+their general paths.
 
 sg_gemm (templates/symgrad_runtime.h.j2) runs small products as plain loops and
 larger ones packed into SG_MR x nr blocks; the packing copies contiguous rows or
@@ -10,6 +11,9 @@ threshold: the small-product limit (m n k < 512), whole and partial panels of
 B (nr columns) and slivers of A (SG_MR rows), the depth of one packed block
 (SG_KC) and its width (SG_NC). The helpers are compiled once, with the
 kernels' flags, into a small extension of the test's own.
+
+sg_tri_solve solves an example with several right-hand columns row by row, all
+columns at once (in double precision); one column at a time is its general path.
 """
 
 from __future__ import annotations
@@ -32,12 +36,20 @@ void test_gemm(int64_t m, int64_t n, int64_t k, const double *a, int64_t a_rs, i
 {
     sg_gemm(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, c_rs, c_cs, accumulate, scratch);
 }
+
+void test_tri_solve(int64_t n, int64_t m, const double *t, int64_t t_rs, int64_t t_cs, const double *b,
+                    int64_t b_rs, int64_t b_cs, double *out, int lower, int trans)
+{
+    sg_tri_solve(1, n, m, t, 0, t_rs, t_cs, b, 0, b_rs, b_cs, out, 0, lower, trans, 0);
+}
 """
 
 CDEF = """
 void test_gemm(int64_t m, int64_t n, int64_t k, const double *a, int64_t a_rs, int64_t a_cs,
                const double *b, int64_t b_rs, int64_t b_cs, double *c, int64_t c_rs, int64_t c_cs,
                int accumulate, double *scratch);
+void test_tri_solve(int64_t n, int64_t m, const double *t, int64_t t_rs, int64_t t_cs, const double *b,
+                    int64_t b_rs, int64_t b_cs, double *out, int lower, int trans);
 """
 
 SCRATCH = GEMM_BLOCKS["kc"] * GEMM_BLOCKS["nc"] + GEMM_BLOCKS["mr"] * GEMM_BLOCKS["kc"]
@@ -125,3 +137,32 @@ def test_a_product_without_scratch_runs_as_plain_loops(runtime):
     lib.test_gemm(20, 40, 30, ffi.from_buffer("double[]", a[1]), a[2], a[3], ffi.from_buffer("double[]", b[1]),
                   b[2], b[3], ffi.from_buffer("double[]", c), 40, 1, 0, ffi.NULL)
     np.testing.assert_allclose(c.reshape(20, 40), a[0] @ b[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n,m", [(1, 2), (5, 3), (64, 64), (17, 40)])
+def test_triangular_solve_by_rows_gives_the_numbers_of_one_column_at_a_time(runtime, n, m):
+    ffi, lib = runtime.ffi, runtime.lib
+    ptr = ffi.from_buffer
+    rng = np.random.default_rng(n * 100 + m)
+    t = rng.normal(size=(n, n)) + 4 * np.eye(n)
+    b = rng.normal(size=(n, m))
+    for lower, trans, b_layout in itertools.product((1, 0), (0, 1), ("rows", "cols")):
+        _, b_buf, b_rs, b_cs = _operand(b, b_layout)
+        rows = np.empty(n * m)
+        lib.test_tri_solve(n, m, ptr("double[]", t), n, 1, ptr("double[]", b_buf), b_rs, b_cs,
+                           ptr("double[]", rows), lower, trans)
+        columns = np.empty((n, m))
+        for c in range(m):  # one column: the general path
+            column, bc = np.empty(n), np.ascontiguousarray(b[:, c])
+            lib.test_tri_solve(n, 1, ptr("double[]", t), n, 1, ptr("double[]", bc), 1, 1, ptr("double[]", column),
+                               lower, trans)
+            columns[:, c] = column
+        case = f"n={n} m={m} lower={lower} trans={trans} B by {b_layout}"
+        np.testing.assert_array_equal(rows.reshape(n, m), columns, err_msg=case)
+        tri = np.tril(t) if lower else np.triu(t)
+        np.testing.assert_allclose(rows.reshape(n, m), np.linalg.solve(tri.T if trans else tri, b), rtol=1e-9,
+                                   atol=1e-12, err_msg=case)
+        in_place = np.ascontiguousarray(b).ravel()  # X written over B itself
+        lib.test_tri_solve(n, m, ptr("double[]", t), n, 1, ptr("double[]", in_place), m, 1,
+                           ptr("double[]", in_place), lower, trans)
+        np.testing.assert_array_equal(in_place.reshape(n, m), columns, err_msg=case + ", in place")

@@ -214,13 +214,13 @@ def history(b, n, k):
 def stacked(b, n, j):
     step = b.node(n).attrs[0]
     _, _, offset, rows, cols = step.block("y", j)
-    return part(b, n, offset, (rows, cols), "ys")
+    return part(b, n, offset, (rows, cols), f"y{j}")
 
 
 def summed(b, n, j):
     step = b.node(n).attrs[0]
     _, _, offset, _, _ = step.block("sum", j)
-    return part(b, n, offset, step.nodes[step.sums[j]].shape, "sums")
+    return part(b, n, offset, step.nodes[step.sums[j]].shape, f"sum{j}")
 
 
 # --- reading sg.scan ---------------------------------------------------------------------------
@@ -951,6 +951,8 @@ def scan_text(step: Step, arg_texts) -> str:
     for nid in wanted:
         for a in g.nodes[nid].args:
             uses[a] = uses.get(a, 0) + 1
+    for nid in list(step.new_carries) + list(step.ys) + list(step.sums):
+        uses[nid] = uses.get(nid, 0) + 1
     carry_names = step.carry_names or tuple(f"carry{k}" for k in range(len(step.carries)))
     seq_names = step.sequence_names or tuple(f"x{k}" for k in range(len(step.sequences)))
     for nid in wanted:

@@ -310,7 +310,7 @@ def test_code_size_and_build_time_do_not_depend_on_the_length():
 def test_show_prints_the_step_and_its_reverse_once():
     text = show_text(_elman(2000, "elman_show"))
     assert "scan(t = 0..1999" in text and "scan(t = 1999..0" in text
-    assert "h <- tanh(W*vstack(h, x_t) + b)" in text
+    assert "s0 = tanh(W*vstack(h, x_t) + b)" in text and "h <- s0" in text
     assert len(text) < 20000
 
 

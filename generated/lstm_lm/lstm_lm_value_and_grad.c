@@ -589,16 +589,16 @@ SG_KERNEL int lstm_lm_value_and_grad(int64_t n, int64_t batch, const double *res
             }
         }
 
-        /* v37 (d_bar) = batch_sum(sums(v22)) */
+        /* v37 (d_bar) = batch_sum(sum1(v22)) */
         sg_reduce_batch(nt, 28, 1, v22 + 5008, 5036, 1, 0, v37);
 
-        /* v38 (U_bar) = batch_sum(ys(v22).T*ys(v22)) */
+        /* v38 (U_bar) = batch_sum(y4(v22).T*y5(v22)) */
         sg_matmul_batch_sum(nt, 28, 24, 16, v22 + 4080, 5036, 1, 28, v22 + 4528, 5036, 24, 1, v38, 24, 1, scratch);
 
-        /* v39 (b_bar) = batch_sum(sums(v22)) */
+        /* v39 (b_bar) = batch_sum(sum0(v22)) */
         sg_reduce_batch(nt, 96, 1, v22 + 4912, 5036, 1, 0, v39);
 
-        /* v40 (W_bar) = batch_sum(ys(v22).T*ys(v22)) */
+        /* v40 (W_bar) = batch_sum(y2(v22).T*y3(v22)) */
         sg_matmul_batch_sum(nt, 96, 52, 16, v22 + 1712, 5036, 1, 96, v22 + 3248, 5036, 52, 1, v40, 52, 1, scratch);
 
     }

@@ -54,16 +54,14 @@ BASE_FLAGS = ("-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-tree-loop-distrib
 #: can vectorize.
 VECTOR_MATH_FLAGS = ("-DSG_VECTOR_MATH", "-fno-builtin-sin", "-fno-builtin-cos",
                      "-fno-builtin-sinf", "-fno-builtin-cosf")
-#: The cffi wrapper only converts arguments; optimizing it costs seconds on wide models. It is
-#: compiled against CPython's full API (not the limited one cffi picks by default): the entry
-#: points of ``<model>_python.c`` inside it read float objects and build dicts directly. The
+#: The cffi wrapper only converts arguments, and is compiled at -O0: at -O1 it took GCC 0.95 s
+#: of CPU on the 100 scalar arguments of Rosenbrock n = 100 (-O0: 0.37 s; 40 s against 4 s with
+#: 1000 arguments), longer than that model's forward kernel, for about 20 ns per cffi call. The
+#: CPython entry points of ``<model>_python.c`` inside it, on the path of every one-example call,
+#: are optimized by a pragma there. It is compiled against CPython's full API (not the limited one
+#: cffi picks by default): those entry points read float objects and build dicts directly. The
 #: extension is tagged for one Python version (EXT_SUFFIX) either way.
-WRAPPER_FLAGS = ("-O1", "-DNDEBUG", "-D_CFFI_NO_LIMITED_API")
-#: The wrapper of kernels with hundreds of arguments is compiled at -O0: at -O1 GCC
-#: takes 40 s on the wrapper of 1000 scalar arguments (-O0: 4 s); a call costs
-#: about 20 ns more.
-WIDE_WRAPPER_FLAGS = ("-O0", "-DNDEBUG", "-D_CFFI_NO_LIMITED_API")
-WIDE_WRAPPER_CDEF = 20_000  # characters of cffi declarations
+WRAPPER_FLAGS = ("-O0", "-DNDEBUG", "-D_CFFI_NO_LIMITED_API")
 MANIFEST = ".symgrad-build.json"
 #: ``<model>_train.c`` and ``<model>_flat.c`` are glue around the kernels: argument and scratch
 #: pointers, slices, one kernel call per slice (the loops that do work, the optimizer updates and
@@ -467,9 +465,8 @@ def _compile(rendered: RenderedPackage, staging: Path, extension: str, flags) ->
     include = sysconfig.get_paths()["include"]
     pic = (sysconfig.get_config_var("CCSHARED") or "-fPIC").split()
     sanitize = tuple(f for f in flags if f.startswith("-fsanitize"))  # the wrapper and the link need them too
-    wrapper_flags = WRAPPER_FLAGS if len(rendered.cdef) <= WIDE_WRAPPER_CDEF else WIDE_WRAPPER_FLAGS
     glue = set(rendered.c_sources) - set(rendered.kernel_sources)
-    units = [(wrapper, wrapper_flags + sanitize)] + [
+    units = [(wrapper, WRAPPER_FLAGS + sanitize)] + [
         (staging / name, glue_flags(flags) if name in glue else tuple(flags)) for name in rendered.c_sources]
     objects = [source.with_suffix(".o") for source, _ in units]
     runtime = None

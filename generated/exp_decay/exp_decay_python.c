@@ -14,6 +14,13 @@
 #ifndef PYPY_VERSION
 #include <structmember.h>
 
+/* cffi's wrapper around this file is compiled at -O0 (see build.py); the entry points, on the path
+   of every one-example call, are optimized. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("O2")
+#endif
+
 /* Numbers (symbols plus results) a call reads and writes on the C stack; kernels with more get no
    entry here (their calls take the Python path). */
 #define SG_ENTRY_LIMIT 256
@@ -354,6 +361,9 @@ int exp_decay_jacobian_python(void *request)
 {
     return sg_make_entry(request, exp_decay_jacobian_entry, 7, 3, 0);
 }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
 #else /* PyPy: id() is not an address; calls take the Python path (status 2: no entry). */
 int exp_decay_forward_python(void *request) { (void) request; return 2; }
 int exp_decay_value_and_grad_python(void *request) { (void) request; return 2; }

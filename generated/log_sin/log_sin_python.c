@@ -14,6 +14,13 @@
 #ifndef PYPY_VERSION
 #include <structmember.h>
 
+/* cffi's wrapper around this file is compiled at -O0 (see build.py); the entry points, on the path
+   of every one-example call, are optimized. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("O2")
+#endif
+
 /* Numbers (symbols plus results) a call reads and writes on the C stack; kernels with more get no
    entry here (their calls take the Python path). */
 #define SG_ENTRY_LIMIT 256
@@ -338,6 +345,9 @@ int log_sin_value_and_grad_python(void *request)
 {
     return sg_make_entry(request, log_sin_value_and_grad_entry, 2, 3, 0);
 }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
 #else /* PyPy: id() is not an address; calls take the Python path (status 2: no entry). */
 int log_sin_forward_python(void *request) { (void) request; return 2; }
 int log_sin_value_and_grad_python(void *request) { (void) request; return 2; }

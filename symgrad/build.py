@@ -49,6 +49,14 @@ from .render import RUNTIME_SOURCE, RenderedPackage, finish
 #: vector stores only partly overwrite (wrong gradients; see
 #: test_zeroed_product_in_avx512_code). The loops are short: nothing is lost.
 BASE_FLAGS = ("-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-tree-loop-distribute-patterns")
+#: On x86, loops vectorize with vectors of at most 256 bits, also in the AVX-512 version of a
+#: kernel (AVX-512 instructions on ymm registers; the matrix products' micro-kernels keep their
+#: explicit 512-bit vectors). GCC 12 at -O3 for x86-64-v4 with 512-bit vectors forwarded a stale
+#: value into a strided read of a 15-element vectorized loop's result (the hvp of a block matrix
+#: squared gave 0 for U[1, 1]; see test_hvp_through_a_block_matrix_squared), valid C that the
+#: AVX2 and baseline versions compute right. 256 bits is GCC's own default tuning for Intel's
+#: AVX-512 server CPUs.
+X86_VECTOR_FLAGS = ("-mprefer-vector-width=256",)
 #: With glibc's vector math library: SIMD variants of exp, log, tanh, sin ...
 #: (within 4 ulp of the scalar ones). sin and cos stay separate calls so each
 #: can vectorize.
@@ -162,6 +170,8 @@ def compiler_flags(*, native: bool = False, fast_math: bool = False, source_size
     ``vector_math``: whether they call math functions with SIMD variants).
     """
     flags = list(BASE_FLAGS)
+    if platform.machine().lower() in ("x86_64", "amd64", "i686", "i386"):
+        flags += X86_VECTOR_FLAGS
     if vector_math_available():
         flags += VECTOR_MATH_FLAGS
     if native:

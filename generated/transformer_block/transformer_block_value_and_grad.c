@@ -54,145 +54,145 @@ SG_KERNEL int transformer_block_value_and_grad(int64_t n, int64_t batch, const d
     double *const v77 = work + 154776;  /* v77, 32 examples */
     double *const v79 = work + 172440;  /* v79, 32 examples */
     double *const v80 = work + 156312;  /* v80, 32 examples */
-    double *const v81 = work + 156568;  /* v81, 32 examples */
+    double *const v81 = work + 173976;  /* v81, 32 examples */
     double *const v84 = work + 172440;  /* v84, 32 examples */
-    double *const v85 = work + 173976;  /* v85, 32 examples */
+    double *const v85 = work + 174232;  /* v85, 32 examples */
     double *const v86 = work + 156312;  /* v86, 32 examples */
-    double *const v89 = work + 156568;  /* v89, 32 examples */
+    double *const v89 = work + 173976;  /* v89, 32 examples */
     double *const v94 = work + 134040;  /* v94 (H), 32 examples */
     double *const v95 = work + 156312;  /* v95, 32 examples */
-    double *const v96 = work + 156568;  /* v96, 32 examples */
-    double *const v98 = work + 178840;  /* v98 (logits), 32 examples */
-    double *const v99 = work + 156568;  /* v99, 32 examples */
-    double *const v100 = work + 178840;  /* v100, 32 examples */
-    double *const v101 = work + 156568;  /* v101, 32 examples */
+    double *const v96 = work + 179096;  /* v96, 32 examples */
+    double *const v98 = work + 179352;  /* v98 (logits), 32 examples */
+    double *const v99 = work + 179096;  /* v99, 32 examples */
+    double *const v100 = work + 179352;  /* v100, 32 examples */
+    double *const v101 = work + 179096;  /* v101, 32 examples */
     double *const v109 = work + 133784;  /* v109 (v99_bar), 32 examples */
-    double *const v110 = work + 179096;  /* v110, 32 examples */
-    double *const v111 = work + 156568;  /* v111, 32 examples */
-    double *const v114 = work + 178840;  /* v114 (logits_bar), 32 examples */
-    double *const v116 = work + 179352;  /* v116 (v96_bar), 32 examples */
+    double *const v110 = work + 179608;  /* v110, 32 examples */
+    double *const v111 = work + 179096;  /* v111, 32 examples */
+    double *const v114 = work + 179352;  /* v114 (logits_bar), 32 examples */
+    double *const v116 = work + 179864;  /* v116 (v96_bar), 32 examples */
     double *const v118 = work + 133784;  /* v118 (v95_bar), 32 examples */
     double *const v124 = work + 134040;  /* v124 (H_bar), 32 examples */
     double *const v125 = work + 133784;  /* v125, 32 examples */
     double *const v126 = work + 154776;  /* v126, 32 examples */
-    double *const v127 = work + 173976;  /* v127, 32 examples */
-    double *const v128 = work + 175512;  /* v128, 32 examples */
+    double *const v127 = work + 174232;  /* v127, 32 examples */
+    double *const v128 = work + 175768;  /* v128, 32 examples */
     double *const v129 = work + 172440;  /* v129, 32 examples */
-    double *const v130 = work + 179608;  /* v130, 32 examples */
-    double *const v131 = work + 181144;  /* v131, 32 examples */
-    double *const v132 = work + 156568;  /* v132, 32 examples */
-    double *const v133 = work + 179096;  /* v133 (v89_bar), 32 examples */
-    double *const v136 = work + 178584;  /* v136, 32 examples */
-    double *const v139 = work + 182680;  /* v139 (v86_bar), 32 examples */
-    double *const v141 = work + 177048;  /* v141, 32 examples */
-    double *const v143 = work + 134040;  /* v143 (v84_bar), 32 examples */
-    double *const v144 = work + 178584;  /* v144, 32 examples */
-    double *const v146 = work + 154776;  /* v146 (v82_bar), 32 examples */
-    double *const v147 = work + 179096;  /* v147 (v81_bar), 32 examples */
-    double *const v149 = work + 182680;  /* v149 (v80_bar), 32 examples */
-    double *const v150 = work + 154776;  /* v150 (v79_bar), 32 examples */
-    double *const v151 = work + 179096;  /* v151, 32 examples */
-    double *const v152 = work + 172440;  /* v152 (v77_bar), 32 examples */
-    double *const v154 = work + 163224;  /* v154 (v76_bar), 32 examples */
-    double *const v157 = work + 169368;  /* v157, 32 examples */
-    double *const v158 = work + 182936;  /* v158 (v75_bar), 32 examples */
-    double *const v159 = work + 186008;  /* v159, 32 examples */
-    double *const v161 = work + 154776;  /* v161 (A_bar), 32 examples */
-    double *const v164 = work + 182680;  /* v164, 32 examples */
-    double *const v166 = work + 156824;  /* v166, 32 examples */
-    double *const v167 = work + 161688;  /* v167, 32 examples */
-    double *const v168 = work + 158360;  /* v168, 32 examples */
-    double *const v169 = work + 173976;  /* v169, 32 examples */
-    double *const v170 = work + 175512;  /* v170, 32 examples */
-    double *const v171 = work + 177048;  /* v171, 32 examples */
-    double *const v172 = work + 186520;  /* v172, 32 examples */
-    double *const v173 = work + 186776;  /* v173 (v67_bar), 32 examples */
-    double *const v175 = work + 161432;  /* v175, 32 examples */
-    double *const v178 = work + 187032;  /* v178 (v62_bar), 32 examples */
-    double *const v180 = work + 159896;  /* v180, 32 examples */
-    double *const v182 = work + 134040;  /* v182 (v59_bar), 32 examples */
-    double *const v183 = work + 161432;  /* v183, 32 examples */
-    double *const v185 = work + 154776;  /* v185 (v57_bar), 32 examples */
-    double *const v186 = work + 186776;  /* v186 (v56_bar), 32 examples */
-    double *const v188 = work + 187032;  /* v188 (v55_bar), 32 examples */
-    double *const v189 = work + 154776;  /* v189 (v54_bar), 32 examples */
-    double *const v190 = work + 186776;  /* v190, 32 examples */
-    double *const v191 = work + 156824;  /* v191 (v52_bar), 32 examples */
-    double *const v193 = work + 158360;  /* v193 (v51_bar), 32 examples */
-    double *const v199 = work + 159896;  /* v199 (v49_bar), 32 examples */
-    double *const v203 = work + 148120;  /* v203 (v48_bar), 32 examples */
-    double *const v205 = work + 161688;  /* v205, 32 examples */
-    double *const v206 = work + 187288;  /* v206, 32 examples */
-    double *const v207 = work + 188568;  /* v207, 32 examples */
-    double *const v213 = work + 187288;  /* v213 (v46_bar), 32 examples */
-    double *const v215 = work + 159896;  /* v215 (v45_bar), 32 examples */
-    double *const v217 = work + 173976;  /* v217, 32 examples */
-    double *const v218 = work + 145048;  /* v218 (v44_bar), 32 examples */
-    double *const v222 = work + 146584;  /* v222, 32 examples */
-    double *const v224 = work + 8;  /* v224 (v43_bar) */
-    double *const v227 = work + 159896;  /* v227 (v41_bar), 32 examples */
-    double *const v230 = work + 142232;  /* v230 (v40_bar), 32 examples */
-    double *const v232 = work + 175512;  /* v232, 32 examples */
-    double *const v233 = work + 148120;  /* v233, 32 examples */
-    double *const v234 = work + 188568;  /* v234, 32 examples */
-    double *const v240 = work + 148120;  /* v240 (v38_bar), 32 examples */
-    double *const v241 = work + 159896;  /* v241 (v37_bar), 32 examples */
-    double *const v243 = work + 138648;  /* v243, 32 examples */
-    double *const v244 = work + 145816;  /* v244 (v36_bar), 32 examples */
-    double *const v248 = work + 138648;  /* v248, 32 examples */
-    double *const v250 = work + 137112;  /* v250 (v35_bar), 32 examples */
-    double *const v251 = work + 40;  /* v251 (v34_bar) */
-    double *const v255 = work + 88;  /* v255 (v31_bar) */
-    double *const v257 = work + 120;  /* v257 (v30_bar) */
-    double *const v259 = work + 173976;  /* v259 (X_bar), 32 examples */
-    double *const v260 = work + 177048;  /* v260 (v27_bar), 32 examples */
-    double *const v263 = work + 152;  /* v263 (bc_bar) */
-    double *const v264 = work + 160;  /* v264 (Wc_bar) */
-    double *const v265 = work + 176;  /* v265 (bias2_bar) */
-    double *const v266 = work + 184;  /* v266 (gain2_bar) */
-    double *const v267 = work + 192;  /* v267 */
-    double *const v268 = work + 200;  /* v268 */
-    double *const v269 = work + 0;  /* v269 (b2_bar) */
-    double *const v270 = work + 208;  /* v270 (W2_bar) */
-    double *const v271 = work + 336;  /* v271 (b1_bar) */
-    double *const v272 = work + 352;  /* v272 (W1_bar) */
-    double *const v273 = work + 480;  /* v273 */
-    double *const v274 = work + 880;  /* v274 (bias1_bar) */
-    double *const v275 = work + 488;  /* v275 (gain1_bar) */
-    double *const v276 = work + 496;  /* v276 */
-    double *const v277 = work + 504;  /* v277 */
-    double *const v278 = work + 192;  /* v278 (bo_bar) */
-    double *const v279 = work + 512;  /* v279 (Wo_bar) */
-    double *const v280 = work + 576;  /* v280 (Wv1_bar) */
-    double *const v281 = work + 608;  /* v281 (Wv0_bar) */
-    double *const v282 = work + 640;  /* v282 (Wq1_bar) */
-    double *const v283 = work + 672;  /* v283 (Wq0_bar) */
-    double *const v284 = work + 704;  /* v284 */
-    double *const v285 = work + 752;  /* v285 */
-    double *const v286 = work + 800;  /* v286 */
-    double *const v287 = work + 888;  /* v287 (P_bar) */
-    double *const v288 = work + 848;  /* v288 */
-    double *const v289 = work + 936;  /* v289 (E_bar) */
-    double *const v290 = work + 88;  /* v290 */
-    double *const v291 = work + 40;  /* v291 */
-    double *const v292 = work + 848;  /* v292 */
-    double *const v293 = work + 672;  /* v293 */
-    double *const v294 = work + 640;  /* v294 */
-    double *const v295 = work + 120;  /* v295 */
-    double *const v296 = work + 8;  /* v296 */
-    double *const v297 = work + 608;  /* v297 */
-    double *const v298 = work + 968;  /* v298 */
-    double *const v299 = work + 200;  /* v299 */
-    double *const v300 = work + 192;  /* v300 */
-    double *const v301 = work + 480;  /* v301 */
-    double *const v302 = work + 1032;  /* v302 */
-    double *const v303 = work + 1160;  /* v303 */
-    double *const v304 = work + 352;  /* v304 */
-    double *const v305 = work + 488;  /* v305 */
-    double *const v306 = work + 0;  /* v306 */
-    double *const v307 = work + 184;  /* v307 */
-    double *const v308 = work + 336;  /* v308 */
-    double *const v309 = work + 176;  /* v309 */
+    double *const v130 = work + 180120;  /* v130, 32 examples */
+    double *const v131 = work + 181656;  /* v131, 32 examples */
+    double *const v132 = work + 179096;  /* v132, 32 examples */
+    double *const v133 = work + 179608;  /* v133 (v89_bar), 32 examples */
+    double *const v135 = work + 178840;  /* v135, 32 examples */
+    double *const v140 = work + 183192;  /* v140 (v86_bar), 32 examples */
+    double *const v142 = work + 177304;  /* v142, 32 examples */
+    double *const v144 = work + 134040;  /* v144 (v84_bar), 32 examples */
+    double *const v145 = work + 173976;  /* v145, 32 examples */
+    double *const v147 = work + 154776;  /* v147 (v82_bar), 32 examples */
+    double *const v148 = work + 178840;  /* v148 (v81_bar), 32 examples */
+    double *const v150 = work + 179608;  /* v150 (v80_bar), 32 examples */
+    double *const v151 = work + 154776;  /* v151 (v79_bar), 32 examples */
+    double *const v152 = work + 178840;  /* v152, 32 examples */
+    double *const v153 = work + 172440;  /* v153 (v77_bar), 32 examples */
+    double *const v155 = work + 163224;  /* v155 (v76_bar), 32 examples */
+    double *const v158 = work + 169368;  /* v158, 32 examples */
+    double *const v159 = work + 183448;  /* v159 (v75_bar), 32 examples */
+    double *const v160 = work + 186520;  /* v160, 32 examples */
+    double *const v162 = work + 154776;  /* v162 (A_bar), 32 examples */
+    double *const v165 = work + 179608;  /* v165, 32 examples */
+    double *const v167 = work + 156824;  /* v167, 32 examples */
+    double *const v168 = work + 161688;  /* v168, 32 examples */
+    double *const v169 = work + 158360;  /* v169, 32 examples */
+    double *const v170 = work + 174232;  /* v170, 32 examples */
+    double *const v171 = work + 175768;  /* v171, 32 examples */
+    double *const v172 = work + 177304;  /* v172, 32 examples */
+    double *const v173 = work + 183192;  /* v173, 32 examples */
+    double *const v174 = work + 187032;  /* v174 (v67_bar), 32 examples */
+    double *const v176 = work + 161432;  /* v176, 32 examples */
+    double *const v180 = work + 187288;  /* v180 (v62_bar), 32 examples */
+    double *const v182 = work + 159896;  /* v182, 32 examples */
+    double *const v184 = work + 134040;  /* v184 (v59_bar), 32 examples */
+    double *const v185 = work + 156568;  /* v185, 32 examples */
+    double *const v187 = work + 154776;  /* v187 (v57_bar), 32 examples */
+    double *const v188 = work + 161432;  /* v188 (v56_bar), 32 examples */
+    double *const v190 = work + 187032;  /* v190 (v55_bar), 32 examples */
+    double *const v191 = work + 154776;  /* v191 (v54_bar), 32 examples */
+    double *const v192 = work + 161432;  /* v192, 32 examples */
+    double *const v193 = work + 156824;  /* v193 (v52_bar), 32 examples */
+    double *const v195 = work + 158360;  /* v195 (v51_bar), 32 examples */
+    double *const v201 = work + 159896;  /* v201 (v49_bar), 32 examples */
+    double *const v205 = work + 148120;  /* v205 (v48_bar), 32 examples */
+    double *const v207 = work + 161688;  /* v207, 32 examples */
+    double *const v208 = work + 187544;  /* v208, 32 examples */
+    double *const v209 = work + 187288;  /* v209, 32 examples */
+    double *const v215 = work + 187544;  /* v215 (v46_bar), 32 examples */
+    double *const v217 = work + 159896;  /* v217 (v45_bar), 32 examples */
+    double *const v219 = work + 174232;  /* v219, 32 examples */
+    double *const v220 = work + 145048;  /* v220 (v44_bar), 32 examples */
+    double *const v224 = work + 146584;  /* v224, 32 examples */
+    double *const v226 = work + 8;  /* v226 (v43_bar) */
+    double *const v229 = work + 159896;  /* v229 (v41_bar), 32 examples */
+    double *const v232 = work + 142232;  /* v232 (v40_bar), 32 examples */
+    double *const v234 = work + 175768;  /* v234, 32 examples */
+    double *const v235 = work + 148120;  /* v235, 32 examples */
+    double *const v236 = work + 187288;  /* v236, 32 examples */
+    double *const v242 = work + 148120;  /* v242 (v38_bar), 32 examples */
+    double *const v243 = work + 159896;  /* v243 (v37_bar), 32 examples */
+    double *const v245 = work + 138648;  /* v245, 32 examples */
+    double *const v246 = work + 145816;  /* v246 (v36_bar), 32 examples */
+    double *const v250 = work + 138648;  /* v250, 32 examples */
+    double *const v252 = work + 137112;  /* v252 (v35_bar), 32 examples */
+    double *const v253 = work + 40;  /* v253 (v34_bar) */
+    double *const v257 = work + 88;  /* v257 (v31_bar) */
+    double *const v259 = work + 120;  /* v259 (v30_bar) */
+    double *const v261 = work + 174232;  /* v261 (X_bar), 32 examples */
+    double *const v262 = work + 177304;  /* v262 (v27_bar), 32 examples */
+    double *const v265 = work + 152;  /* v265 (bc_bar) */
+    double *const v266 = work + 160;  /* v266 (Wc_bar) */
+    double *const v267 = work + 176;  /* v267 (bias2_bar) */
+    double *const v268 = work + 184;  /* v268 (gain2_bar) */
+    double *const v269 = work + 192;  /* v269 */
+    double *const v270 = work + 200;  /* v270 */
+    double *const v271 = work + 0;  /* v271 (b2_bar) */
+    double *const v272 = work + 208;  /* v272 (W2_bar) */
+    double *const v273 = work + 336;  /* v273 (b1_bar) */
+    double *const v274 = work + 352;  /* v274 (W1_bar) */
+    double *const v275 = work + 480;  /* v275 */
+    double *const v276 = work + 880;  /* v276 (bias1_bar) */
+    double *const v277 = work + 488;  /* v277 (gain1_bar) */
+    double *const v278 = work + 496;  /* v278 */
+    double *const v279 = work + 504;  /* v279 */
+    double *const v280 = work + 192;  /* v280 (bo_bar) */
+    double *const v281 = work + 512;  /* v281 (Wo_bar) */
+    double *const v282 = work + 576;  /* v282 (Wv1_bar) */
+    double *const v283 = work + 608;  /* v283 (Wv0_bar) */
+    double *const v284 = work + 640;  /* v284 (Wq1_bar) */
+    double *const v285 = work + 672;  /* v285 (Wq0_bar) */
+    double *const v286 = work + 704;  /* v286 */
+    double *const v287 = work + 752;  /* v287 */
+    double *const v288 = work + 800;  /* v288 */
+    double *const v289 = work + 888;  /* v289 (P_bar) */
+    double *const v290 = work + 848;  /* v290 */
+    double *const v291 = work + 936;  /* v291 (E_bar) */
+    double *const v292 = work + 88;  /* v292 */
+    double *const v293 = work + 40;  /* v293 */
+    double *const v294 = work + 848;  /* v294 */
+    double *const v295 = work + 672;  /* v295 */
+    double *const v296 = work + 640;  /* v296 */
+    double *const v297 = work + 120;  /* v297 */
+    double *const v298 = work + 8;  /* v298 */
+    double *const v299 = work + 608;  /* v299 */
+    double *const v300 = work + 968;  /* v300 */
+    double *const v301 = work + 200;  /* v301 */
+    double *const v302 = work + 192;  /* v302 */
+    double *const v303 = work + 480;  /* v303 */
+    double *const v304 = work + 1032;  /* v304 */
+    double *const v305 = work + 1160;  /* v305 */
+    double *const v306 = work + 352;  /* v306 */
+    double *const v307 = work + 488;  /* v307 */
+    double *const v308 = work + 0;  /* v308 */
+    double *const v309 = work + 184;  /* v309 */
+    double *const v310 = work + 336;  /* v310 */
+    double *const v311 = work + 176;  /* v311 */
     /* v24 = broadcast_to(1, 1x6) */
     for (int64_t k = 0; k < 6; ++k)
         v24[k] = 1.0;
@@ -203,125 +203,125 @@ SG_KERNEL int transformer_block_value_and_grad(int64_t n, int64_t batch, const d
     /* v105 = 1/N */
     const double v105 = 1.0 / (((double) batch));
 
-    /* v224 (v43_bar): batch sum starts at zero */
+    /* v226 (v43_bar): batch sum starts at zero */
     for (int64_t i = 0; i < 4; ++i)
         for (int64_t j = 0; j < 8; ++j)
-            v224[i * 8 + j] = 0.0;
+            v226[i * 8 + j] = 0.0;
 
-    /* v251 (v34_bar): batch sum starts at zero */
+    /* v253 (v34_bar): batch sum starts at zero */
     for (int64_t i = 0; i < 8; ++i)
         for (int64_t j = 0; j < 6; ++j)
-            v251[i * 6 + j] = 0.0;
+            v253[i * 6 + j] = 0.0;
 
-    /* v255 (v31_bar): batch sum starts at zero */
+    /* v257 (v31_bar): batch sum starts at zero */
     for (int64_t i = 0; i < 8; ++i)
         for (int64_t j = 0; j < 4; ++j)
-            v255[i * 4 + j] = 0.0;
+            v257[i * 4 + j] = 0.0;
 
-    /* v257 (v30_bar): batch sum starts at zero */
+    /* v259 (v30_bar): batch sum starts at zero */
     for (int64_t i = 0; i < 4; ++i)
         for (int64_t j = 0; j < 8; ++j)
-            v257[i * 8 + j] = 0.0;
+            v259[i * 8 + j] = 0.0;
 
-    /* v263 (bc_bar): batch sum starts at zero */
+    /* v265 (bc_bar): batch sum starts at zero */
     for (int64_t j = 0; j < 2; ++j)
-        v263[j] = 0.0;
-
-    /* v264 (Wc_bar): batch sum starts at zero */
-    for (int64_t i = 0; i < 8; ++i)
-        for (int64_t j = 0; j < 2; ++j)
-            v264[i * 2 + j] = 0.0;
-
-    /* v265 (bias2_bar): batch sum starts at zero */
-    for (int64_t j = 0; j < 8; ++j)
         v265[j] = 0.0;
 
-    /* v266 (gain2_bar): batch sum starts at zero */
-    for (int64_t j = 0; j < 8; ++j)
-        v266[j] = 0.0;
+    /* v266 (Wc_bar): batch sum starts at zero */
+    for (int64_t i = 0; i < 8; ++i)
+        for (int64_t j = 0; j < 2; ++j)
+            v266[i * 2 + j] = 0.0;
 
-    /* v267: batch sum starts at zero */
+    /* v267 (bias2_bar): batch sum starts at zero */
     for (int64_t j = 0; j < 8; ++j)
         v267[j] = 0.0;
 
-    /* v268: batch sum starts at zero */
+    /* v268 (gain2_bar): batch sum starts at zero */
     for (int64_t j = 0; j < 8; ++j)
         v268[j] = 0.0;
 
-    /* v270 (W2_bar): batch sum starts at zero */
+    /* v269: batch sum starts at zero */
+    for (int64_t j = 0; j < 8; ++j)
+        v269[j] = 0.0;
+
+    /* v270: batch sum starts at zero */
+    for (int64_t j = 0; j < 8; ++j)
+        v270[j] = 0.0;
+
+    /* v272 (W2_bar): batch sum starts at zero */
     for (int64_t i = 0; i < 16; ++i)
         for (int64_t j = 0; j < 8; ++j)
-            v270[i * 8 + j] = 0.0;
+            v272[i * 8 + j] = 0.0;
 
-    /* v271 (b1_bar): batch sum starts at zero */
+    /* v273 (b1_bar): batch sum starts at zero */
     for (int64_t j = 0; j < 16; ++j)
-        v271[j] = 0.0;
-
-    /* v272 (W1_bar): batch sum starts at zero */
-    for (int64_t i = 0; i < 8; ++i)
-        for (int64_t j = 0; j < 16; ++j)
-            v272[i * 16 + j] = 0.0;
-
-    /* v273: batch sum starts at zero */
-    for (int64_t j = 0; j < 8; ++j)
         v273[j] = 0.0;
 
-    /* v275 (gain1_bar): batch sum starts at zero */
+    /* v274 (W1_bar): batch sum starts at zero */
+    for (int64_t i = 0; i < 8; ++i)
+        for (int64_t j = 0; j < 16; ++j)
+            v274[i * 16 + j] = 0.0;
+
+    /* v275: batch sum starts at zero */
     for (int64_t j = 0; j < 8; ++j)
         v275[j] = 0.0;
 
-    /* v276: batch sum starts at zero */
-    for (int64_t j = 0; j < 8; ++j)
-        v276[j] = 0.0;
-
-    /* v277: batch sum starts at zero */
+    /* v277 (gain1_bar): batch sum starts at zero */
     for (int64_t j = 0; j < 8; ++j)
         v277[j] = 0.0;
 
-    /* v279 (Wo_bar): batch sum starts at zero */
+    /* v278: batch sum starts at zero */
+    for (int64_t j = 0; j < 8; ++j)
+        v278[j] = 0.0;
+
+    /* v279: batch sum starts at zero */
+    for (int64_t j = 0; j < 8; ++j)
+        v279[j] = 0.0;
+
+    /* v281 (Wo_bar): batch sum starts at zero */
     for (int64_t i = 0; i < 8; ++i)
         for (int64_t j = 0; j < 8; ++j)
-            v279[i * 8 + j] = 0.0;
+            v281[i * 8 + j] = 0.0;
 
-    /* v280 (Wv1_bar): batch sum starts at zero */
-    for (int64_t i = 0; i < 8; ++i)
-        for (int64_t j = 0; j < 4; ++j)
-            v280[i * 4 + j] = 0.0;
-
-    /* v281 (Wv0_bar): batch sum starts at zero */
-    for (int64_t i = 0; i < 8; ++i)
-        for (int64_t j = 0; j < 4; ++j)
-            v281[i * 4 + j] = 0.0;
-
-    /* v282 (Wq1_bar): batch sum starts at zero */
+    /* v282 (Wv1_bar): batch sum starts at zero */
     for (int64_t i = 0; i < 8; ++i)
         for (int64_t j = 0; j < 4; ++j)
             v282[i * 4 + j] = 0.0;
 
-    /* v283 (Wq0_bar): batch sum starts at zero */
+    /* v283 (Wv0_bar): batch sum starts at zero */
     for (int64_t i = 0; i < 8; ++i)
         for (int64_t j = 0; j < 4; ++j)
             v283[i * 4 + j] = 0.0;
 
-    /* v284: batch sum starts at zero */
-    for (int64_t i = 0; i < 6; ++i)
-        for (int64_t j = 0; j < 8; ++j)
-            v284[i * 8 + j] = 0.0;
+    /* v284 (Wq1_bar): batch sum starts at zero */
+    for (int64_t i = 0; i < 8; ++i)
+        for (int64_t j = 0; j < 4; ++j)
+            v284[i * 4 + j] = 0.0;
 
-    /* v285: batch sum starts at zero */
-    for (int64_t i = 0; i < 6; ++i)
-        for (int64_t j = 0; j < 8; ++j)
-            v285[i * 8 + j] = 0.0;
+    /* v285 (Wq0_bar): batch sum starts at zero */
+    for (int64_t i = 0; i < 8; ++i)
+        for (int64_t j = 0; j < 4; ++j)
+            v285[i * 4 + j] = 0.0;
 
     /* v286: batch sum starts at zero */
     for (int64_t i = 0; i < 6; ++i)
         for (int64_t j = 0; j < 8; ++j)
             v286[i * 8 + j] = 0.0;
 
+    /* v287: batch sum starts at zero */
+    for (int64_t i = 0; i < 6; ++i)
+        for (int64_t j = 0; j < 8; ++j)
+            v287[i * 8 + j] = 0.0;
+
     /* v288: batch sum starts at zero */
-    for (int64_t i = 0; i < 4; ++i)
+    for (int64_t i = 0; i < 6; ++i)
         for (int64_t j = 0; j < 8; ++j)
             v288[i * 8 + j] = 0.0;
+
+    /* v290: batch sum starts at zero */
+    for (int64_t i = 0; i < 4; ++i)
+        for (int64_t j = 0; j < 8; ++j)
+            v290[i * 8 + j] = 0.0;
 
     for (int64_t t0 = 0; t0 < n; t0 += 32) {
         const int64_t nt = n - t0 < 32 ? n - t0 : 32;
@@ -426,7 +426,7 @@ SG_KERNEL int transformer_block_value_and_grad(int64_t n, int64_t batch, const d
         for (int64_t k = 0; k < nt * 6; ++k) {
             v56[k] = 0.125 * v55[k];  /* v56 = 1/8*v55 */
         }
-        /* per element of 6x8: v57 .. v180 */
+        /* per element of 6x8: v57 .. v182 */
         for (int64_t e = 0; e < nt; ++e)
             for (int64_t i = 0; i < 6; ++i)
                 #pragma omp simd
@@ -435,43 +435,42 @@ SG_KERNEL int transformer_block_value_and_grad(int64_t n, int64_t batch, const d
                     const double v58 = -v57;  /* v58 = -v57 */
                     v59[e * 48 + i * 8 + j] = p_P[i * 8 + j] + p_bo[j] + v27[e * 48 + i * 8 + j] + v52[e * 48 + i * 8 + j] + v58;  /* v59 = P + bo + v27 + v52 + v58 */
                     v61[e * 48 + i * 8 + j] = v59[e * 48 + i * 8 + j] * v59[e * 48 + i * 8 + j];  /* v61 = v59**2 */
-                    v168[e * 48 + i * 8 + j] = p_gain1[j] * v59[e * 48 + i * 8 + j];  /* v168 = gain1.*v59 */
-                    v180[e * 48 + i * 8 + j] = v59[e * 48 + i * 8 + j] * 2.0;  /* v180 = 2*v59 */
+                    v169[e * 48 + i * 8 + j] = p_gain1[j] * v59[e * 48 + i * 8 + j];  /* v169 = gain1.*v59 */
+                    v182[e * 48 + i * 8 + j] = v59[e * 48 + i * 8 + j] * 2.0;  /* v182 = 2*v59 */
                 }
         /* v62 = sum_to(v61, 6x1) */
         sg_sum_to(nt, 6, 8, v61, 48, 8, 1, v62, 6, 6, 1);
 
-        /* per element of 6x1: v63 .. v175 */
+        /* per element of 6x1: v63 .. v176 */
         for (int64_t e = 0; e < nt; ++e)
             #pragma omp simd
             for (int64_t i = 0; i < 6; ++i) {
                 const double v63 = 0.125 * v62[e * 6 + i];  /* v63 = 1/8*v62 */
                 const double v65 = v63 + 1e-05;  /* v65 = v63 + 1/100000 */
                 v67[e * 6 + i] = 1.0 / sqrt(v65);  /* v67 = v65**(-1/2) */
-                const double v174 = pow(v65, (-1.5));  /* v174 = v65**(-3/2) */
-                v175[e * 6 + i] = (-0.5) * v174;  /* v175 = -1/2*v174 */
+                v176[e * 6 + i] = 1.0 / (v65);  /* v176 = 1/v65 */
             }
-        /* per element of 6x8: v70 .. v167 */
+        /* per element of 6x8: v70 .. v168 */
         for (int64_t e = 0; e < nt; ++e)
             for (int64_t i = 0; i < 6; ++i)
                 #pragma omp simd
                 for (int64_t j = 0; j < 8; ++j) {
                     v70[e * 48 + i * 8 + j] = p_gain1[j] * v59[e * 48 + i * 8 + j] * v67[e * 6 + i];  /* v70 = gain1.*v59.*v67 */
                     v72[e * 48 + i * 8 + j] = p_bias1[j] + v70[e * 48 + i * 8 + j];  /* v72 (A) = bias1 + v70 */
-                    v166[e * 48 + i * 8 + j] = v59[e * 48 + i * 8 + j] * v67[e * 6 + i];  /* v166 = v59.*v67 */
-                    v167[e * 48 + i * 8 + j] = p_gain1[j] * v67[e * 6 + i];  /* v167 = gain1.*v67 */
+                    v167[e * 48 + i * 8 + j] = v59[e * 48 + i * 8 + j] * v67[e * 6 + i];  /* v167 = v59.*v67 */
+                    v168[e * 48 + i * 8 + j] = p_gain1[j] * v67[e * 6 + i];  /* v168 = gain1.*v67 */
                 }
         /* v73 = A*W1 */
         sg_matmul(nt, 6, 16, 8, v72, 48, 8, 1, p_W1, 0, 16, 1, v73, 96, 16, 1, scratch);
 
-        /* per element of 6x16: v75 .. v157 */
+        /* per element of 6x16: v75 .. v158 */
         for (int64_t e = 0; e < nt; ++e)
             for (int64_t i = 0; i < 6; ++i)
                 #pragma omp simd
                 for (int64_t j = 0; j < 16; ++j) {
                     const double v75 = p_b1[j] + v73[e * 96 + i * 16 + j];  /* v75 = b1 + v73 */
                     v76[e * 96 + i * 16 + j] = sg_relu(v75);  /* v76 = relu(v75) */
-                    v157[e * 96 + i * 16 + j] = sg_heaviside(v75, 0.0);  /* v157 = heaviside(v75, 0) */
+                    v158[e * 96 + i * 16 + j] = sg_heaviside(v75, 0.0);  /* v158 = heaviside(v75, 0) */
                 }
         /* v77 = v76*W2 */
         sg_matmul(nt, 6, 8, 16, v76, 96, 16, 1, p_W2, 0, 8, 1, v77, 48, 8, 1, scratch);
@@ -491,7 +490,7 @@ SG_KERNEL int transformer_block_value_and_grad(int64_t n, int64_t batch, const d
         for (int64_t k = 0; k < nt * 6; ++k) {
             v81[k] = 0.125 * v80[k];  /* v81 = 1/8*v80 */
         }
-        /* per element of 6x8: v82 .. v141 */
+        /* per element of 6x8: v82 .. v142 */
         for (int64_t e = 0; e < nt; ++e)
             for (int64_t i = 0; i < 6; ++i)
                 #pragma omp simd
@@ -501,20 +500,19 @@ SG_KERNEL int transformer_block_value_and_grad(int64_t n, int64_t batch, const d
                     v84[e * 48 + i * 8 + j] = p_bias1[j] + p_b2[j] + v70[e * 48 + i * 8 + j] + v77[e * 48 + i * 8 + j] + v83;  /* v84 = bias1 + b2 + v70 + v77 + v83 */
                     v85[e * 48 + i * 8 + j] = v84[e * 48 + i * 8 + j] * v84[e * 48 + i * 8 + j];  /* v85 = v84**2 */
                     v128[e * 48 + i * 8 + j] = p_gain2[j] * v84[e * 48 + i * 8 + j];  /* v128 = gain2.*v84 */
-                    v141[e * 48 + i * 8 + j] = 2.0 * v84[e * 48 + i * 8 + j];  /* v141 = 2*v84 */
+                    v142[e * 48 + i * 8 + j] = 2.0 * v84[e * 48 + i * 8 + j];  /* v142 = 2*v84 */
                 }
         /* v86 = sum_to(v85, 6x1) */
         sg_sum_to(nt, 6, 8, v85, 48, 8, 1, v86, 6, 6, 1);
 
-        /* per element of 6x1: v87 .. v136 */
+        /* per element of 6x1: v87 .. v135 */
         for (int64_t e = 0; e < nt; ++e)
             #pragma omp simd
             for (int64_t i = 0; i < 6; ++i) {
                 const double v87 = 0.125 * v86[e * 6 + i];  /* v87 = 1/8*v86 */
                 const double v88 = 1e-05 + v87;  /* v88 = 1/100000 + v87 */
                 v89[e * 6 + i] = 1.0 / sqrt(v88);  /* v89 = v88**(-1/2) */
-                const double v135 = pow(v88, (-1.5));  /* v135 = v88**(-3/2) */
-                v136[e * 6 + i] = (-0.5) * v135;  /* v136 = -1/2*v135 */
+                v135[e * 6 + i] = 1.0 / (v88);  /* v135 = 1/v88 */
             }
         /* per element of 6x8: v92 .. v127 */
         for (int64_t e = 0; e < nt; ++e)
@@ -591,479 +589,481 @@ SG_KERNEL int transformer_block_value_and_grad(int64_t n, int64_t batch, const d
         /* v133 (v89_bar) = sum_to(v131, 6x1) */
         sg_sum_to(nt, 6, 8, v131, 48, 8, 1, v133, 6, 6, 1);
 
-        /* per element of 6x1: v137 .. v139 */
+        /* per element of 6x1: v134 .. v140 */
         for (int64_t e = 0; e < nt; ++e)
             #pragma omp simd
             for (int64_t i = 0; i < 6; ++i) {
-                const double v137 = v133[e * 6 + i] * v136[e * 6 + i];  /* v137 (v88_bar) = v89_bar.*v136 */
-                v139[e * 6 + i] = 0.125 * v137;  /* v139 (v86_bar) = 1/8*v88_bar */
+                const double v134 = v89[e * 6 + i] * v133[e * 6 + i];  /* v134 = v89.*v89_bar */
+                const double v136 = v134 * v135[e * 6 + i];  /* v136 = v134.*v135 */
+                v140[e * 6 + i] = v136 * (-0.0625);  /* v140 (v86_bar) = -1/16*v136 */
             }
-        /* per element of 6x8: v142 .. v146 */
+        /* per element of 6x8: v143 .. v147 */
         for (int64_t e = 0; e < nt; ++e)
             for (int64_t i = 0; i < 6; ++i)
                 #pragma omp simd
                 for (int64_t j = 0; j < 8; ++j) {
-                    const double v142 = v139[e * 6 + i] * v141[e * 48 + i * 8 + j];  /* v142 = v86_bar.*v141 */
-                    v143[e * 48 + i * 8 + j] = v130[e * 48 + i * 8 + j] + v142;  /* v143 (v84_bar) = v130 + v142 */
-                    v146[e * 48 + i * 8 + j] = -v143[e * 48 + i * 8 + j];  /* v146 (v82_bar) = -v84_bar */
+                    const double v143 = v140[e * 6 + i] * v142[e * 48 + i * 8 + j];  /* v143 = v86_bar.*v142 */
+                    v144[e * 48 + i * 8 + j] = v130[e * 48 + i * 8 + j] + v143;  /* v144 (v84_bar) = v130 + v143 */
+                    v147[e * 48 + i * 8 + j] = -v144[e * 48 + i * 8 + j];  /* v147 (v82_bar) = -v84_bar */
                 }
-        /* v144 = sum_to(v84_bar, 1x8) */
-        sg_sum_to(nt, 6, 8, v143, 48, 8, 1, v144, 8, 1, 8);
+        /* v145 = sum_to(v84_bar, 1x8) */
+        sg_sum_to(nt, 6, 8, v144, 48, 8, 1, v145, 8, 1, 8);
 
-        /* v147 (v81_bar) = sum_to(v82_bar, 6x1) */
-        sg_sum_to(nt, 6, 8, v146, 48, 8, 1, v147, 6, 6, 1);
+        /* v148 (v81_bar) = sum_to(v82_bar, 6x1) */
+        sg_sum_to(nt, 6, 8, v147, 48, 8, 1, v148, 6, 6, 1);
 
-        /* per element of 6x1: v149 */
+        /* per element of 6x1: v150 */
         #pragma omp simd
         for (int64_t k = 0; k < nt * 6; ++k) {
-            v149[k] = 0.125 * v147[k];  /* v149 (v80_bar) = 1/8*v81_bar */
+            v150[k] = 0.125 * v148[k];  /* v150 (v80_bar) = 1/8*v81_bar */
         }
-        /* per element of 6x8: v150 .. v152 */
+        /* per element of 6x8: v151 .. v153 */
         for (int64_t e = 0; e < nt; ++e)
             for (int64_t i = 0; i < 6; ++i)
                 #pragma omp simd
                 for (int64_t j = 0; j < 8; ++j) {
-                    v150[e * 48 + i * 8 + j] = v149[e * 6 + i];  /* v150 (v79_bar) = broadcast_to(v80_bar, 6x8) */
-                    v152[e * 48 + i * 8 + j] = v143[e * 48 + i * 8 + j] + v149[e * 6 + i];  /* v152 (v77_bar) = v84_bar + v80_bar */
+                    v151[e * 48 + i * 8 + j] = v150[e * 6 + i];  /* v151 (v79_bar) = broadcast_to(v80_bar, 6x8) */
+                    v153[e * 48 + i * 8 + j] = v144[e * 48 + i * 8 + j] + v150[e * 6 + i];  /* v153 (v77_bar) = v84_bar + v80_bar */
                 }
-        /* v151 = sum_to(v79_bar, 1x8) */
-        sg_sum_to(nt, 6, 8, v150, 48, 8, 1, v151, 8, 1, 8);
+        /* v152 = sum_to(v79_bar, 1x8) */
+        sg_sum_to(nt, 6, 8, v151, 48, 8, 1, v152, 8, 1, 8);
 
-        /* v154 (v76_bar) = v77_bar*W2.T */
-        sg_matmul(nt, 6, 16, 8, v152, 48, 8, 1, p_W2, 0, 1, 8, v154, 96, 16, 1, scratch);
+        /* v155 (v76_bar) = v77_bar*W2.T */
+        sg_matmul(nt, 6, 16, 8, v153, 48, 8, 1, p_W2, 0, 1, 8, v155, 96, 16, 1, scratch);
 
-        /* per element of 6x16: v158 */
+        /* per element of 6x16: v159 */
         #pragma omp simd
         for (int64_t k = 0; k < nt * 96; ++k) {
-            v158[k] = v154[k] * v157[k];  /* v158 (v75_bar) = v76_bar.*v157 */
+            v159[k] = v155[k] * v158[k];  /* v159 (v75_bar) = v76_bar.*v158 */
         }
-        /* v159 = sum_to(v75_bar, 1x16) */
-        sg_sum_to(nt, 6, 16, v158, 96, 16, 1, v159, 16, 1, 16);
+        /* v160 = sum_to(v75_bar, 1x16) */
+        sg_sum_to(nt, 6, 16, v159, 96, 16, 1, v160, 16, 1, 16);
 
-        /* v161 (A_bar) = v75_bar*W1.T */
-        sg_matmul(nt, 6, 8, 16, v158, 96, 16, 1, p_W1, 0, 1, 16, v161, 48, 8, 1, scratch);
+        /* v162 (A_bar) = v75_bar*W1.T */
+        sg_matmul(nt, 6, 8, 16, v159, 96, 16, 1, p_W1, 0, 1, 16, v162, 48, 8, 1, scratch);
 
-        /* per element of 6x8: v165 .. v171 */
+        /* per element of 6x8: v166 .. v172 */
         for (int64_t e = 0; e < nt; ++e)
             for (int64_t i = 0; i < 6; ++i)
                 #pragma omp simd
                 for (int64_t j = 0; j < 8; ++j) {
-                    const double v165 = v143[e * 48 + i * 8 + j] + v149[e * 6 + i] + v161[e * 48 + i * 8 + j];  /* v165 (v70_bar) = v84_bar + v80_bar + A_bar */
-                    v169[e * 48 + i * 8 + j] = v165 * v166[e * 48 + i * 8 + j];  /* v169 = v70_bar.*v166 */
-                    v170[e * 48 + i * 8 + j] = v165 * v167[e * 48 + i * 8 + j];  /* v170 = v70_bar.*v167 */
-                    v171[e * 48 + i * 8 + j] = v165 * v168[e * 48 + i * 8 + j];  /* v171 = v70_bar.*v168 */
+                    const double v166 = v144[e * 48 + i * 8 + j] + v150[e * 6 + i] + v162[e * 48 + i * 8 + j];  /* v166 (v70_bar) = v84_bar + v80_bar + A_bar */
+                    v170[e * 48 + i * 8 + j] = v166 * v167[e * 48 + i * 8 + j];  /* v170 = v70_bar.*v167 */
+                    v171[e * 48 + i * 8 + j] = v166 * v168[e * 48 + i * 8 + j];  /* v171 = v70_bar.*v168 */
+                    v172[e * 48 + i * 8 + j] = v166 * v169[e * 48 + i * 8 + j];  /* v172 = v70_bar.*v169 */
                 }
-        /* v164 = sum_to(A_bar, 1x8) */
-        sg_sum_to(nt, 6, 8, v161, 48, 8, 1, v164, 8, 1, 8);
+        /* v165 = sum_to(A_bar, 1x8) */
+        sg_sum_to(nt, 6, 8, v162, 48, 8, 1, v165, 8, 1, 8);
 
-        /* v172 = sum_to(v169, 1x8) */
-        sg_sum_to(nt, 6, 8, v169, 48, 8, 1, v172, 8, 1, 8);
+        /* v173 = sum_to(v170, 1x8) */
+        sg_sum_to(nt, 6, 8, v170, 48, 8, 1, v173, 8, 1, 8);
 
-        /* v173 (v67_bar) = sum_to(v171, 6x1) */
-        sg_sum_to(nt, 6, 8, v171, 48, 8, 1, v173, 6, 6, 1);
+        /* v174 (v67_bar) = sum_to(v172, 6x1) */
+        sg_sum_to(nt, 6, 8, v172, 48, 8, 1, v174, 6, 6, 1);
 
-        /* per element of 6x1: v176 .. v178 */
+        /* per element of 6x1: v175 .. v180 */
         for (int64_t e = 0; e < nt; ++e)
             #pragma omp simd
             for (int64_t i = 0; i < 6; ++i) {
-                const double v176 = v173[e * 6 + i] * v175[e * 6 + i];  /* v176 (v65_bar) = v67_bar.*v175 */
-                v178[e * 6 + i] = 0.125 * v176;  /* v178 (v62_bar) = 1/8*v65_bar */
+                const double v175 = v67[e * 6 + i] * v174[e * 6 + i];  /* v175 = v67.*v67_bar */
+                const double v177 = v175 * v176[e * 6 + i];  /* v177 = v175.*v176 */
+                v180[e * 6 + i] = (-0.0625) * v177;  /* v180 (v62_bar) = -1/16*v177 */
             }
-        /* per element of 6x8: v181 .. v185 */
+        /* per element of 6x8: v183 .. v187 */
         for (int64_t e = 0; e < nt; ++e)
             for (int64_t i = 0; i < 6; ++i)
                 #pragma omp simd
                 for (int64_t j = 0; j < 8; ++j) {
-                    const double v181 = v178[e * 6 + i] * v180[e * 48 + i * 8 + j];  /* v181 = v62_bar.*v180 */
-                    v182[e * 48 + i * 8 + j] = v170[e * 48 + i * 8 + j] + v181;  /* v182 (v59_bar) = v170 + v181 */
-                    v185[e * 48 + i * 8 + j] = -v182[e * 48 + i * 8 + j];  /* v185 (v57_bar) = -v59_bar */
+                    const double v183 = v180[e * 6 + i] * v182[e * 48 + i * 8 + j];  /* v183 = v62_bar.*v182 */
+                    v184[e * 48 + i * 8 + j] = v171[e * 48 + i * 8 + j] + v183;  /* v184 (v59_bar) = v171 + v183 */
+                    v187[e * 48 + i * 8 + j] = -v184[e * 48 + i * 8 + j];  /* v187 (v57_bar) = -v59_bar */
                 }
-        /* v183 = sum_to(v59_bar, 1x8) */
-        sg_sum_to(nt, 6, 8, v182, 48, 8, 1, v183, 8, 1, 8);
+        /* v185 = sum_to(v59_bar, 1x8) */
+        sg_sum_to(nt, 6, 8, v184, 48, 8, 1, v185, 8, 1, 8);
 
-        /* v186 (v56_bar) = sum_to(v57_bar, 6x1) */
-        sg_sum_to(nt, 6, 8, v185, 48, 8, 1, v186, 6, 6, 1);
+        /* v188 (v56_bar) = sum_to(v57_bar, 6x1) */
+        sg_sum_to(nt, 6, 8, v187, 48, 8, 1, v188, 6, 6, 1);
 
-        /* per element of 6x1: v188 */
+        /* per element of 6x1: v190 */
         #pragma omp simd
         for (int64_t k = 0; k < nt * 6; ++k) {
-            v188[k] = 0.125 * v186[k];  /* v188 (v55_bar) = 1/8*v56_bar */
+            v190[k] = 0.125 * v188[k];  /* v190 (v55_bar) = 1/8*v56_bar */
         }
-        /* per element of 6x8: v189 .. v191 */
+        /* per element of 6x8: v191 .. v193 */
         for (int64_t e = 0; e < nt; ++e)
             for (int64_t i = 0; i < 6; ++i)
                 #pragma omp simd
                 for (int64_t j = 0; j < 8; ++j) {
-                    v189[e * 48 + i * 8 + j] = v188[e * 6 + i];  /* v189 (v54_bar) = broadcast_to(v55_bar, 6x8) */
-                    v191[e * 48 + i * 8 + j] = v182[e * 48 + i * 8 + j] + v188[e * 6 + i];  /* v191 (v52_bar) = v59_bar + v55_bar */
+                    v191[e * 48 + i * 8 + j] = v190[e * 6 + i];  /* v191 (v54_bar) = broadcast_to(v55_bar, 6x8) */
+                    v193[e * 48 + i * 8 + j] = v184[e * 48 + i * 8 + j] + v190[e * 6 + i];  /* v193 (v52_bar) = v59_bar + v55_bar */
                 }
-        /* v190 = sum_to(v54_bar, 1x8) */
-        sg_sum_to(nt, 6, 8, v189, 48, 8, 1, v190, 8, 1, 8);
+        /* v192 = sum_to(v54_bar, 1x8) */
+        sg_sum_to(nt, 6, 8, v191, 48, 8, 1, v192, 8, 1, 8);
 
-        /* v193 (v51_bar) = v52_bar*Wo.T */
-        sg_matmul(nt, 6, 8, 8, v191, 48, 8, 1, p_Wo, 0, 1, 8, v193, 48, 8, 1, scratch);
+        /* v195 (v51_bar) = v52_bar*Wo.T */
+        sg_matmul(nt, 6, 8, 8, v193, 48, 8, 1, p_Wo, 0, 1, 8, v195, 48, 8, 1, scratch);
 
-        /* v199 (v49_bar) = v50_bar*Wv1.T */
-        sg_matmul(nt, 6, 8, 4, v193 + 4, 48, 8, 1, p_Wv1, 0, 1, 4, v199, 48, 8, 1, scratch);
+        /* v201 (v49_bar) = v50_bar*Wv1.T */
+        sg_matmul(nt, 6, 8, 4, v195 + 4, 48, 8, 1, p_Wv1, 0, 1, 4, v201, 48, 8, 1, scratch);
 
-        /* v203 (v48_bar) = v49_bar*X.T */
-        sg_matmul(nt, 6, 6, 8, v199, 48, 8, 1, v29, 48, 1, 8, v203, 36, 6, 1, scratch);
+        /* v205 (v48_bar) = v49_bar*X.T */
+        sg_matmul(nt, 6, 6, 8, v201, 48, 8, 1, v29, 48, 1, 8, v205, 36, 6, 1, scratch);
 
-        /* per element of 6x6: v206 */
+        /* per element of 6x6: v208 */
         #pragma omp simd
         for (int64_t k = 0; k < nt * 36; ++k) {
-            v206[k] = v48[k] * v203[k];  /* v206 = v48.*v48_bar */
+            v208[k] = v48[k] * v205[k];  /* v208 = v48.*v48_bar */
         }
-        /* v205 = v48.T*v49_bar */
-        sg_matmul(nt, 6, 8, 6, v48, 36, 1, 6, v199, 48, 8, 1, v205, 48, 8, 1, scratch);
+        /* v207 = v48.T*v49_bar */
+        sg_matmul(nt, 6, 8, 6, v48, 36, 1, 6, v201, 48, 8, 1, v207, 48, 8, 1, scratch);
 
-        /* v207 = sum_to(v206, 6x1) */
-        sg_sum_to(nt, 6, 6, v206, 36, 6, 1, v207, 6, 6, 1);
+        /* v209 = sum_to(v208, 6x1) */
+        sg_sum_to(nt, 6, 6, v208, 36, 6, 1, v209, 6, 6, 1);
 
-        /* per element of 6x6: v208 .. v213 */
+        /* per element of 6x6: v210 .. v215 */
         for (int64_t e = 0; e < nt; ++e)
             for (int64_t i = 0; i < 6; ++i)
                 #pragma omp simd
                 for (int64_t j = 0; j < 6; ++j) {
-                    const double v208 = v207[e * 6 + i];  /* v208 = broadcast_to(v207, 6x6) */
-                    const double v209 = -v208;  /* v209 = -v208 */
-                    const double v210 = v203[e * 36 + i * 6 + j] + v209;  /* v210 = v48_bar + v209 */
-                    const double v211 = v48[e * 36 + i * 6 + j] * v210;  /* v211 (v47_bar) = v48.*v210 */
-                    v213[e * 36 + i * 6 + j] = 0.5 * v211;  /* v213 (v46_bar) = 1/2*v47_bar */
+                    const double v210 = v209[e * 6 + i];  /* v210 = broadcast_to(v209, 6x6) */
+                    const double v211 = -v210;  /* v211 = -v210 */
+                    const double v212 = v205[e * 36 + i * 6 + j] + v211;  /* v212 = v48_bar + v211 */
+                    const double v213 = v48[e * 36 + i * 6 + j] * v212;  /* v213 (v47_bar) = v48.*v212 */
+                    v215[e * 36 + i * 6 + j] = 0.5 * v213;  /* v215 (v46_bar) = 1/2*v47_bar */
                 }
-        /* v215 (v45_bar) = v46_bar*v35.T */
-        sg_matmul(nt, 6, 8, 6, v213, 36, 6, 1, v35, 48, 1, 6, v215, 48, 8, 1, scratch);
+        /* v217 (v45_bar) = v46_bar*v35.T */
+        sg_matmul(nt, 6, 8, 6, v215, 36, 6, 1, v35, 48, 1, 6, v217, 48, 8, 1, scratch);
 
-        /* v217 = v45.T*v46_bar */
-        sg_matmul(nt, 8, 6, 6, v45, 48, 1, 8, v213, 36, 6, 1, v217, 48, 6, 1, scratch);
+        /* v219 = v45.T*v46_bar */
+        sg_matmul(nt, 8, 6, 6, v45, 48, 1, 8, v215, 36, 6, 1, v219, 48, 6, 1, scratch);
 
-        /* v218 (v44_bar) = v45_bar*Wk1 */
-        sg_matmul(nt, 6, 4, 8, v215, 48, 8, 1, p_Wk1, 0, 4, 1, v218, 24, 4, 1, scratch);
+        /* v220 (v44_bar) = v45_bar*Wk1 */
+        sg_matmul(nt, 6, 4, 8, v217, 48, 8, 1, p_Wk1, 0, 4, 1, v220, 24, 4, 1, scratch);
 
-        /* v222 = v44_bar*Wq1.T */
-        sg_matmul(nt, 6, 8, 4, v218, 24, 4, 1, p_Wq1, 0, 1, 4, v222, 48, 8, 1, scratch);
+        /* v224 = v44_bar*Wq1.T */
+        sg_matmul(nt, 6, 8, 4, v220, 24, 4, 1, p_Wq1, 0, 1, 4, v224, 48, 8, 1, scratch);
 
-        /* v224 (v43_bar) = batch_sum(v44.T*v45_bar) */
-        sg_matmul_batch_sum(nt, 4, 8, 6, v44, 24, 1, 4, v215, 48, 8, 1, v224, 8, 1, scratch);
+        /* v226 (v43_bar) = batch_sum(v44.T*v45_bar) */
+        sg_matmul_batch_sum(nt, 4, 8, 6, v44, 24, 1, 4, v217, 48, 8, 1, v226, 8, 1, scratch);
 
-        /* v227 (v41_bar) = v42_bar*Wv0.T */
-        sg_matmul(nt, 6, 8, 4, v193, 48, 8, 1, p_Wv0, 0, 1, 4, v227, 48, 8, 1, scratch);
+        /* v229 (v41_bar) = v42_bar*Wv0.T */
+        sg_matmul(nt, 6, 8, 4, v195, 48, 8, 1, p_Wv0, 0, 1, 4, v229, 48, 8, 1, scratch);
 
-        /* v230 (v40_bar) = v41_bar*X.T */
-        sg_matmul(nt, 6, 6, 8, v227, 48, 8, 1, v29, 48, 1, 8, v230, 36, 6, 1, scratch);
+        /* v232 (v40_bar) = v41_bar*X.T */
+        sg_matmul(nt, 6, 6, 8, v229, 48, 8, 1, v29, 48, 1, 8, v232, 36, 6, 1, scratch);
 
-        /* per element of 6x6: v233 */
+        /* per element of 6x6: v235 */
         #pragma omp simd
         for (int64_t k = 0; k < nt * 36; ++k) {
-            v233[k] = v40[k] * v230[k];  /* v233 = v40.*v40_bar */
+            v235[k] = v40[k] * v232[k];  /* v235 = v40.*v40_bar */
         }
-        /* v232 = v40.T*v41_bar */
-        sg_matmul(nt, 6, 8, 6, v40, 36, 1, 6, v227, 48, 8, 1, v232, 48, 8, 1, scratch);
+        /* v234 = v40.T*v41_bar */
+        sg_matmul(nt, 6, 8, 6, v40, 36, 1, 6, v229, 48, 8, 1, v234, 48, 8, 1, scratch);
 
-        /* v234 = sum_to(v233, 6x1) */
-        sg_sum_to(nt, 6, 6, v233, 36, 6, 1, v234, 6, 6, 1);
+        /* v236 = sum_to(v235, 6x1) */
+        sg_sum_to(nt, 6, 6, v235, 36, 6, 1, v236, 6, 6, 1);
 
-        /* per element of 6x6: v235 .. v240 */
+        /* per element of 6x6: v237 .. v242 */
         for (int64_t e = 0; e < nt; ++e)
             for (int64_t i = 0; i < 6; ++i)
                 #pragma omp simd
                 for (int64_t j = 0; j < 6; ++j) {
-                    const double v235 = v234[e * 6 + i];  /* v235 = broadcast_to(v234, 6x6) */
-                    const double v236 = -v235;  /* v236 = -v235 */
-                    const double v237 = v230[e * 36 + i * 6 + j] + v236;  /* v237 = v40_bar + v236 */
-                    const double v238 = v40[e * 36 + i * 6 + j] * v237;  /* v238 (v39_bar) = v40.*v237 */
-                    v240[e * 36 + i * 6 + j] = 0.5 * v238;  /* v240 (v38_bar) = 1/2*v39_bar */
+                    const double v237 = v236[e * 6 + i];  /* v237 = broadcast_to(v236, 6x6) */
+                    const double v238 = -v237;  /* v238 = -v237 */
+                    const double v239 = v232[e * 36 + i * 6 + j] + v238;  /* v239 = v40_bar + v238 */
+                    const double v240 = v40[e * 36 + i * 6 + j] * v239;  /* v240 (v39_bar) = v40.*v239 */
+                    v242[e * 36 + i * 6 + j] = 0.5 * v240;  /* v242 (v38_bar) = 1/2*v39_bar */
                 }
-        /* v241 (v37_bar) = v38_bar*v35.T */
-        sg_matmul(nt, 6, 8, 6, v240, 36, 6, 1, v35, 48, 1, 6, v241, 48, 8, 1, scratch);
+        /* v243 (v37_bar) = v38_bar*v35.T */
+        sg_matmul(nt, 6, 8, 6, v242, 36, 6, 1, v35, 48, 1, 6, v243, 48, 8, 1, scratch);
 
-        /* v243 = v37.T*v38_bar */
-        sg_matmul(nt, 8, 6, 6, v37, 48, 1, 8, v240, 36, 6, 1, v243, 48, 6, 1, scratch);
+        /* v245 = v37.T*v38_bar */
+        sg_matmul(nt, 8, 6, 6, v37, 48, 1, 8, v242, 36, 6, 1, v245, 48, 6, 1, scratch);
 
-        /* per element of 8x6: v250 */
+        /* per element of 8x6: v252 */
         #pragma omp simd
         for (int64_t k = 0; k < nt * 48; ++k) {
-            v250[k] = v217[k] + v243[k];  /* v250 (v35_bar) = v217 + v243 */
+            v252[k] = v219[k] + v245[k];  /* v252 (v35_bar) = v219 + v245 */
         }
-        /* v244 (v36_bar) = v37_bar*Wk0 */
-        sg_matmul(nt, 6, 4, 8, v241, 48, 8, 1, p_Wk0, 0, 4, 1, v244, 24, 4, 1, scratch);
+        /* v246 (v36_bar) = v37_bar*Wk0 */
+        sg_matmul(nt, 6, 4, 8, v243, 48, 8, 1, p_Wk0, 0, 4, 1, v246, 24, 4, 1, scratch);
 
-        /* v248 = v36_bar*Wq0.T */
-        sg_matmul(nt, 6, 8, 4, v244, 24, 4, 1, p_Wq0, 0, 1, 4, v248, 48, 8, 1, scratch);
+        /* v250 = v36_bar*Wq0.T */
+        sg_matmul(nt, 6, 8, 4, v246, 24, 4, 1, p_Wq0, 0, 1, 4, v250, 48, 8, 1, scratch);
 
-        /* per element of 6x8: v259 .. v260 */
+        /* per element of 6x8: v261 .. v262 */
         for (int64_t e = 0; e < nt; ++e)
             for (int64_t i = 0; i < 6; ++i)
                 #pragma omp simd
                 for (int64_t j = 0; j < 8; ++j) {
-                    v259[e * 48 + i * 8 + j] = v205[e * 48 + i * 8 + j] + v222[e * 48 + i * 8 + j] + v232[e * 48 + i * 8 + j] + v248[e * 48 + i * 8 + j];  /* v259 (X_bar) = v205 + v222 + v232 + v248 */
-                    v260[e * 48 + i * 8 + j] = v182[e * 48 + i * 8 + j] + v188[e * 6 + i] + v259[e * 48 + i * 8 + j];  /* v260 (v27_bar) = v59_bar + v55_bar + X_bar */
+                    v261[e * 48 + i * 8 + j] = v207[e * 48 + i * 8 + j] + v224[e * 48 + i * 8 + j] + v234[e * 48 + i * 8 + j] + v250[e * 48 + i * 8 + j];  /* v261 (X_bar) = v207 + v224 + v234 + v250 */
+                    v262[e * 48 + i * 8 + j] = v184[e * 48 + i * 8 + j] + v190[e * 6 + i] + v261[e * 48 + i * 8 + j];  /* v262 (v27_bar) = v59_bar + v55_bar + X_bar */
                 }
-        /* v251 (v34_bar) = batch_sum(v35_bar) */
-        sg_reduce_batch(nt, 8, 6, v250, 48, 6, 1, v251);
+        /* v253 (v34_bar) = batch_sum(v35_bar) */
+        sg_reduce_batch(nt, 8, 6, v252, 48, 6, 1, v253);
 
-        /* v255 (v31_bar) = batch_sum(v35_bar*tokens) */
-        sg_matmul_batch_sum(nt, 8, 4, 6, v250, 48, 6, 1, x_tokens, 24, 4, 1, v255, 4, 1, scratch);
+        /* v257 (v31_bar) = batch_sum(v35_bar*tokens) */
+        sg_matmul_batch_sum(nt, 8, 4, 6, v252, 48, 6, 1, x_tokens, 24, 4, 1, v257, 4, 1, scratch);
 
-        /* v257 (v30_bar) = batch_sum(v36.T*v37_bar) */
-        sg_matmul_batch_sum(nt, 4, 8, 6, v36, 24, 1, 4, v241, 48, 8, 1, v257, 8, 1, scratch);
+        /* v259 (v30_bar) = batch_sum(v36.T*v37_bar) */
+        sg_matmul_batch_sum(nt, 4, 8, 6, v36, 24, 1, 4, v243, 48, 8, 1, v259, 8, 1, scratch);
 
-        /* v263 (bc_bar) = batch_sum(logits_bar) */
-        sg_reduce_batch(nt, 1, 2, v114, 2, 0, 1, v263);
+        /* v265 (bc_bar) = batch_sum(logits_bar) */
+        sg_reduce_batch(nt, 1, 2, v114, 2, 0, 1, v265);
 
-        /* v264 (Wc_bar) = batch_sum(v95.T*v96_bar) */
-        sg_matmul_batch_sum(nt, 8, 2, 1, v95, 8, 1, 0, v116, 2, 0, 1, v264, 2, 1, scratch);
+        /* v266 (Wc_bar) = batch_sum(v95.T*v96_bar) */
+        sg_matmul_batch_sum(nt, 8, 2, 1, v95, 8, 1, 0, v116, 2, 0, 1, v266, 2, 1, scratch);
 
-        /* v265 (bias2_bar) = batch_sum(v125) */
-        sg_reduce_batch(nt, 1, 8, v125, 8, 0, 1, v265);
+        /* v267 (bias2_bar) = batch_sum(v125) */
+        sg_reduce_batch(nt, 1, 8, v125, 8, 0, 1, v267);
 
-        /* v266 (gain2_bar) = batch_sum(v132) */
-        sg_reduce_batch(nt, 1, 8, v132, 8, 0, 1, v266);
+        /* v268 (gain2_bar) = batch_sum(v132) */
+        sg_reduce_batch(nt, 1, 8, v132, 8, 0, 1, v268);
 
-        /* v267 = batch_sum(v144) */
-        sg_reduce_batch(nt, 1, 8, v144, 8, 0, 1, v267);
+        /* v269 = batch_sum(v145) */
+        sg_reduce_batch(nt, 1, 8, v145, 8, 0, 1, v269);
 
-        /* v268 = batch_sum(v151) */
-        sg_reduce_batch(nt, 1, 8, v151, 8, 0, 1, v268);
+        /* v270 = batch_sum(v152) */
+        sg_reduce_batch(nt, 1, 8, v152, 8, 0, 1, v270);
 
-        /* v270 (W2_bar) = batch_sum(v76.T*v77_bar) */
-        sg_matmul_batch_sum(nt, 16, 8, 6, v76, 96, 1, 16, v152, 48, 8, 1, v270, 8, 1, scratch);
+        /* v272 (W2_bar) = batch_sum(v76.T*v77_bar) */
+        sg_matmul_batch_sum(nt, 16, 8, 6, v76, 96, 1, 16, v153, 48, 8, 1, v272, 8, 1, scratch);
 
-        /* v271 (b1_bar) = batch_sum(v159) */
-        sg_reduce_batch(nt, 1, 16, v159, 16, 0, 1, v271);
+        /* v273 (b1_bar) = batch_sum(v160) */
+        sg_reduce_batch(nt, 1, 16, v160, 16, 0, 1, v273);
 
-        /* v272 (W1_bar) = batch_sum(A.T*v75_bar) */
-        sg_matmul_batch_sum(nt, 8, 16, 6, v72, 48, 1, 8, v158, 96, 16, 1, v272, 16, 1, scratch);
+        /* v274 (W1_bar) = batch_sum(A.T*v75_bar) */
+        sg_matmul_batch_sum(nt, 8, 16, 6, v72, 48, 1, 8, v159, 96, 16, 1, v274, 16, 1, scratch);
 
-        /* v273 = batch_sum(v164) */
-        sg_reduce_batch(nt, 1, 8, v164, 8, 0, 1, v273);
+        /* v275 = batch_sum(v165) */
+        sg_reduce_batch(nt, 1, 8, v165, 8, 0, 1, v275);
 
-        /* v275 (gain1_bar) = batch_sum(v172) */
-        sg_reduce_batch(nt, 1, 8, v172, 8, 0, 1, v275);
+        /* v277 (gain1_bar) = batch_sum(v173) */
+        sg_reduce_batch(nt, 1, 8, v173, 8, 0, 1, v277);
 
-        /* v276 = batch_sum(v183) */
-        sg_reduce_batch(nt, 1, 8, v183, 8, 0, 1, v276);
+        /* v278 = batch_sum(v185) */
+        sg_reduce_batch(nt, 1, 8, v185, 8, 0, 1, v278);
 
-        /* v277 = batch_sum(v190) */
-        sg_reduce_batch(nt, 1, 8, v190, 8, 0, 1, v277);
+        /* v279 = batch_sum(v192) */
+        sg_reduce_batch(nt, 1, 8, v192, 8, 0, 1, v279);
 
-        /* v279 (Wo_bar) = batch_sum(v51.T*v52_bar) */
-        sg_matmul_batch_sum(nt, 8, 8, 6, v51, 48, 1, 8, v191, 48, 8, 1, v279, 8, 1, scratch);
+        /* v281 (Wo_bar) = batch_sum(v51.T*v52_bar) */
+        sg_matmul_batch_sum(nt, 8, 8, 6, v51, 48, 1, 8, v193, 48, 8, 1, v281, 8, 1, scratch);
 
-        /* v280 (Wv1_bar) = batch_sum(v49.T*v50_bar) */
-        sg_matmul_batch_sum(nt, 8, 4, 6, v49, 48, 1, 8, v193 + 4, 48, 8, 1, v280, 4, 1, scratch);
+        /* v282 (Wv1_bar) = batch_sum(v49.T*v50_bar) */
+        sg_matmul_batch_sum(nt, 8, 4, 6, v49, 48, 1, 8, v195 + 4, 48, 8, 1, v282, 4, 1, scratch);
 
-        /* v281 (Wv0_bar) = batch_sum(v41.T*v42_bar) */
-        sg_matmul_batch_sum(nt, 8, 4, 6, v41, 48, 1, 8, v193, 48, 8, 1, v281, 4, 1, scratch);
+        /* v283 (Wv0_bar) = batch_sum(v41.T*v42_bar) */
+        sg_matmul_batch_sum(nt, 8, 4, 6, v41, 48, 1, 8, v195, 48, 8, 1, v283, 4, 1, scratch);
 
-        /* v282 (Wq1_bar) = batch_sum(X.T*v44_bar) */
-        sg_matmul_batch_sum(nt, 8, 4, 6, v29, 48, 1, 8, v218, 24, 4, 1, v282, 4, 1, scratch);
+        /* v284 (Wq1_bar) = batch_sum(X.T*v44_bar) */
+        sg_matmul_batch_sum(nt, 8, 4, 6, v29, 48, 1, 8, v220, 24, 4, 1, v284, 4, 1, scratch);
 
-        /* v283 (Wq0_bar) = batch_sum(X.T*v36_bar) */
-        sg_matmul_batch_sum(nt, 8, 4, 6, v29, 48, 1, 8, v244, 24, 4, 1, v283, 4, 1, scratch);
+        /* v285 (Wq0_bar) = batch_sum(X.T*v36_bar) */
+        sg_matmul_batch_sum(nt, 8, 4, 6, v29, 48, 1, 8, v246, 24, 4, 1, v285, 4, 1, scratch);
 
-        /* v284 = batch_sum(v59_bar) */
-        sg_reduce_batch(nt, 6, 8, v182, 48, 8, 1, v284);
+        /* v286 = batch_sum(v59_bar) */
+        sg_reduce_batch(nt, 6, 8, v184, 48, 8, 1, v286);
 
-        /* v285 = batch_sum(v54_bar) */
-        sg_reduce_batch(nt, 6, 8, v189, 48, 8, 1, v285);
+        /* v287 = batch_sum(v54_bar) */
+        sg_reduce_batch(nt, 6, 8, v191, 48, 8, 1, v287);
 
-        /* v286 = batch_sum(X_bar) */
-        sg_reduce_batch(nt, 6, 8, v259, 48, 8, 1, v286);
+        /* v288 = batch_sum(X_bar) */
+        sg_reduce_batch(nt, 6, 8, v261, 48, 8, 1, v288);
 
-        /* v288 = batch_sum(tokens.T*v27_bar) */
-        sg_matmul_batch_sum(nt, 4, 8, 6, x_tokens, 24, 1, 4, v260, 48, 8, 1, v288, 8, 1, scratch);
+        /* v290 = batch_sum(tokens.T*v27_bar) */
+        sg_matmul_batch_sum(nt, 4, 8, 6, x_tokens, 24, 1, 4, v262, 48, 8, 1, v290, 8, 1, scratch);
 
     }
     /* v106 = v103*v105 */
     const double v106 = v103 * v105;
 
-    /* v269 (b2_bar) = v267 + v268 */
+    /* v271 (b2_bar) = v269 + v270 */
     for (int64_t k = 0; k < 8; ++k)
-        v269[k] = v267[k] + v268[k];
+        v271[k] = v269[k] + v270[k];
 
-    /* v274 (bias1_bar) = v267 + v268 + v273 */
+    /* v276 (bias1_bar) = v269 + v270 + v275 */
     for (int64_t k = 0; k < 8; ++k)
-        v274[k] = v267[k] + v268[k] + v273[k];
+        v276[k] = v269[k] + v270[k] + v275[k];
 
-    /* v278 (bo_bar) = v276 + v277 */
+    /* v280 (bo_bar) = v278 + v279 */
     for (int64_t k = 0; k < 8; ++k)
-        v278[k] = v276[k] + v277[k];
+        v280[k] = v278[k] + v279[k];
 
-    /* v287 (P_bar) = v34_bar.T + v284 + v285 + v286 */
+    /* v289 (P_bar) = v34_bar.T + v286 + v287 + v288 */
     for (int64_t i = 0; i < 6; ++i)
         for (int64_t j = 0; j < 8; ++j)
-            v287[i * 8 + j] = v251[i + j * 6] + v284[i * 8 + j] + v285[i * 8 + j] + v286[i * 8 + j];
+            v289[i * 8 + j] = v253[i + j * 6] + v286[i * 8 + j] + v287[i * 8 + j] + v288[i * 8 + j];
 
-    /* v289 (E_bar) = v31_bar.T + v288 */
+    /* v291 (E_bar) = v31_bar.T + v290 */
     for (int64_t i = 0; i < 4; ++i)
         for (int64_t j = 0; j < 8; ++j)
-            v289[i * 8 + j] = v255[i + j * 4] + v288[i * 8 + j];
+            v291[i * 8 + j] = v257[i + j * 4] + v290[i * 8 + j];
 
-    /* v290 = v105*E_bar */
+    /* v292 = v105*E_bar */
     for (int64_t k = 0; k < 32; ++k)
-        v290[k] = v105 * v289[k];
+        v292[k] = v105 * v291[k];
 
-    /* v291 = v105*P_bar */
+    /* v293 = v105*P_bar */
     for (int64_t k = 0; k < 48; ++k)
-        v291[k] = v105 * v287[k];
+        v293[k] = v105 * v289[k];
 
-    /* v292 = v105*Wq0_bar */
+    /* v294 = v105*Wq0_bar */
     for (int64_t k = 0; k < 32; ++k)
-        v292[k] = v105 * v283[k];
+        v294[k] = v105 * v285[k];
 
-    /* v293 = v105*Wq1_bar */
+    /* v295 = v105*Wq1_bar */
     for (int64_t k = 0; k < 32; ++k)
-        v293[k] = v105 * v282[k];
+        v295[k] = v105 * v284[k];
 
-    /* v294 = v105*Wk0_bar */
+    /* v296 = v105*Wk0_bar */
     for (int64_t i = 0; i < 8; ++i)
         for (int64_t j = 0; j < 4; ++j)
-            v294[i * 4 + j] = v105 * v257[i + j * 8];
+            v296[i * 4 + j] = v105 * v259[i + j * 8];
 
-    /* v295 = v105*Wk1_bar */
+    /* v297 = v105*Wk1_bar */
     for (int64_t i = 0; i < 8; ++i)
         for (int64_t j = 0; j < 4; ++j)
-            v295[i * 4 + j] = v105 * v224[i + j * 8];
+            v297[i * 4 + j] = v105 * v226[i + j * 8];
 
-    /* v296 = v105*Wv0_bar */
+    /* v298 = v105*Wv0_bar */
     for (int64_t k = 0; k < 32; ++k)
-        v296[k] = v105 * v281[k];
+        v298[k] = v105 * v283[k];
 
-    /* v297 = v105*Wv1_bar */
+    /* v299 = v105*Wv1_bar */
     for (int64_t k = 0; k < 32; ++k)
-        v297[k] = v105 * v280[k];
+        v299[k] = v105 * v282[k];
 
-    /* v298 = v105*Wo_bar */
+    /* v300 = v105*Wo_bar */
     for (int64_t k = 0; k < 64; ++k)
-        v298[k] = v105 * v279[k];
+        v300[k] = v105 * v281[k];
 
-    /* v299 = v105*bo_bar */
+    /* v301 = v105*bo_bar */
     for (int64_t k = 0; k < 8; ++k)
-        v299[k] = v105 * v278[k];
+        v301[k] = v105 * v280[k];
 
-    /* v300 = v105*gain1_bar */
+    /* v302 = v105*gain1_bar */
     for (int64_t k = 0; k < 8; ++k)
-        v300[k] = v105 * v275[k];
+        v302[k] = v105 * v277[k];
 
-    /* v301 = v105*bias1_bar */
+    /* v303 = v105*bias1_bar */
     for (int64_t k = 0; k < 8; ++k)
-        v301[k] = v105 * v274[k];
+        v303[k] = v105 * v276[k];
 
-    /* v302 = v105*W1_bar */
+    /* v304 = v105*W1_bar */
     for (int64_t k = 0; k < 128; ++k)
-        v302[k] = v105 * v272[k];
+        v304[k] = v105 * v274[k];
 
-    /* v303 = v105*b1_bar */
+    /* v305 = v105*b1_bar */
     for (int64_t k = 0; k < 16; ++k)
-        v303[k] = v105 * v271[k];
+        v305[k] = v105 * v273[k];
 
-    /* v304 = v105*W2_bar */
+    /* v306 = v105*W2_bar */
     for (int64_t k = 0; k < 128; ++k)
-        v304[k] = v105 * v270[k];
+        v306[k] = v105 * v272[k];
 
-    /* v305 = v105*b2_bar */
+    /* v307 = v105*b2_bar */
     for (int64_t k = 0; k < 8; ++k)
-        v305[k] = v105 * v269[k];
+        v307[k] = v105 * v271[k];
 
-    /* v306 = v105*gain2_bar */
+    /* v308 = v105*gain2_bar */
     for (int64_t k = 0; k < 8; ++k)
-        v306[k] = v105 * v266[k];
+        v308[k] = v105 * v268[k];
 
-    /* v307 = v105*bias2_bar */
+    /* v309 = v105*bias2_bar */
     for (int64_t k = 0; k < 8; ++k)
-        v307[k] = v105 * v265[k];
+        v309[k] = v105 * v267[k];
 
-    /* v308 = v105*Wc_bar */
+    /* v310 = v105*Wc_bar */
     for (int64_t k = 0; k < 16; ++k)
-        v308[k] = v105 * v264[k];
+        v310[k] = v105 * v266[k];
 
-    /* v309 = v105*bc_bar */
+    /* v311 = v105*bc_bar */
     for (int64_t k = 0; k < 2; ++k)
-        v309[k] = v105 * v263[k];
+        v311[k] = v105 * v265[k];
 
     /* result: loss */
     out_loss[0] = v106;
 
     /* result: gradient with respect to E */
     for (int64_t k = 0; k < 32; ++k)
-        grad_E[k] = v290[k];
+        grad_E[k] = v292[k];
 
     /* result: gradient with respect to P */
     for (int64_t k = 0; k < 48; ++k)
-        grad_P[k] = v291[k];
+        grad_P[k] = v293[k];
 
     /* result: gradient with respect to Wq0 */
     for (int64_t k = 0; k < 32; ++k)
-        grad_Wq0[k] = v292[k];
+        grad_Wq0[k] = v294[k];
 
     /* result: gradient with respect to Wq1 */
     for (int64_t k = 0; k < 32; ++k)
-        grad_Wq1[k] = v293[k];
+        grad_Wq1[k] = v295[k];
 
     /* result: gradient with respect to Wk0 */
     for (int64_t k = 0; k < 32; ++k)
-        grad_Wk0[k] = v294[k];
+        grad_Wk0[k] = v296[k];
 
     /* result: gradient with respect to Wk1 */
     for (int64_t k = 0; k < 32; ++k)
-        grad_Wk1[k] = v295[k];
+        grad_Wk1[k] = v297[k];
 
     /* result: gradient with respect to Wv0 */
     for (int64_t k = 0; k < 32; ++k)
-        grad_Wv0[k] = v296[k];
+        grad_Wv0[k] = v298[k];
 
     /* result: gradient with respect to Wv1 */
     for (int64_t k = 0; k < 32; ++k)
-        grad_Wv1[k] = v297[k];
+        grad_Wv1[k] = v299[k];
 
     /* result: gradient with respect to Wo */
     for (int64_t k = 0; k < 64; ++k)
-        grad_Wo[k] = v298[k];
+        grad_Wo[k] = v300[k];
 
     /* result: gradient with respect to bo */
     for (int64_t k = 0; k < 8; ++k)
-        grad_bo[k] = v299[k];
+        grad_bo[k] = v301[k];
 
     /* result: gradient with respect to gain1 */
     for (int64_t k = 0; k < 8; ++k)
-        grad_gain1[k] = v300[k];
+        grad_gain1[k] = v302[k];
 
     /* result: gradient with respect to bias1 */
     for (int64_t k = 0; k < 8; ++k)
-        grad_bias1[k] = v301[k];
+        grad_bias1[k] = v303[k];
 
     /* result: gradient with respect to W1 */
     for (int64_t k = 0; k < 128; ++k)
-        grad_W1[k] = v302[k];
+        grad_W1[k] = v304[k];
 
     /* result: gradient with respect to b1 */
     for (int64_t k = 0; k < 16; ++k)
-        grad_b1[k] = v303[k];
+        grad_b1[k] = v305[k];
 
     /* result: gradient with respect to W2 */
     for (int64_t k = 0; k < 128; ++k)
-        grad_W2[k] = v304[k];
+        grad_W2[k] = v306[k];
 
     /* result: gradient with respect to b2 */
     for (int64_t k = 0; k < 8; ++k)
-        grad_b2[k] = v305[k];
+        grad_b2[k] = v307[k];
 
     /* result: gradient with respect to gain2 */
     for (int64_t k = 0; k < 8; ++k)
-        grad_gain2[k] = v306[k];
+        grad_gain2[k] = v308[k];
 
     /* result: gradient with respect to bias2 */
     for (int64_t k = 0; k < 8; ++k)
-        grad_bias2[k] = v307[k];
+        grad_bias2[k] = v309[k];
 
     /* result: gradient with respect to Wc */
     for (int64_t k = 0; k < 16; ++k)
-        grad_Wc[k] = v308[k];
+        grad_Wc[k] = v310[k];
 
     /* result: gradient with respect to bc */
     for (int64_t k = 0; k < 2; ++k)
-        grad_bc[k] = v309[k];
+        grad_bc[k] = v311[k];
 
     return SG_OK;
 }

@@ -316,6 +316,40 @@ def _pow_partials(b, node_id):
     return [dx, dy]
 
 
+def _negative_exponent(b, node_id):
+    """The exponent c of ``x**c`` when it is a constant below 0 other than -1, else None."""
+    value = b.const_value(b.node(node_id).args[1])
+    if value is None or not value.is_real or not value < 0 or same_number(value, -1):
+        return None
+    return value
+
+
+def _scaled_by_power(b, node_id, w):
+    """``w * d(x**c)/dx`` for a constant c < 0, as ``c * (w * x**c) / x``.
+
+    The textbook ``w * c * x**(c - 1)`` underflows where ``x**(c - 1)`` does although the
+    product does not: in a layer norm ``(var + eps)**(-1/2)`` of rows of about 1e103 the
+    variance is about 1e206, ``var**(-3/2)`` is 0, and the gradient with it. Multiplying the
+    weight by the value already computed first keeps the product in range (and needs no
+    ``pow`` call). At x = 0 both forms give the infinity of the same sign.
+    """
+    x = b.node(node_id).args[0]
+    return b.mul(b.const(_negative_exponent(b, node_id)), b.mul(b.mul(w, node_id), b.recip(x)))
+
+
+def _pow_vjp(b, node_id, g):
+    if _negative_exponent(b, node_id) is not None:
+        return [_scaled_by_power(b, node_id, g), None]
+    return _elementwise_vjp(_pow_partials)(b, node_id, g)
+
+
+def _pow_jvp(b, node_id, tangents):
+    if _negative_exponent(b, node_id) is not None:
+        t = tangents[0]
+        return None if t is None else _scaled_by_power(b, node_id, t)
+    return _elementwise_jvp(_pow_partials)(b, node_id, tangents)
+
+
 def _c_pow(p, args, attrs):
     x, y = args
     e = y.const
@@ -350,8 +384,8 @@ register(
         kind="elementwise",
         arity=2,
         shape=elementwise_shape,
-        vjp=_elementwise_vjp(_pow_partials),
-        jvp=_elementwise_jvp(_pow_partials),
+        vjp=_pow_vjp,
+        jvp=_pow_jvp,
         c=_c_pow,
         text=_text_pow,
         numpy=lambda args, attrs: np.power(args[0], args[1]),

@@ -229,7 +229,10 @@ def test_threads_give_the_same_results_bit_for_bit(compile_model, rng):
     r = np.tanh(0.7 * xv) + 0.1 - tv
     assert one[0] == pytest.approx(np.mean(r**2), rel=1e-12)
     assert one[1]["a"] == pytest.approx(np.mean(2 * r * (1 - np.tanh(0.7 * xv) ** 2) * xv), rel=1e-10)
-    np.testing.assert_allclose(one[1]["x"], 2 * r * (1 - np.tanh(0.7 * xv) ** 2) * 0.7 / n, rtol=1e-12)
+    # The residual r cancels (tanh + 0.1 - t near 0 for some examples), so the few-ulp difference
+    # between the vector tanh and NumPy's is compared against the gradient's scale, not r's.
+    expected = 2 * r * (1 - np.tanh(0.7 * xv) ** 2) * 0.7 / n
+    np.testing.assert_allclose(one[1]["x"], expected, rtol=1e-12, atol=1e-14 * np.abs(expected).max())
     np.testing.assert_allclose(module.forward(a=0.7, b=0.1, x=xv, t=tv, threads=2)["y"], np.tanh(0.7 * xv),
                                rtol=1e-14)
     with pytest.raises(ArgumentError, match="threads must be"):
